@@ -1,0 +1,93 @@
+"""Layer 1: which array module an array lives in, and device names.
+
+Everything above this layer writes ``xp = get_array_module(x)`` and then uses ``xp.<fn>``,
+so one source serves NumPy (CPU) and CuPy (GPU). CuPy is imported lazily, here only.
+"""
+import numpy as np
+
+_cupy = None
+_cupy_checked = False
+
+
+def cupy_or_none():
+    """Return the ``cupy`` module if it imports and sees a CUDA device, else None."""
+    global _cupy, _cupy_checked
+    if not _cupy_checked:
+        _cupy_checked = True
+        try:
+            import cupy
+
+            if cupy.cuda.runtime.getDeviceCount() > 0:
+                _cupy = cupy
+        except Exception:  # no cupy, no driver, or no device: the CPU path it is
+            _cupy = None
+    return _cupy
+
+
+def gpu_available():
+    return cupy_or_none() is not None
+
+
+def get_array_module(*arrays):
+    """``numpy`` or ``cupy``, whichever the arrays belong to (DeZero's / CuPy's idiom)."""
+    cp = _cupy
+    if cp is not None:
+        for a in arrays:
+            if isinstance(a, cp.ndarray):
+                return cp
+    return np
+
+
+def device_of(array):
+    """'cuda' for a CuPy array, 'cpu' otherwise."""
+    return "cuda" if get_array_module(array) is not np else "cpu"
+
+
+def check_device(device):
+    """Normalise a device name; raise a clear error for anything else."""
+    if device in (None, "cpu"):
+        return "cpu"
+    if device in ("cuda", "gpu") or (isinstance(device, str) and device.startswith("cuda:")):
+        if cupy_or_none() is None:
+            raise RuntimeError(
+                f"device {device!r} asked for, but CuPy is not installed or sees no CUDA device; "
+                "install with `pip install -e \".[cuda12]\"` (or cuda13) on a machine with a GPU"
+            )
+        return "cuda"
+    if device == "auto":
+        return "cuda" if gpu_available() else "cpu"
+    raise ValueError(f"unknown device {device!r}: expected 'cpu', 'cuda' or 'auto'")
+
+
+def to_device(array, device):
+    """Move an ndarray to 'cpu' (NumPy) or 'cuda' (CuPy); a no-op when it is already there."""
+    device = check_device(device)
+    if device == "cpu":
+        return as_numpy(array)
+    cp = cupy_or_none()
+    return cp.asarray(array)
+
+
+def as_numpy(array):
+    """A NumPy array from a NumPy or CuPy array (copies from the GPU)."""
+    if isinstance(array, np.ndarray):
+        return array
+    if hasattr(array, "get"):  # cupy.ndarray
+        return array.get()
+    return np.asarray(array)
+
+
+_rng = np.random.default_rng()
+
+
+def manual_seed(seed):
+    """Seed minifcn's random numbers (initialisation, dropout) on the CPU and, if present, GPU."""
+    global _rng
+    _rng = np.random.default_rng(seed)
+    if _cupy is not None:
+        _cupy.random.seed(seed)
+
+
+def rng():
+    """minifcn's NumPy random Generator (seeded by ``manual_seed``)."""
+    return _rng

@@ -1,0 +1,231 @@
+"""The spatial ops of ``minifcn.functional``: conv2d, conv_transpose2d, max_pool2d, crop.
+
+Convolution is Caffe's: unfold the input's windows into columns (im2col), then one matrix
+product with the weights (a GEMM). Three array-level helpers carry all the arithmetic:
+
+    _conv(x, w)                 y  = W @ im2col(x)                  conv2d forward
+    _conv_input_grad(gy, w)     gx = col2im(W^T @ gy)               conv2d's input gradient
+    _conv_weight_grad(x, gy)    gW = gy @ im2col(x)^T               conv2d's weight gradient
+
+conv_transpose2d is the adjoint of conv2d, so it is made of the same three pieces with the
+roles swapped: its forward is conv2d's input gradient, its input gradient is conv2d's forward,
+and its weight gradient is conv2d's weight gradient with input and output exchanged.
+"""
+from . import primitives as P
+from .autograd import Function
+from .backend import get_array_module
+
+
+def _pair(value, name, op, minimum):
+    """(a, b) from an int or a pair of ints, each >= minimum; a clear error otherwise."""
+    pair = (value, value) if isinstance(value, int) else value
+    if not isinstance(pair, (tuple, list)) or len(pair) != 2 or not all(isinstance(v, int) and not isinstance(v, bool) for v in pair):
+        raise TypeError(f"{op}: {name} must be an int or a pair of ints, got {value!r}")
+    pair = tuple(pair)
+    if min(pair) < minimum:
+        raise ValueError(f"{op}: {name} must be >= {minimum}, got {value!r}")
+    return pair
+
+
+def _check_4d(op, name, x):
+    if x.ndim != 4:
+        raise ValueError(f"{op}: {name} must be 4-D (N, C, H, W), got shape {tuple(x.shape)}")
+
+
+def _check_float(op, name, x):
+    if x.dtype.kind != "f":
+        raise TypeError(f"{op}: {name} must be a floating array, got dtype {x.dtype}")
+
+
+# ---------------------------------------------------------------- shared array-level helpers
+
+
+def _conv(x, w, stride, padding):
+    """conv2d on arrays: x (N, C, H, W), w (K, C, kh, kw) -> (N, K, oh, ow)."""
+    n = x.shape[0]
+    k, c, kh, kw = w.shape
+    col = P.im2col(x, kh, kw, *stride, *padding)  # (N, C, kh, kw, oh, ow)
+    oh, ow = col.shape[-2:]
+    y = w.reshape(k, c * kh * kw) @ col.reshape(n, c * kh * kw, oh * ow)  # one GEMM per image
+    return y.reshape(n, k, oh, ow)
+
+
+def _conv_input_grad(gy, w, hw, stride, padding):
+    """The adjoint of _conv in x: gy (N, K, oh, ow), w (K, C, kh, kw) -> gx (N, C, *hw)."""
+    n, k, oh, ow = gy.shape
+    _, c, kh, kw = w.shape
+    gcol = w.reshape(k, c * kh * kw).T @ gy.reshape(n, k, oh * ow)
+    return P.col2im(gcol.reshape(n, c, kh, kw, oh, ow), *hw, *stride, *padding)
+
+
+def _conv_weight_grad(x, gy, ksize, stride, padding):
+    """The adjoint of _conv in w: x (N, C, H, W), gy (N, K, oh, ow) -> gW (K, C, kh, kw)."""
+    xp = get_array_module(x)
+    n, k, oh, ow = gy.shape
+    col = P.im2col(x, *ksize, *stride, *padding)
+    c = x.shape[1]
+    gw = xp.tensordot(gy.reshape(n, k, oh * ow), col.reshape(n, -1, oh * ow), axes=((0, 2), (0, 2)))
+    return gw.reshape(k, c, *ksize)
+
+
+# ---------------------------------------------------------------- conv2d
+
+
+class Conv2d(Function):
+    def forward(self, x, w, b=None, stride=(1, 1), padding=(0, 0)):
+        self.saved = (x, w, stride, padding, b is not None)
+        y = _conv(x, w, stride, padding)
+        if b is not None:
+            y += b.reshape(1, -1, 1, 1)
+        return y
+
+    def backward(self, g):
+        x, w, stride, padding, has_bias = self.saved
+        gx = _conv_input_grad(g, w, x.shape[2:], stride, padding) if self.needs_grad[0] else None
+        gw = _conv_weight_grad(x, g, w.shape[2:], stride, padding) if self.needs_grad[1] else None
+        gb = g.sum(axis=(0, 2, 3)) if has_bias else None
+        return (gx, gw, gb) if has_bias else (gx, gw)
+
+
+def conv2d(x, weight, bias=None, stride=1, padding=0):
+    """2-D convolution (cross-correlation, as every framework).
+
+    x (N, C_in, H, W), weight (C_out, C_in, kH, kW), bias (C_out,) or None ->
+    (N, C_out, (H + 2p - kH) // s + 1, (W + 2p - kW) // s + 1). Zero padding.
+    """
+    op = "conv2d"
+    stride = _pair(stride, "stride", op, 1)
+    padding = _pair(padding, "padding", op, 0)
+    _check_4d(op, "input", x)
+    _check_4d(op, "weight", weight)
+    _check_float(op, "input", x.data if hasattr(x, "data") else x)
+    if weight.shape[1] != x.shape[1]:
+        raise ValueError(f"{op}: weight {tuple(weight.shape)} expects {weight.shape[1]} input "
+                         f"channels, input {tuple(x.shape)} has {x.shape[1]}")
+    if bias is not None and tuple(bias.shape) != (weight.shape[0],):
+        raise ValueError(f"{op}: bias must have shape ({weight.shape[0]},), got {tuple(bias.shape)}")
+    for axis, (k, p) in enumerate(zip(weight.shape[2:], padding)):
+        size = x.shape[2 + axis]
+        if size + 2 * p < k:
+            raise ValueError(f"{op}: kernel {tuple(weight.shape[2:])} is larger than the padded "
+                             f"input {tuple(s + 2 * q for s, q in zip(x.shape[2:], padding))}")
+    args = (x, weight) if bias is None else (x, weight, bias)
+    return Conv2d.apply(*args, stride=stride, padding=padding)
+
+
+# ---------------------------------------------------------------- conv_transpose2d
+
+
+class ConvTranspose2d(Function):
+    def forward(self, x, w, b=None, stride=(1, 1), padding=(0, 0)):
+        # w is (C_in, C_out, kh, kw): read as a conv2d weight (K=C_in, C=C_out), this op's
+        # forward is exactly that conv2d's input gradient
+        kh, kw = w.shape[2:]
+        out_hw = tuple((size - 1) * s - 2 * p + k
+                       for size, s, p, k in zip(x.shape[2:], stride, padding, (kh, kw)))
+        self.saved = (x, w, stride, padding, b is not None)
+        y = _conv_input_grad(x, w, out_hw, stride, padding)
+        if b is not None:
+            y += b.reshape(1, -1, 1, 1)
+        return y
+
+    def backward(self, g):
+        x, w, stride, padding, has_bias = self.saved
+        gx = _conv(g, w, stride, padding) if self.needs_grad[0] else None
+        gw = _conv_weight_grad(g, x, w.shape[2:], stride, padding) if self.needs_grad[1] else None
+        gb = g.sum(axis=(0, 2, 3)) if has_bias else None
+        return (gx, gw, gb) if has_bias else (gx, gw)
+
+
+def conv_transpose2d(x, weight, bias=None, stride=1, padding=0):
+    """Transposed convolution ("deconvolution", FCN's learnable upsampling; paper section 3.3).
+
+    x (N, C_in, H, W), weight (C_in, C_out, kH, kW), bias (C_out,) or None ->
+    (N, C_out, (H - 1) * s - 2p + kH, (W - 1) * s - 2p + kW).
+    """
+    op = "conv_transpose2d"
+    stride = _pair(stride, "stride", op, 1)
+    padding = _pair(padding, "padding", op, 0)
+    _check_4d(op, "input", x)
+    _check_4d(op, "weight", weight)
+    _check_float(op, "input", x.data if hasattr(x, "data") else x)
+    if weight.shape[0] != x.shape[1]:
+        raise ValueError(f"{op}: weight {tuple(weight.shape)} (C_in, C_out, kH, kW) expects "
+                         f"{weight.shape[0]} input channels, input {tuple(x.shape)} has {x.shape[1]}")
+    if bias is not None and tuple(bias.shape) != (weight.shape[1],):
+        raise ValueError(f"{op}: bias must have shape ({weight.shape[1]},), got {tuple(bias.shape)}")
+    for size, s, p, k in zip(x.shape[2:], stride, padding, weight.shape[2:]):
+        if (size - 1) * s + k - 2 * p < 1:
+            raise ValueError(f"{op}: padding {padding} leaves an empty output for input "
+                             f"{tuple(x.shape)} and kernel {tuple(weight.shape[2:])}")
+    args = (x, weight) if bias is None else (x, weight, bias)
+    return ConvTranspose2d.apply(*args, stride=stride, padding=padding)
+
+
+# ---------------------------------------------------------------- max_pool2d
+
+
+class MaxPool2d(Function):
+    def forward(self, x, ksize, stride, padding, ceil_mode):
+        y, argmax = P.maxpool_forward(x, *ksize, *stride, *padding, ceil_mode)
+        self.saved = (argmax, x.shape[2:], ksize, stride, padding)
+        return y
+
+    def backward(self, g):
+        argmax, hw, ksize, stride, padding = self.saved
+        return P.maxpool_backward(g, argmax, *hw, *ksize, *stride, *padding)
+
+
+def max_pool2d(x, kernel_size, stride=None, padding=0, ceil_mode=False):
+    """Max pooling over kernel_size windows; x (N, C, H, W) -> (N, C, oh, ow).
+
+    ceil_mode=True rounds the output size up as Caffe's pooling (FCN's nets): the last window
+    may hang over the edge, and only the real elements in it compete. Padding never wins a max
+    (it is -inf, not 0). Backward sends each gradient to its window's first maximum.
+    """
+    op = "max_pool2d"
+    _check_4d(op, "input", x)
+    ksize = _pair(kernel_size, "kernel_size", op, 1)
+    stride = ksize if stride is None else _pair(stride, "stride", op, 1)
+    padding = _pair(padding, "padding", op, 0)
+    for k, p in zip(ksize, padding):
+        if 2 * p > k:
+            raise ValueError(f"{op}: padding {padding} must be at most half the kernel {ksize}")
+    for size, k, p in zip(x.shape[2:], ksize, padding):
+        if size + 2 * p < k:
+            raise ValueError(f"{op}: kernel {ksize} is larger than the padded input "
+                             f"{tuple(s + 2 * q for s, q in zip(x.shape[2:], padding))}")
+    return MaxPool2d.apply(x, ksize=ksize, stride=stride, padding=padding, ceil_mode=ceil_mode)
+
+
+# ---------------------------------------------------------------- crop
+
+
+class Crop(Function):
+    def forward(self, x, offset, size):
+        (oy, ox), (h, w) = offset, size
+        self.saved = (x.shape, offset, size)
+        return x[:, :, oy : oy + h, ox : ox + w].copy()
+
+    def backward(self, g):
+        shape, (oy, ox), (h, w) = self.saved
+        gx = get_array_module(g).zeros(shape, dtype=g.dtype)
+        gx[:, :, oy : oy + h, ox : ox + w] = g
+        return gx
+
+
+def crop(x, offset, size):
+    """Caffe's Crop layer on the spatial axes: x[:, :, oy:oy+h, ox:ox+w].
+
+    offset: int or (oy, ox); size: (h, w), or a Tensor/array whose last two axes give it.
+    """
+    op = "crop"
+    _check_4d(op, "input", x)
+    if hasattr(size, "shape"):
+        size = tuple(size.shape[-2:])
+    offset = _pair(offset, "offset", op, 0)
+    size = _pair(size, "size", op, 1)
+    if offset[0] + size[0] > x.shape[2] or offset[1] + size[1] > x.shape[3]:
+        raise ValueError(f"{op}: offset {offset} + size {size} falls outside the input's "
+                         f"spatial size {tuple(x.shape[2:])}")
+    return Crop.apply(x, offset=offset, size=size)

@@ -1,0 +1,241 @@
+"""Layer 4: the ops, each a Function with its forward and its hand-written backward.
+
+Import as ``import minifcn.functional as F``. Everything is written against ``xp`` (NumPy or
+CuPy, whichever the data lives in) and the primitives of ``minifcn.primitives``, so one source
+serves the CPU and the GPU.
+
+Arithmetic broadcasts like NumPy; its backward sums a gradient back to each input's own shape
+(``_unbroadcast``). The 2-D ops take NCHW inputs.
+"""
+import numpy as np
+
+from . import backend, primitives as P
+from .autograd import Function, Tensor, as_tensor
+from .backend import get_array_module
+
+# ----------------------------------------------------------------------------- arithmetic
+
+
+def _unbroadcast(grad, shape):
+    """Sum grad over the axes that broadcasting added or stretched, back to ``shape``."""
+    extra = grad.ndim - len(shape)
+    if extra:
+        grad = grad.sum(axis=tuple(range(extra)))
+    stretched = tuple(i for i, n in enumerate(shape) if n == 1 and grad.shape[i] != 1)
+    if stretched:
+        grad = grad.sum(axis=stretched, keepdims=True)
+    return grad
+
+
+def _broadcast_check(op, a, b):
+    try:
+        np.broadcast_shapes(a.shape, b.shape)
+    except ValueError:
+        raise ValueError(f"{op}: shapes {a.shape} and {b.shape} do not broadcast") from None
+
+
+class Add(Function):
+    def forward(self, a, b):
+        _broadcast_check("add", a, b)
+        self.saved = (a.shape, b.shape)
+        return a + b
+
+    def backward(self, g):
+        sa, sb = self.saved
+        return _unbroadcast(g, sa), _unbroadcast(g, sb)
+
+
+class Sub(Function):
+    def forward(self, a, b):
+        _broadcast_check("sub", a, b)
+        self.saved = (a.shape, b.shape)
+        return a - b
+
+    def backward(self, g):
+        sa, sb = self.saved
+        return _unbroadcast(g, sa), _unbroadcast(-g, sb)
+
+
+class Mul(Function):
+    def forward(self, a, b):
+        _broadcast_check("mul", a, b)
+        self.saved = (a, b)
+        return a * b
+
+    def backward(self, g):
+        a, b = self.saved
+        ga = _unbroadcast(g * b, a.shape) if self.needs_grad[0] else None
+        gb = _unbroadcast(g * a, b.shape) if self.needs_grad[1] else None
+        return ga, gb
+
+
+class Div(Function):
+    def forward(self, a, b):
+        _broadcast_check("div", a, b)
+        self.saved = (a, b)
+        return a / b
+
+    def backward(self, g):
+        a, b = self.saved
+        ga = _unbroadcast(g / b, a.shape) if self.needs_grad[0] else None
+        gb = _unbroadcast(-g * a / (b * b), b.shape) if self.needs_grad[1] else None
+        return ga, gb
+
+
+class Neg(Function):
+    def forward(self, a):
+        return -a
+
+    def backward(self, g):
+        return -g
+
+
+class MatMul(Function):
+    def forward(self, a, b):
+        if a.ndim < 2 or b.ndim < 2 or a.shape[-1] != b.shape[-2]:
+            raise ValueError(f"matmul: expected (..., n, k) @ (..., k, m), got {a.shape} @ {b.shape}")
+        self.saved = (a, b)
+        return a @ b
+
+    def backward(self, g):
+        a, b = self.saved
+        xp = get_array_module(g)
+        ga = _unbroadcast(g @ xp.swapaxes(b, -1, -2), a.shape) if self.needs_grad[0] else None
+        gb = _unbroadcast(xp.swapaxes(a, -1, -2) @ g, b.shape) if self.needs_grad[1] else None
+        return ga, gb
+
+
+def _axes(axis, ndim):
+    if axis is None:
+        return tuple(range(ndim))
+    axes = (axis,) if isinstance(axis, int) else tuple(axis)
+    return tuple(a % ndim for a in axes)
+
+
+class Sum(Function):
+    def forward(self, a, axis=None, keepdims=False):
+        self.saved = (a.shape, _axes(axis, a.ndim), keepdims)
+        return a.sum(axis=axis, keepdims=keepdims)
+
+    def backward(self, g):
+        shape, axes, keepdims = self.saved
+        xp = get_array_module(g)
+        if not keepdims:
+            g = xp.expand_dims(g, axes)
+        return xp.broadcast_to(g, shape).copy()
+
+
+class Reshape(Function):
+    def forward(self, a, shape):
+        self.saved = a.shape
+        try:
+            return a.reshape(shape)
+        except ValueError:
+            raise ValueError(f"reshape: cannot reshape {a.shape} into {shape}") from None
+
+    def backward(self, g):
+        return g.reshape(self.saved)
+
+
+class Transpose(Function):
+    def forward(self, a, axes=None):
+        self.saved = tuple(np.argsort(axes)) if axes is not None else None
+        return a.transpose(axes)
+
+    def backward(self, g):
+        return g.transpose(self.saved)
+
+
+def add(a, b):
+    return Add.apply(a, as_tensor(b, like=a))
+
+
+def sub(a, b):
+    return Sub.apply(as_tensor(a, like=b), as_tensor(b, like=a))
+
+
+def mul(a, b):
+    return Mul.apply(as_tensor(a, like=b), as_tensor(b, like=a))
+
+
+def div(a, b):
+    return Div.apply(as_tensor(a, like=b), as_tensor(b, like=a))
+
+
+def neg(a):
+    return Neg.apply(a)
+
+
+def matmul(a, b):
+    return MatMul.apply(a, b)
+
+
+def sum(x, axis=None, keepdims=False):  # noqa: A001 - the name users expect
+    return Sum.apply(x, axis=axis, keepdims=keepdims)
+
+
+def mean(x, axis=None, keepdims=False):
+    x = as_tensor(x)
+    count = int(np.prod([x.shape[a] for a in _axes(axis, x.ndim)]))
+    return mul(sum(x, axis, keepdims), 1.0 / count)
+
+
+def reshape(x, shape):
+    return Reshape.apply(x, shape=tuple(shape) if not isinstance(shape, int) else (shape,))
+
+
+def transpose(x, axes=None):
+    return Transpose.apply(x, axes=tuple(axes) if axes is not None else None)
+
+
+# ----------------------------------------------------------------------------- activations
+
+
+class ReLU(Function):
+    def forward(self, x):
+        y = get_array_module(x).maximum(x, 0)
+        self.saved = (y,)  # y > 0 exactly where x > 0; y is kept anyway by the next layer
+        return y
+
+    def backward(self, g):
+        (y,) = self.saved
+        return g * (y > 0)
+
+
+class Dropout(Function):
+    def forward(self, x, p):
+        xp = get_array_module(x)
+        u = backend.rng().random(x.shape) if xp is np else xp.random.random(x.shape)
+        # inverted dropout: scale the kept units at training time so eval needs no scaling
+        mask = (u >= p).astype(x.dtype) / x.dtype.type(1 - p)
+        self.saved = (mask,)
+        return x * mask
+
+    def backward(self, g):
+        return g * self.saved[0]
+
+
+def relu(x):
+    return ReLU.apply(x)
+
+
+def dropout(x, p=0.5, training=True):
+    """Inverted dropout: in training zero each element with probability p and scale the rest by
+    1/(1-p); outside training return x unchanged (Caffe drops elements, as here)."""
+    if not 0 <= p < 1:
+        raise ValueError(f"dropout: p must be in [0, 1), got {p}")
+    if not training or p == 0:
+        return as_tensor(x)
+    return Dropout.apply(x, p=p)
+
+
+# ----------------------------------------------------------------------------- 2-D ops
+
+from .conv import conv2d, conv_transpose2d, crop, max_pool2d  # noqa: E402,F401
+from .loss import softmax_cross_entropy  # noqa: E402,F401
+
+__all__ = [
+    "add", "sub", "mul", "div", "neg", "matmul", "sum", "mean", "reshape", "transpose",
+    "relu", "dropout", "conv2d", "conv_transpose2d", "max_pool2d", "crop",
+    "softmax_cross_entropy", "Tensor",
+]

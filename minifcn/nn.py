@@ -1,0 +1,216 @@
+"""Layer 5: Module, Parameter and the layers FCN is built from.
+
+A Module finds its parameters and sub-modules by looking at its own attributes (in the order
+they were set), so ``self.conv1_1 = Conv2d(...)`` is all it takes to register one; the names in
+``state_dict`` are the attribute paths (``conv1_1.weight``), which is how FCN's reference layer
+names become our keys.
+"""
+import math
+
+import numpy as np
+
+from . import backend
+from . import functional as F
+from .autograd import Tensor
+
+
+class Parameter(Tensor):
+    """A Tensor that a Module owns and an optimiser updates (requires_grad=True)."""
+
+    def __init__(self, data, requires_grad=True):
+        super().__init__(data, requires_grad=requires_grad)
+
+    def __repr__(self):
+        return f"Parameter(shape={self.shape}, dtype={self.dtype}, device={self.device})"
+
+
+class Module:
+    training = True
+
+    def __call__(self, *args, **kwargs):
+        return self.forward(*args, **kwargs)
+
+    def forward(self, *args, **kwargs):  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def children(self):
+        """(name, module) for each direct sub-module, in the order they were set."""
+        for name, value in vars(self).items():
+            if isinstance(value, Module):
+                yield name, value
+
+    def named_modules(self, prefix=""):
+        yield prefix, self
+        for name, child in self.children():
+            yield from child.named_modules(f"{prefix}.{name}" if prefix else name)
+
+    def named_parameters(self, prefix=""):
+        for name, value in vars(self).items():
+            full = f"{prefix}.{name}" if prefix else name
+            if isinstance(value, Parameter):
+                yield full, value
+            elif isinstance(value, Module):
+                yield from value.named_parameters(full)
+
+    def parameters(self):
+        return [p for _, p in self.named_parameters()]
+
+    def zero_grad(self):
+        for p in self.parameters():
+            p.grad = None
+
+    def train(self, mode=True):
+        for _, m in self.named_modules():
+            m.training = mode
+        return self
+
+    def eval(self):
+        return self.train(False)
+
+    def state_dict(self):
+        """{name: NumPy array} for every parameter (copies, safe to keep)."""
+        return {name: p.numpy().copy() for name, p in self.named_parameters()}
+
+    def load_state_dict(self, state):
+        """Copy arrays into the parameters by name. Refuses missing or unexpected keys and shape
+        mismatches (naming them) rather than loading half a model."""
+        own = dict(self.named_parameters())
+        missing = [k for k in own if k not in state]
+        unexpected = [k for k in state if k not in own]
+        wrong = [f"{k}: file {tuple(np.shape(state[k]))} vs model {p.shape}"
+                 for k, p in own.items() if k in state and tuple(np.shape(state[k])) != p.shape]
+        if missing or unexpected or wrong:
+            raise ValueError(
+                f"load_state_dict into {type(self).__name__}: "
+                + "; ".join(f"{what}: {', '.join(items[:8])}{' ...' if len(items) > 8 else ''}"
+                            for what, items in (("missing keys", missing),
+                                                ("unexpected keys", unexpected),
+                                                ("shape mismatch", wrong)) if items))
+        for k, p in own.items():
+            xp = backend.get_array_module(p.data)
+            p.data = xp.asarray(backend.as_numpy(state[k]) if xp is np else state[k], dtype=p.dtype)
+        return self
+
+    def to(self, device=None, dtype=None):
+        """Move every parameter to 'cpu'/'cuda' and/or cast it to a floating dtype, in place."""
+        for p in self.parameters():
+            data = p.data if device is None else backend.to_device(p.data, device)
+            p.data = data if dtype is None else data.astype(dtype)
+            p.grad = None
+        return self
+
+    def double(self):
+        return self.to(dtype=np.float64)
+
+    def float(self):
+        return self.to(dtype=np.float32)
+
+    def __repr__(self):
+        lines = [f"{type(self).__name__}({self.extra_repr()}"]
+        for name, child in self.children():
+            lines.append(f"  ({name}): " + repr(child).replace("\n", "\n  "))
+        return lines[0] + ")" if len(lines) == 1 else "\n".join(lines) + "\n)"
+
+    def extra_repr(self):
+        return ""
+
+
+def _uniform(shape, bound):
+    return backend.rng().uniform(-bound, bound, size=shape).astype(np.float32)
+
+
+def _pair(v):
+    return (v, v) if isinstance(v, int) else tuple(v)
+
+
+class Conv2d(Module):
+    """Convolution layer. Weights start as PyTorch's default (Kaiming-uniform with a=sqrt(5),
+    i.e. U(-1/sqrt(fan_in), 1/sqrt(fan_in)), the same bound for the bias)."""
+
+    def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0, bias=True):
+        kh, kw = _pair(kernel_size)
+        self.in_channels, self.out_channels = in_channels, out_channels
+        self.kernel_size, self.stride, self.padding = (kh, kw), _pair(stride), _pair(padding)
+        bound = 1 / math.sqrt(in_channels * kh * kw)
+        self.weight = Parameter(_uniform((out_channels, in_channels, kh, kw), bound))
+        self.bias = Parameter(_uniform((out_channels,), bound)) if bias else None
+
+    def forward(self, x):
+        return F.conv2d(x, self.weight, self.bias, self.stride, self.padding)
+
+    def extra_repr(self):
+        return (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, "
+                f"stride={self.stride}, padding={self.padding}, bias={self.bias is not None}")
+
+
+class ConvTranspose2d(Module):
+    """Transposed convolution layer, weight (C_in, C_out, kH, kW); PyTorch's default init
+    (its fan_in is computed from weight.shape[1] * kH * kW)."""
+
+    def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0, bias=True):
+        kh, kw = _pair(kernel_size)
+        self.in_channels, self.out_channels = in_channels, out_channels
+        self.kernel_size, self.stride, self.padding = (kh, kw), _pair(stride), _pair(padding)
+        bound = 1 / math.sqrt(out_channels * kh * kw)
+        self.weight = Parameter(_uniform((in_channels, out_channels, kh, kw), bound))
+        self.bias = Parameter(_uniform((out_channels,), bound)) if bias else None
+
+    def forward(self, x):
+        return F.conv_transpose2d(x, self.weight, self.bias, self.stride, self.padding)
+
+    def extra_repr(self):
+        return (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, "
+                f"stride={self.stride}, padding={self.padding}, bias={self.bias is not None}")
+
+
+class MaxPool2d(Module):
+    def __init__(self, kernel_size, stride=None, padding=0, ceil_mode=False):
+        self.kernel_size, self.stride = kernel_size, stride
+        self.padding, self.ceil_mode = padding, ceil_mode
+
+    def forward(self, x):
+        return F.max_pool2d(x, self.kernel_size, self.stride, self.padding, self.ceil_mode)
+
+    def extra_repr(self):
+        return (f"kernel_size={self.kernel_size}, stride={self.stride}, "
+                f"padding={self.padding}, ceil_mode={self.ceil_mode}")
+
+
+class ReLU(Module):
+    def forward(self, x):
+        return F.relu(x)
+
+
+class Dropout(Module):
+    def __init__(self, p=0.5):
+        if not 0 <= p < 1:
+            raise ValueError(f"Dropout: p must be in [0, 1), got {p}")
+        self.p = p
+
+    def forward(self, x):
+        return F.dropout(x, self.p, self.training)
+
+    def extra_repr(self):
+        return f"p={self.p}"
+
+
+class Sequential(Module):
+    """Modules applied in order; their names are "0", "1", ... as in PyTorch."""
+
+    def __init__(self, *modules):
+        for i, m in enumerate(modules):
+            setattr(self, str(i), m)
+
+    def __iter__(self):
+        return (m for _, m in self.children())
+
+    def __len__(self):
+        return sum(1 for _ in self.children())
+
+    def __getitem__(self, i):
+        return list(self)[i]
+
+    def forward(self, x):
+        for m in self:
+            x = m(x)
+        return x

@@ -1,0 +1,123 @@
+"""One table of gradient-check cases for every op (minitorch's habit).
+
+``python -m minifcn.gradcheck`` prints a line for each case and the test suite is parametrised
+over the same table, so an op cannot be added to one without the other noticing.
+
+Each case is (name, shapes, make) where make(rng) returns (fn, inputs): a function of float64
+Tensors and the inputs to check it at. Inputs avoid the points where an op is not
+differentiable (ties in max pooling, zeros in relu), since central differences straddle them.
+"""
+import numpy as np
+
+from . import functional as F
+from .autograd import Tensor
+
+
+def _t(rng, *shape):
+    return Tensor(rng.standard_normal(shape), requires_grad=True)
+
+
+def _distinct(rng, *shape):
+    """Values with no ties and no zeros, at least 0.1 apart: safe for max and relu."""
+    n = int(np.prod(shape))
+    vals = (rng.permutation(n) - n / 2 + 0.5) * 0.1
+    return Tensor(vals.reshape(shape), requires_grad=True)
+
+
+def _conv(x, w, stride, pad):
+    def make(rng):
+        return (lambda x_, w_, b_: F.conv2d(x_, w_, b_, stride, pad)), [
+            _t(rng, *x), _t(rng, *w), _t(rng, w[0])]
+    return make
+
+
+def _deconv(x, w, stride, pad, bias=False):
+    def make(rng):
+        inputs = [_t(rng, *x), _t(rng, *w)] + ([_t(rng, w[1])] if bias else [])
+        return (lambda *a: F.conv_transpose2d(*a[:2], a[2] if bias else None, stride, pad)), inputs
+    return make
+
+
+def _pool(x, k, s, p, ceil, negative=False):
+    def make(rng):
+        t = _distinct(rng, *x)
+        if negative:  # all-negative input: a zero from the padding would win a wrong max
+            t.data -= t.data.max() + 1.0
+        return (lambda a: F.max_pool2d(a, k, s, p, ceil_mode=ceil)), [t]
+    return make
+
+
+def _loss(n, c, h, w, reduction):
+    def make(rng):
+        target = rng.integers(0, c, size=(n, h, w))
+        target[0, 0, : w // 2] = 255  # some ignored pixels
+        return (lambda a: F.softmax_cross_entropy(a, target, 255, reduction)), [_t(rng, n, c, h, w)]
+    return make
+
+
+def _binary(op, sa, sb):
+    def make(rng):
+        a, b = _t(rng, *sa), _t(rng, *sb)
+        if op is F.div:
+            b.data = np.sign(b.data) * (np.abs(b.data) + 0.5)  # keep away from 0
+        return op, [a, b]
+    return make
+
+
+def _unary(fn, shape, distinct=False):
+    def make(rng):
+        return fn, [(_distinct if distinct else _t)(rng, *shape)]
+    return make
+
+
+def _dropout_train(rng):
+    """Training-mode dropout with the mask fixed by reseeding before every call."""
+    from .backend import manual_seed
+
+    def fn(a):
+        manual_seed(7)
+        return F.dropout(a, 0.3, training=True)
+    return fn, [_t(rng, 2, 3, 5, 5)]
+
+
+def _reused(rng):
+    """b = a + a; c = b * b: a used twice, then b used twice (micrograd's classic trap)."""
+    def fn(a):
+        b = a + a
+        return b * b
+    return fn, [_t(rng, 3, 4)]
+
+
+CASES = [
+    ("add (broadcast)", "(3,4,5)+(4,1)", _binary(F.add, (3, 4, 5), (4, 1))),
+    ("sub (broadcast)", "(4,1)-(3,4,5)", _binary(F.sub, (4, 1), (3, 4, 5))),
+    ("mul (broadcast)", "(2,3,1,5)*(3,4,1)", _binary(F.mul, (2, 3, 1, 5), (3, 4, 1))),
+    ("div (broadcast)", "(3,4)/(1,4)", _binary(F.div, (3, 4), (1, 4))),
+    ("neg", "(3,5)", _unary(F.neg, (3, 5))),
+    ("matmul", "(2,3,4)@(4,5)", _binary(F.matmul, (2, 3, 4), (4, 5))),
+    ("sum axis=1", "(3,4,5)", _unary(lambda a: F.sum(a, axis=1), (3, 4, 5))),
+    ("sum all", "(3,4)", _unary(lambda a: F.sum(a), (3, 4))),
+    ("mean axis=(0,2) keepdims", "(3,4,5)", _unary(lambda a: F.mean(a, (0, 2), True), (3, 4, 5))),
+    ("reshape", "(2,3,4)->(6,4)", _unary(lambda a: F.reshape(a, (6, 4)), (2, 3, 4))),
+    ("transpose", "(2,3,4)->(4,2,3)", _unary(lambda a: F.transpose(a, (2, 0, 1)), (2, 3, 4))),
+    ("tensor used twice", "(3,4)", _reused),
+    ("relu", "(2,3,7,9)", _unary(F.relu, (2, 3, 7, 9), distinct=True)),
+    ("dropout (train, fixed mask)", "(2,3,5,5)", _dropout_train),
+    ("dropout (eval)", "(2,3,5,5)", _unary(lambda a: F.dropout(a, 0.5, training=False), (2, 3, 5, 5))),
+    ("conv2d k3 s1 p1", "x(2,3,7,9) w(4,3,3,3)", _conv((2, 3, 7, 9), (4, 3, 3, 3), 1, 1)),
+    ("conv2d k3x2 s(2,1) p(2,0)", "x(1,2,13,11) w(3,2,3,2)",
+     _conv((1, 2, 13, 11), (3, 2, 3, 2), (2, 1), (2, 0))),
+    ("conv2d k1 s1 p0", "x(2,4,5,7) w(3,4,1,1)", _conv((2, 4, 5, 7), (3, 4, 1, 1), 1, 0)),
+    ("conv2d k4 s2 p1", "x(1,2,9,8) w(2,2,4,4)", _conv((1, 2, 9, 8), (2, 2, 4, 4), 2, 1)),
+    ("conv_transpose2d k4 s2 p0", "x(1,3,4,5) w(3,2,4,4)", _deconv((1, 3, 4, 5), (3, 2, 4, 4), 2, 0)),
+    ("conv_transpose2d k3x4 s(1,2) p1 +bias", "x(2,2,5,3) w(2,3,3,4)",
+     _deconv((2, 2, 5, 3), (2, 3, 3, 4), (1, 2), 1, bias=True)),
+    ("conv_transpose2d k1 s1", "x(1,3,4,4) w(3,2,1,1)", _deconv((1, 3, 4, 4), (3, 2, 1, 1), 1, 0)),
+    ("max_pool2d k2 s2 ceil", "(2,3,7,9)", _pool((2, 3, 7, 9), 2, 2, 0, True)),
+    ("max_pool2d k3 s2 p1 ceil (negative)", "(1,2,13,11)", _pool((1, 2, 13, 11), 3, 2, 1, True, True)),
+    ("max_pool2d k(3,2) s(1,2) floor", "(1,2,7,9)", _pool((1, 2, 7, 9), (3, 2), (1, 2), 0, False)),
+    ("crop", "(2,3,7,9)->(4,5)", _unary(lambda a: F.crop(a, (2, 3), (4, 5)), (2, 3, 7, 9))),
+    ("softmax_cross_entropy mean", "(2,4,7,9)", _loss(2, 4, 7, 9, "mean")),
+    ("softmax_cross_entropy sum", "(1,3,5,6)", _loss(1, 3, 5, 6, "sum")),
+    ("softmax_cross_entropy none", "(1,3,5,6)", _loss(1, 3, 5, 6, "none")),
+]

@@ -1,0 +1,170 @@
+"""Layer 2: the few hot loops every op stands on.
+
+im2col / col2im (convolution and transposed convolution), max-pool forward (with argmax) and
+backward, and per-pixel softmax cross-entropy. Each function here is the NumPy reference; the
+CUDA twins live in ``kernels/*.cu`` and are reached through ``minifcn.cuda`` when the arrays are
+CuPy arrays. Nothing above this module knows which one ran.
+
+The NumPy versions follow Chainer: a Python loop over the kH x kW kernel offsets only, each step
+one strided slice of the whole batch, so there is no loop over pixels, no ``np.add.at`` and the
+result is deterministic.
+
+Shapes: x is (N, C, H, W); a column array is (N, C, kH, kW, outH, outW), which reshapes for free
+into the (N, C*kH*kW, outH*outW) matrix of Caffe's im2col.
+"""
+import numpy as np
+
+from .backend import get_array_module
+
+
+def conv_out_size(size, k, s, p, ceil_mode=False):
+    """Output length of a window of k, stride s, padding p over ``size`` input elements.
+
+    Floor rounding is convolution's (and PyTorch's default pooling). Ceil rounding is Caffe's
+    pooling: the last window may hang over the padded edge. As in PyTorch, a last window that
+    would start in the right padding (or past the input) is dropped, so every window sees at least
+    one real input element. (Caffe drops it only when p > 0, which leaves an empty window when
+    k < s; FCN's nets, k = s = 2, are the same either way.)
+    """
+    if ceil_mode:
+        out = -(-(size + 2 * p - k) // s) + 1
+        if (out - 1) * s >= size + p:
+            out -= 1
+        return out
+    return (size + 2 * p - k) // s + 1
+
+
+def _gpu(xp):
+    """The CUDA twins module when ``xp`` is CuPy, else None (imported lazily)."""
+    if xp is np:
+        return None
+    from . import cuda
+
+    return cuda
+
+
+def im2col(x, kh, kw, sh, sw, ph, pw):
+    """Unfold the sliding windows of x (N, C, H, W) into columns (N, C, kh, kw, oh, ow).
+
+    col[n, c, i, j, y, x] = x_padded[n, c, y*sh + i, x*sw + j]  (zero padding).
+    """
+    xp = get_array_module(x)
+    n, c, h, w = x.shape
+    oh = conv_out_size(h, kh, sh, ph)
+    ow = conv_out_size(w, kw, sw, pw)
+    gpu = _gpu(xp)
+    if gpu is not None:
+        return gpu.im2col(x, kh, kw, sh, sw, ph, pw, oh, ow)
+    if kh == kw == sh == sw == 1 and ph == pw == 0:
+        return x.reshape(n, c, 1, 1, h, w)  # a 1x1 conv needs no copy: the image is its columns
+    xpad = np.pad(x, ((0, 0), (0, 0), (ph, ph), (pw, pw))) if (ph or pw) else x
+    col = np.empty((n, c, kh, kw, oh, ow), dtype=x.dtype)
+    for i in range(kh):
+        for j in range(kw):
+            col[:, :, i, j] = xpad[:, :, i : i + sh * oh : sh, j : j + sw * ow : sw]
+    return col
+
+
+def col2im(col, h, w, sh, sw, ph, pw):
+    """Fold columns (N, C, kh, kw, oh, ow) back into an image (N, C, h, w), summing overlaps.
+
+    The adjoint of im2col: <im2col(x), col> == <x, col2im(col)>. Values that land in the padding
+    are dropped.
+    """
+    xp = get_array_module(col)
+    n, c, kh, kw, oh, ow = col.shape
+    gpu = _gpu(xp)
+    if gpu is not None:
+        return gpu.col2im(col, h, w, sh, sw, ph, pw)
+    # the padded canvas must hold every window, even ones that end past h + 2p (stride leftovers)
+    hp = max(h + 2 * ph, sh * (oh - 1) + kh)
+    wp = max(w + 2 * pw, sw * (ow - 1) + kw)
+    img = np.zeros((n, c, hp, wp), dtype=col.dtype)
+    for i in range(kh):
+        for j in range(kw):
+            img[:, :, i : i + sh * oh : sh, j : j + sw * ow : sw] += col[:, :, i, j]
+    return img[:, :, ph : ph + h, pw : pw + w]
+
+
+def maxpool_forward(x, kh, kw, sh, sw, ph, pw, ceil_mode):
+    """Max pooling of x (N, C, H, W) -> (y, argmax), both (N, C, oh, ow).
+
+    argmax is the winner's offset inside its window, i*kw + j (int32), first one on ties.
+    Padding and the part of a ceil-mode window past the edge hold -inf, so they never win.
+    """
+    xp = get_array_module(x)
+    n, c, h, w = x.shape
+    oh = conv_out_size(h, kh, sh, ph, ceil_mode)
+    ow = conv_out_size(w, kw, sw, pw, ceil_mode)
+    gpu = _gpu(xp)
+    if gpu is not None:
+        return gpu.maxpool_forward(x, kh, kw, sh, sw, ph, pw, oh, ow)
+    hp = sh * (oh - 1) + kh
+    wp = sw * (ow - 1) + kw
+    xpad = np.full((n, c, hp, wp), -np.inf, dtype=x.dtype)
+    hc, wc = min(h, hp - ph), min(w, wp - pw)  # real rows/cols any window can reach
+    xpad[:, :, ph : ph + hc, pw : pw + wc] = x[:, :, :hc, :wc]
+    y = np.full((n, c, oh, ow), -np.inf, dtype=x.dtype)
+    argmax = np.zeros((n, c, oh, ow), dtype=np.int32)
+    for i in range(kh):
+        for j in range(kw):
+            cand = xpad[:, :, i : i + sh * oh : sh, j : j + sw * ow : sw]
+            better = cand > y  # strict: an earlier offset keeps a tie
+            y = np.where(better, cand, y)
+            argmax[better] = i * kw + j
+    return y, argmax
+
+
+def maxpool_backward(gy, argmax, h, w, kh, kw, sh, sw, ph, pw):
+    """Route each output gradient gy (N, C, oh, ow) to its window's winner -> gx (N, C, h, w)."""
+    xp = get_array_module(gy)
+    n, c, oh, ow = gy.shape
+    gpu = _gpu(xp)
+    if gpu is not None:
+        return gpu.maxpool_backward(gy, argmax, h, w, kh, kw, sh, sw, ph, pw)
+    hp = max(sh * (oh - 1) + kh, h + 2 * ph)
+    wp = max(sw * (ow - 1) + kw, w + 2 * pw)
+    gpad = np.zeros((n, c, hp, wp), dtype=gy.dtype)
+    for i in range(kh):
+        for j in range(kw):
+            gpad[:, :, i : i + sh * oh : sh, j : j + sw * ow : sw] += np.where(
+                argmax == i * kw + j, gy, 0
+            )
+    return gpad[:, :, ph : ph + h, pw : pw + w]
+
+
+def softmax_cross_entropy_forward(logits, target, ignore_index):
+    """Per-pixel loss of logits (N, C, H, W) against integer target (N, H, W).
+
+    Returns loss (N, H, W) in the logits' dtype: -log softmax(logits)[target], computed with
+    log-sum-exp (the max is subtracted first), and 0 where target == ignore_index.
+    """
+    xp = get_array_module(logits)
+    gpu = _gpu(xp)
+    if gpu is not None:
+        return gpu.softmax_cross_entropy_forward(logits, target, ignore_index)
+    valid = target != ignore_index
+    t = np.where(valid, target, 0).astype(np.intp)
+    m = logits.max(axis=1, keepdims=True)
+    lse = np.log(np.exp(logits - m).sum(axis=1)) + m[:, 0]
+    picked = np.take_along_axis(logits, t[:, None], axis=1)[:, 0]
+    return np.where(valid, lse - picked, 0).astype(logits.dtype)
+
+
+def softmax_cross_entropy_backward(logits, target, ignore_index, gloss):
+    """Gradient of the per-pixel loss: (softmax(logits) - onehot(target)) * gloss per pixel.
+
+    gloss is (N, H, W), the upstream gradient of each pixel's loss (1/count for a mean, 1 for a
+    sum); ignored pixels get a zero gradient. Returns (N, C, H, W).
+    """
+    xp = get_array_module(logits)
+    gpu = _gpu(xp)
+    if gpu is not None:
+        return gpu.softmax_cross_entropy_backward(logits, target, ignore_index, gloss)
+    valid = target != ignore_index
+    t = np.where(valid, target, 0).astype(np.intp)
+    e = np.exp(logits - logits.max(axis=1, keepdims=True))
+    p = e / e.sum(axis=1, keepdims=True)
+    np.put_along_axis(p, t[:, None], np.take_along_axis(p, t[:, None], axis=1) - 1, axis=1)
+    scale = np.where(valid, gloss, 0).astype(logits.dtype)
+    return p * scale[:, None]

@@ -1,0 +1,124 @@
+"""Tensor, Function and the reverse-mode walk."""
+import gc
+import sys
+import weakref
+
+import numpy as np
+import pytest
+
+import minifcn
+import minifcn.functional as F
+from minifcn import Tensor, no_grad
+
+
+def test_float32_by_default_and_float64_kept():
+    assert Tensor([1, 2, 3]).dtype == np.float32
+    assert Tensor(2.0).dtype == np.float32
+    assert Tensor(np.zeros(3)).dtype == np.float64
+    assert (Tensor(np.zeros(3, np.float32)) * 2.0).dtype == np.float32
+    assert (Tensor(np.zeros(3)) * 2.0).dtype == np.float64
+
+
+def test_integer_tensor_cannot_require_grad():
+    with pytest.raises(TypeError, match="floating"):
+        Tensor(np.arange(3), requires_grad=True)
+
+
+def test_reused_tensor_accumulates():
+    # b = a + a; c = b * b  ->  dc/da = 2 * 2b * 1 ... = 8a
+    a = Tensor(np.array([1.5, -2.0]), requires_grad=True)
+    b = a + a
+    c = b * b
+    c.backward(np.ones(2))
+    np.testing.assert_allclose(a.grad, 8 * a.data)
+
+
+def test_grad_accumulates_across_backward_calls():
+    a = Tensor(np.array([3.0]), requires_grad=True)
+    (a * 2.0).backward()
+    (a * 5.0).backward()
+    np.testing.assert_allclose(a.grad, [7.0])
+
+
+def test_deep_chain_does_not_recurse():
+    limit = sys.getrecursionlimit()
+    a = Tensor(np.array([1.0]), requires_grad=True)
+    y = a
+    for _ in range(max(10_000, 2 * limit)):
+        y = y + 1.0
+    y.backward()
+    assert a.grad[0] == 1.0
+
+
+def test_sixty_layer_net_backward():
+    rng = np.random.default_rng(0)
+    x = Tensor(rng.standard_normal((1, 2, 5, 5)))
+    ws = [Tensor(rng.standard_normal((2, 2, 3, 3)) * 0.3, requires_grad=True) for _ in range(60)]
+    y = x
+    for w in ws:
+        y = F.relu(F.conv2d(y, w, padding=1)) + y
+    y.sum().backward()
+    assert all(w.grad is not None and w.grad.shape == w.shape for w in ws)
+
+
+def test_backward_grad_shape_checked():
+    a = Tensor(np.ones((2, 3)), requires_grad=True)
+    y = a * 2.0
+    with pytest.raises(ValueError, match=r"shape \(3,\)"):
+        y.backward(np.ones(3))
+    with pytest.raises(ValueError, match="single-element"):
+        y.backward()
+    y.backward(Tensor(np.ones((2, 3))))  # a Tensor is accepted as grad
+    np.testing.assert_allclose(a.grad, 2.0)
+
+
+def test_no_grad_records_nothing():
+    a = Tensor(np.ones(3), requires_grad=True)
+    with no_grad():
+        y = a * 3.0
+    assert not y.requires_grad and y.is_leaf
+    assert minifcn.is_grad_enabled()
+    with pytest.raises(RuntimeError, match="does not require grad"):
+        y.sum().backward()
+
+
+def test_backward_frees_saved_buffers():
+    a = Tensor(np.ones((4, 4)), requires_grad=True)
+    big = Tensor(np.ones((4, 4)) * 2)
+    y = a * big  # Mul saves both operands
+    fn = y._fn
+    ref = weakref.ref(fn)
+    y.sum().backward()
+    assert fn.saved == () and fn.inputs == ()
+    assert y._fn is None
+    del fn
+    gc.collect()
+    assert ref() is None
+
+
+def test_wrong_backward_shape_is_caught():
+    class Bad(minifcn.autograd.Function):
+        def forward(self, x):
+            return x * 2
+
+        def backward(self, g):
+            return g[:1]
+
+    a = Tensor(np.ones(3), requires_grad=True)
+    with pytest.raises(RuntimeError, match="Bad.backward returned a gradient of shape"):
+        Bad.apply(a).sum().backward()
+
+
+def test_retain_grad_on_intermediate():
+    a = Tensor(np.array([1.0, 2.0]), requires_grad=True)
+    b = (a * 3.0).retain_grad()
+    (b * b).sum().backward()
+    np.testing.assert_allclose(b.grad, 2 * b.data)
+    np.testing.assert_allclose(a.grad, 6 * b.data)
+
+
+def test_operators_with_numbers_and_arrays():
+    a = Tensor(np.array([2.0, 4.0]), requires_grad=True)
+    y = (1.0 - a) / 2.0 + 3.0 * a - a / 4.0 + np.array([1.0, 1.0])
+    y.backward(np.ones(2))
+    np.testing.assert_allclose(a.grad, -0.5 + 3.0 - 0.25)

@@ -1,0 +1,242 @@
+"""Every op: float64 gradient checks over the shared case table, forward values against slow
+loop implementations written here, and the errors bad input must raise."""
+import math
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import minifcn.functional as F
+from minifcn import Tensor, gradcheck
+from minifcn.opcases import CASES
+
+
+@pytest.mark.parametrize("name,shapes,make", CASES, ids=[c[0] for c in CASES])
+def test_gradcheck(name, shapes, make):
+    fn, inputs = make(np.random.default_rng(0))
+    assert gradcheck(fn, inputs)
+
+
+# ---------------------------------------------------------------- slow references (loops)
+
+
+def conv2d_loop(x, w, b, stride, pad):
+    (sh, sw), (ph, pw) = stride, pad
+    n, c, h, wd = x.shape
+    k, _, kh, kw = w.shape
+    xp = np.zeros((n, c, h + 2 * ph, wd + 2 * pw))
+    xp[:, :, ph:ph + h, pw:pw + wd] = x
+    oh, ow = (h + 2 * ph - kh) // sh + 1, (wd + 2 * pw - kw) // sw + 1
+    y = np.zeros((n, k, oh, ow))
+    for i in range(n):
+        for o in range(k):
+            for r in range(oh):
+                for q in range(ow):
+                    y[i, o, r, q] = np.sum(xp[i, :, r * sh:r * sh + kh, q * sw:q * sw + kw] * w[o])
+            if b is not None:
+                y[i, o] += b[o]
+    return y
+
+
+def conv_transpose2d_loop(x, w, stride, pad):
+    """Scatter each input pixel's kernel-weighted contribution into the output (the textbook
+    definition, independent of im2col)."""
+    (sh, sw), (ph, pw) = stride, pad
+    n, cin, h, wd = x.shape
+    _, cout, kh, kw = w.shape
+    full = np.zeros((n, cout, (h - 1) * sh + kh, (wd - 1) * sw + kw))
+    for i in range(n):
+        for ci in range(cin):
+            for r in range(h):
+                for q in range(wd):
+                    full[i, :, r * sh:r * sh + kh, q * sw:q * sw + kw] += x[i, ci, r, q] * w[ci]
+    return full[:, :, ph:full.shape[2] - ph, pw:full.shape[3] - pw]
+
+
+def max_pool_loop(x, k, s, p, ceil):
+    n, c, h, w = x.shape
+
+    def out(size):
+        if ceil:
+            o = math.ceil((size + 2 * p - k) / s) + 1
+            if (o - 1) * s >= size + p:  # a window must start inside input + left padding
+                o -= 1
+            return o
+        return (size + 2 * p - k) // s + 1
+
+    oh, ow = out(h), out(w)
+    y = np.zeros((n, c, oh, ow))
+    for r in range(oh):
+        for q in range(ow):
+            r0, q0 = r * s - p, q * s - p
+            win = x[:, :, max(r0, 0):min(r0 + k, h), max(q0, 0):min(q0 + k, w)]
+            y[:, :, r, q] = win.max(axis=(2, 3))
+    return y
+
+
+@pytest.mark.parametrize("xs,ws,stride,pad", [
+    ((2, 3, 7, 9), (4, 3, 3, 3), (1, 1), (1, 1)),
+    ((1, 2, 13, 11), (3, 2, 3, 2), (2, 1), (2, 0)),
+    ((1, 3, 8, 8), (2, 3, 4, 4), (2, 2), (1, 1)),
+    ((2, 4, 5, 6), (3, 4, 1, 1), (1, 1), (0, 0)),
+    ((1, 1, 9, 7), (1, 1, 7, 7), (3, 2), (2, 2)),
+])
+def test_conv2d_forward_matches_loop(rng, xs, ws, stride, pad):
+    x, w, b = rng.standard_normal(xs), rng.standard_normal(ws), rng.standard_normal(ws[0])
+    y = F.conv2d(Tensor(x), Tensor(w), Tensor(b), stride, pad)
+    np.testing.assert_allclose(y.data, conv2d_loop(x, w, b, stride, pad), rtol=1e-10, atol=1e-10)
+
+
+@pytest.mark.parametrize("xs,ws,stride,pad", [
+    ((1, 3, 4, 5), (3, 2, 4, 4), (2, 2), (0, 0)),
+    ((2, 2, 5, 3), (2, 3, 3, 4), (1, 2), (1, 1)),
+    ((1, 2, 3, 3), (2, 2, 64, 64), (32, 32), (0, 0)),  # FCN-32s upscore geometry
+    ((1, 2, 4, 4), (2, 1, 16, 16), (8, 8), (3, 2)),
+])
+def test_conv_transpose2d_forward_matches_loop(rng, xs, ws, stride, pad):
+    x, w = rng.standard_normal(xs), rng.standard_normal(ws)
+    y = F.conv_transpose2d(Tensor(x), Tensor(w), None, stride, pad)
+    np.testing.assert_allclose(y.data, conv_transpose2d_loop(x, w, stride, pad), rtol=1e-10, atol=1e-10)
+
+
+def test_conv_transpose2d_is_adjoint_of_conv2d(rng):
+    """<conv2d(x, w), y> == <x, conv_transpose2d(y, w)> for the same weight array."""
+    x, w = rng.standard_normal((2, 3, 9, 11)), rng.standard_normal((4, 3, 3, 3))
+    y = F.conv2d(Tensor(x), Tensor(w), None, 2, 1).data
+    g = rng.standard_normal(y.shape)
+    xt = F.conv_transpose2d(Tensor(g), Tensor(w), None, 2, 1).data
+    assert xt.shape == x.shape  # odd sizes: stride 2 leaves no input row unread
+    assert np.isclose((y * g).sum(), (x * xt).sum())
+
+
+@pytest.mark.parametrize("xs,k,s,p,ceil", [
+    ((2, 3, 7, 9), 2, 2, 0, True),
+    ((2, 3, 7, 9), 2, 2, 0, False),
+    ((1, 2, 13, 11), 3, 2, 1, True),
+    ((1, 2, 10, 10), 3, 3, 1, True),
+    ((1, 1, 5, 5), 2, 2, 1, True),
+])
+def test_max_pool2d_forward_matches_loop(rng, xs, k, s, p, ceil):
+    x = rng.standard_normal(xs)
+    np.testing.assert_array_equal(F.max_pool2d(Tensor(x), k, s, p, ceil).data,
+                                  max_pool_loop(x, k, s, p, ceil))
+
+
+def test_max_pool2d_padding_never_wins():
+    x = -1.0 - np.arange(25, dtype=np.float64).reshape(1, 1, 5, 5)  # all negative
+    y = F.max_pool2d(Tensor(x), 3, 2, 1, ceil_mode=True).data
+    assert (y < 0).all()
+    np.testing.assert_array_equal(y, max_pool_loop(x, 3, 2, 1, True))
+
+
+def test_max_pool2d_tie_sends_gradient_to_one_winner():
+    x = Tensor(np.ones((1, 1, 4, 4)), requires_grad=True)
+    F.max_pool2d(x, 2, 2).backward(np.ones((1, 1, 2, 2)))
+    assert x.grad.sum() == 4 and (x.grad[0, 0, ::2, ::2] == 1).all()
+
+
+@given(h=st.integers(2, 12), w=st.integers(2, 12), k=st.integers(1, 4), s=st.integers(1, 3),
+       p=st.integers(0, 2), ceil=st.booleans())
+@settings(max_examples=40, deadline=None)
+def test_max_pool2d_shapes_property(h, w, k, s, p, ceil):
+    if 2 * p > k or h + 2 * p < k or w + 2 * p < k:
+        return
+    x = np.random.default_rng(h * 100 + w).standard_normal((1, 2, h, w))
+    np.testing.assert_array_equal(F.max_pool2d(Tensor(x), k, s, p, ceil).data,
+                                  max_pool_loop(x, k, s, p, ceil))
+
+
+@given(h=st.integers(1, 9), w=st.integers(1, 9), k=st.integers(1, 4), s=st.integers(1, 3),
+       p=st.integers(0, 2))
+@settings(max_examples=40, deadline=None)
+def test_conv2d_shapes_property(h, w, k, s, p):
+    if h + 2 * p < k or w + 2 * p < k:
+        return
+    rng = np.random.default_rng(h * 100 + w)
+    x, wt = rng.standard_normal((1, 2, h, w)), rng.standard_normal((3, 2, k, k))
+    np.testing.assert_allclose(F.conv2d(Tensor(x), Tensor(wt), None, s, p).data,
+                               conv2d_loop(x, wt, None, (s, s), (p, p)), atol=1e-10)
+
+
+def test_softmax_cross_entropy_matches_direct_formula(rng):
+    x = rng.standard_normal((2, 4, 3, 5)) * 3
+    t = rng.integers(0, 4, (2, 3, 5))
+    t[1, 2, :2] = 255
+    loss = F.softmax_cross_entropy(Tensor(x), t, reduction="none").data
+    for n, r, q in np.ndindex(2, 3, 5):
+        expect = 0.0 if t[n, r, q] == 255 else -np.log(np.exp(x[n, t[n, r, q], r, q])
+                                                      / np.exp(x[n, :, r, q]).sum())
+        assert loss[n, r, q] == pytest.approx(expect)
+    total = F.softmax_cross_entropy(Tensor(x), t, reduction="sum").item()
+    mean = F.softmax_cross_entropy(Tensor(x), t).item()
+    assert total == pytest.approx(loss.sum()) and mean == pytest.approx(loss.sum() / 28)
+
+
+def test_softmax_cross_entropy_is_stable_for_huge_logits():
+    x = np.zeros((1, 3, 1, 2))
+    x[0, 0] = 1e4
+    loss = F.softmax_cross_entropy(Tensor(x), np.array([[[0, 1]]]), reduction="none").data
+    np.testing.assert_allclose(loss, [[[0.0, 1e4]]])
+
+
+def test_all_ignored_mean_is_zero_with_zero_grad():
+    x = Tensor(np.ones((1, 2, 2, 2)), requires_grad=True)
+    loss = F.softmax_cross_entropy(x, np.full((1, 2, 2), 255))
+    loss.backward()
+    assert loss.item() == 0 and not x.grad.any()
+
+
+def test_crop_values(rng):
+    x = rng.standard_normal((1, 2, 7, 9))
+    np.testing.assert_array_equal(F.crop(Tensor(x), (2, 3), (4, 5)).data, x[:, :, 2:6, 3:8])
+    np.testing.assert_array_equal(F.crop(Tensor(x), 1, Tensor(np.zeros((1, 1, 3, 3)))).data,
+                                  x[:, :, 1:4, 1:4])
+
+
+def test_dropout_statistics_and_eval():
+    import minifcn
+
+    minifcn.manual_seed(0)
+    x = Tensor(np.ones((100, 100), np.float32))
+    y = F.dropout(x, 0.3, training=True).data
+    assert set(np.unique(y)) <= {0.0, np.float32(1 / 0.7)}
+    assert abs((y == 0).mean() - 0.3) < 0.02
+    assert F.dropout(x, 0.3, training=False) is x
+
+
+# ---------------------------------------------------------------- bad input
+
+
+def _x(*shape):
+    return Tensor(np.zeros(shape, np.float32))
+
+
+@pytest.mark.parametrize("call,err,match", [
+    (lambda: F.conv2d(_x(1, 3, 8, 8), _x(4, 2, 3, 3)), ValueError, r"conv2d: weight .*2 input channels.*has 3"),
+    (lambda: F.conv2d(_x(3, 8, 8), _x(4, 3, 3, 3)), ValueError, r"conv2d: input must be 4-D.*\(3, 8, 8\)"),
+    (lambda: F.conv2d(_x(1, 3, 8, 8), _x(4, 3, 3, 3), stride=0), ValueError, "conv2d: stride must be >= 1"),
+    (lambda: F.conv2d(_x(1, 3, 4, 4), _x(4, 3, 7, 7), padding=1), ValueError, r"conv2d: kernel \(7, 7\) is larger than the padded input \(6, 6\)"),
+    (lambda: F.conv2d(_x(1, 3, 8, 8), _x(4, 3, 3, 3), bias=_x(3)), ValueError, r"conv2d: bias must have shape \(4,\)"),
+    (lambda: F.conv2d(_x(1, 3, 8, 8), _x(4, 3, 3, 3), stride=1.5), TypeError, "conv2d: stride must be an int"),
+    (lambda: F.conv_transpose2d(_x(1, 3, 4, 4), _x(2, 3, 4, 4)), ValueError, r"conv_transpose2d: weight .*expects 2 input channels"),
+    (lambda: F.conv_transpose2d(_x(1, 3, 4), _x(3, 3, 4, 4)), ValueError, "conv_transpose2d: input must be 4-D"),
+    (lambda: F.conv_transpose2d(_x(1, 3, 4, 4), _x(3, 3, 4, 4), stride=0), ValueError, "conv_transpose2d: stride"),
+    (lambda: F.max_pool2d(_x(8, 8), 2), ValueError, r"max_pool2d: input must be 4-D"),
+    (lambda: F.max_pool2d(_x(1, 1, 8, 8), 2, stride=0), ValueError, "max_pool2d: stride must be >= 1"),
+    (lambda: F.max_pool2d(_x(1, 1, 2, 2), 5), ValueError, "max_pool2d: kernel .* larger than the padded input"),
+    (lambda: F.max_pool2d(_x(1, 1, 8, 8), 2, 2, 2), ValueError, "max_pool2d: padding"),
+    (lambda: F.crop(_x(1, 1, 8, 8), (4, 4), (5, 5)), ValueError, r"crop: offset \(4, 4\) \+ size \(5, 5\)"),
+    (lambda: F.softmax_cross_entropy(_x(1, 3, 4, 4), np.zeros((1, 4, 5), int)), ValueError, r"softmax_cross_entropy: target shape \(1, 4, 5\) does not match logits \(1, 3, 4, 4\)"),
+    (lambda: F.softmax_cross_entropy(_x(1, 3, 2, 2), np.array([[[0, 3], [1, 255]]])), ValueError, r"softmax_cross_entropy: target holds class indices \[3\]"),
+    (lambda: F.softmax_cross_entropy(_x(1, 3, 2, 2), np.zeros((1, 2, 2))), TypeError, "softmax_cross_entropy: target must be an integer array"),
+    (lambda: F.softmax_cross_entropy(_x(3, 2, 2), np.zeros((3, 2), int)), ValueError, "softmax_cross_entropy: logits must be 4-D"),
+    (lambda: F.softmax_cross_entropy(_x(1, 3, 2, 2), np.zeros((1, 2, 2), int), reduction="avg"), ValueError, "reduction must be one of"),
+    (lambda: F.add(_x(2, 3), _x(4, 3)), ValueError, r"add: shapes \(2, 3\) and \(4, 3\) do not broadcast"),
+    (lambda: F.matmul(_x(2, 3), _x(4, 3)), ValueError, r"matmul: expected"),
+    (lambda: F.dropout(_x(2, 3), 1.0), ValueError, r"dropout: p must be in \[0, 1\)"),
+    (lambda: F.conv2d(Tensor(np.zeros((1, 3, 8, 8), int)), _x(4, 3, 3, 3)), TypeError, "conv2d: input must be a floating"),
+])
+def test_bad_input(call, err, match):
+    with pytest.raises(err, match=match):
+        call()
