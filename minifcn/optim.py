@@ -1,0 +1,122 @@
+"""SGD with momentum as Caffe (and so FCN's reference solvers) does it, and learning-rate
+schedules.
+
+Caffe's update, per parameter w with gradient g, base rate lr and the group's multipliers:
+
+    v <- momentum * v + lr * lr_mult * (g + weight_decay * decay_mult * w)
+    w <- w - v
+
+(PyTorch folds lr in after the momentum instead; the two agree while lr is constant and differ
+when a schedule changes it.) The reference nets double the bias learning rate and give biases no
+weight decay: ``param_groups(model)`` builds exactly those groups.
+"""
+import math
+
+import numpy as np
+
+from .backend import get_array_module
+
+
+def param_groups(model, bias_lr_mult=2.0, bias_decay_mult=0.0):
+    """Two groups as the reference solvers: weights (lr x1, decay x1) and biases (lr x2, no
+    decay). Parameters that do not require grad (fixed upsampling) are left out."""
+    weights, biases = [], []
+    for name, p in model.named_parameters():
+        if p.requires_grad:
+            (biases if name.endswith("bias") else weights).append(p)
+    return [{"params": weights, "lr_mult": 1.0, "decay_mult": 1.0},
+            {"params": biases, "lr_mult": bias_lr_mult, "decay_mult": bias_decay_mult}]
+
+
+class SGD:
+    """SGD(params, lr, momentum=0.9, weight_decay=0.0005).
+
+    params: an iterable of Parameters, or of dicts {'params': [...], 'lr_mult': float,
+    'decay_mult': float} (missing multipliers default to 1). ``lr`` may be changed between steps
+    (a schedule sets it). ``state_dict``/``load_state_dict`` carry the momentum buffers, so a
+    resumed run continues exactly.
+    """
+
+    def __init__(self, params, lr, momentum=0.9, weight_decay=0.0005):
+        if lr <= 0 or not math.isfinite(lr):
+            raise ValueError(f"SGD: lr must be a positive number, got {lr}")
+        if not 0 <= momentum < 1:
+            raise ValueError(f"SGD: momentum must be in [0, 1), got {momentum}")
+        if weight_decay < 0:
+            raise ValueError(f"SGD: weight_decay must be >= 0, got {weight_decay}")
+        params = list(params)
+        if params and not isinstance(params[0], dict):
+            params = [{"params": params}]
+        self.groups = [{"params": list(g["params"]), "lr_mult": float(g.get("lr_mult", 1.0)),
+                        "decay_mult": float(g.get("decay_mult", 1.0))} for g in params]
+        if not any(g["params"] for g in self.groups):
+            raise ValueError("SGD: no parameters to optimise")
+        self.lr, self.momentum, self.weight_decay = lr, momentum, weight_decay
+        self.velocity = [[None] * len(g["params"]) for g in self.groups]
+
+    def zero_grad(self):
+        for g in self.groups:
+            for p in g["params"]:
+                p.grad = None
+
+    def step(self):
+        for group, velocities in zip(self.groups, self.velocity):
+            lr = self.lr * group["lr_mult"]
+            decay = self.weight_decay * group["decay_mult"]
+            for i, p in enumerate(group["params"]):
+                if p.grad is None:
+                    continue
+                step = lr * (p.grad + decay * p.data) if decay else lr * p.grad
+                v = velocities[i]
+                velocities[i] = v = step if v is None else self.momentum * v + step
+                p.data -= v
+
+    def state_dict(self):
+        """{'velocity.G.I': array} for every buffer that exists (group G, parameter I)."""
+        return {f"velocity.{gi}.{pi}": v for gi, vs in enumerate(self.velocity)
+                for pi, v in enumerate(vs) if v is not None}
+
+    def load_state_dict(self, state):
+        for key, value in state.items():
+            try:
+                _, gi, pi = key.split(".")
+                p = self.groups[int(gi)]["params"][int(pi)]
+            except (ValueError, IndexError):
+                raise ValueError(f"SGD.load_state_dict: unexpected key {key!r}") from None
+            if tuple(value.shape) != p.shape:
+                raise ValueError(f"SGD.load_state_dict: {key} has shape {tuple(value.shape)}, "
+                                 f"its parameter {p.shape}")
+            self.velocity[int(gi)][int(pi)] = get_array_module(p.data).asarray(value, dtype=p.dtype)
+
+
+def constant():
+    """lr multiplier 1 at every iteration."""
+    return lambda it: 1.0
+
+
+def step(step_size, gamma=0.1):
+    """Multiply lr by gamma every step_size iterations (Caffe's 'step')."""
+    if step_size < 1:
+        raise ValueError(f"step schedule: step_size must be >= 1, got {step_size}")
+    return lambda it: gamma ** (it // step_size)
+
+
+def poly(max_iter, power=0.9):
+    """(1 - it/max_iter)^power, Caffe's 'poly' (decays to 0 at max_iter)."""
+    if max_iter < 1:
+        raise ValueError(f"poly schedule: max_iter must be >= 1, got {max_iter}")
+    return lambda it: max(0.0, 1 - it / max_iter) ** power
+
+
+SCHEDULES = {"constant": constant, "step": step, "poly": poly}
+
+
+def make_schedule(name, max_iter, step_size=None, gamma=0.1, power=0.9):
+    """A schedule by name ('constant', 'step', 'poly'), for the trainer's --lr-schedule."""
+    if name == "constant":
+        return constant()
+    if name == "step":
+        return step(step_size or max(1, max_iter // 3), gamma)
+    if name == "poly":
+        return poly(max_iter, power)
+    raise ValueError(f"unknown lr schedule {name!r}: expected one of {sorted(SCHEDULES)}")
