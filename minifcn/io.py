@@ -1,0 +1,378 @@
+"""Weights in and out: .npz files, trainer checkpoints, and importing PyTorch weights.
+
+A state_dict here is ``{name: ndarray}`` with the reference Caffe layer names (``conv1_1.weight``
+... ``fc7.bias``, ``score_fr.*``, ``upscore.weight``...). On disk it is an ``.npz``: a zip holding
+one ``<name>.npy`` per array, readable by ``np.load`` anywhere, with no pickled code.
+
+Every file is written atomically (to a temporary file in the same folder, then renamed over the
+target), so a run killed mid-save leaves the previous file intact.
+
+PyTorch files are read by :mod:`minifcn.torchfile` (no PyTorch needed, no code run); the
+importers below rename and reshape torchvision's VGG16 and the PyTorch FCN port's weights into
+ours (paper section 3.1: fully connected layers become convolutions).
+"""
+import contextlib
+import json
+import os
+import secrets
+import warnings
+import zipfile
+from collections.abc import Mapping
+
+import numpy as np
+
+from .backend import as_numpy
+from .torchfile import read_torch_file, read_torch_state_dict
+
+__all__ = [
+    "atomic_path", "atomic_write_bytes", "atomic_write_text", "save", "load", "save_checkpoint",
+    "load_checkpoint", "read_torch_state_dict", "read_torch_file", "from_torchvision_vgg16",
+    "from_fcn_port", "import_weights", "merge_state", "VGG16_CONV_NAMES", "MEAN_RGB",
+]
+
+META_KEY = "__meta__"  # reserved name of the checkpoint's JSON record inside the .npz
+
+VGG16_CONV_NAMES = ("conv1_1", "conv1_2", "conv2_1", "conv2_2", "conv3_1", "conv3_2", "conv3_3",
+                    "conv4_1", "conv4_2", "conv4_3", "conv5_1", "conv5_2", "conv5_3")
+# positions of those convs inside torchvision's vgg16().features (ReLUs and pools sit between)
+_TORCHVISION_CONV_INDEX = (0, 2, 5, 7, 10, 12, 14, 17, 19, 21, 24, 26, 28)
+
+# minifcn's input: RGB in 0..255 minus this mean (the reference nets' BGR mean, reordered)
+MEAN_RGB = (122.67892, 116.66877, 104.00699)
+# torchvision's input: RGB scaled to 0..1, then (x - mean) / std per channel
+TORCHVISION_MEAN = (0.485, 0.456, 0.406)
+TORCHVISION_STD = (0.229, 0.224, 0.225)
+
+
+# --- atomic writes --------------------------------------------------------------------------
+
+@contextlib.contextmanager
+def atomic_path(path):
+    """Write a file all-or-nothing: ``with atomic_path(p) as tmp: <write to tmp>``.
+
+    Yields the name of a new empty file in the same folder as ``path``; if the block finishes,
+    that file is flushed to disk and renamed over ``path`` (``os.replace`` is atomic on one file
+    system); if it raises, the temporary file is deleted and ``path`` is untouched. A process
+    killed outright can leave a stray ``.<name>.*.tmp`` behind, never a half-written ``path``.
+    Write to exactly the yielded name (``np.save`` would append ``.npy``: give it an open file).
+    """
+    path = os.fspath(path)
+    folder, name = os.path.split(os.path.abspath(path))
+    if not os.path.isdir(folder):
+        raise FileNotFoundError(f"cannot write {path}: folder {folder} does not exist")
+    while True:
+        tmp = os.path.join(folder, f".{name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
+        try:
+            # O_EXCL: never reuse someone else's file; mode 0o666 minus the umask, as open() would
+            os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
+            break
+        except FileExistsError:
+            continue
+    try:
+        yield tmp
+        with open(tmp, "rb+") as f:
+            os.fsync(f.fileno())  # the bytes are on disk before the name points at them
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(tmp)
+        raise
+
+
+def atomic_write_bytes(path, data):
+    """Write ``data`` (bytes) to ``path`` atomically (see :func:`atomic_path`)."""
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        f.write(data)
+
+
+def atomic_write_text(path, text):
+    """Write ``text`` (str, UTF-8) to ``path`` atomically (see :func:`atomic_path`)."""
+    atomic_write_bytes(path, text.encode("utf-8"))
+
+
+# --- .npz files and checkpoints -------------------------------------------------------------
+
+def _to_numpy(name, value, where):
+    """A NumPy array from an ndarray, a CuPy array, a Tensor/Parameter (``.data``) or a number."""
+    if not isinstance(value, (np.ndarray, np.generic, int, float, complex, list, tuple)):
+        if type(value).__module__.split(".")[0] == "cupy":
+            value = as_numpy(value)
+        elif hasattr(value, "data"):  # a minifcn Tensor / Parameter holds its array in .data
+            value = as_numpy(value.data)
+    array = np.asarray(value)
+    if array.dtype.hasobject:
+        raise TypeError(f"{where}: {name!r} is a {type(value).__name__}, expected a numeric array")
+    return array
+
+
+def _state_of(model_or_state, where):
+    """``{name: ndarray}`` from a Module (anything with ``state_dict()``) or a mapping."""
+    state = model_or_state.state_dict() if hasattr(model_or_state, "state_dict") else model_or_state
+    if not isinstance(state, Mapping):
+        raise TypeError(f"{where}: expected a model with state_dict() or a dict of arrays, "
+                        f"got {type(model_or_state).__name__}")
+    bad = [k for k in state if not (isinstance(k, str) and k)]
+    if bad:
+        raise TypeError(f"{where}: array names must be non-empty strings, got {bad[:5]}")
+    return {k: _to_numpy(k, v, where) for k, v in state.items()}
+
+
+def _write_npz(path, arrays):
+    # what np.savez does, minus its keyword-argument API (which breaks on a key named 'file')
+    with atomic_path(path) as tmp, zipfile.ZipFile(tmp, "w", zipfile.ZIP_STORED) as zf:
+        for name, array in arrays.items():
+            with zf.open(name + ".npy", "w", force_zip64=True) as f:
+                np.lib.format.write_array(f, array, allow_pickle=False)
+
+
+def _read_npz(path, where):
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"{where}: no such file {path!r}")
+    if not zipfile.is_zipfile(path):
+        raise ValueError(f"{where}: {path} is not an .npz file (a zip of .npy arrays)")
+    with zipfile.ZipFile(path) as zf:
+        members = zf.namelist()
+    if any(m.endswith("/data.pkl") for m in members):
+        raise ValueError(f"{where}: {path} is a PyTorch file, not an .npz; read it with "
+                         "minifcn.io.import_weights or read_torch_state_dict")
+    others = [m for m in members if not m.endswith(".npy")]
+    if others:
+        raise ValueError(f"{where}: {path} is a zip but not an .npz "
+                         f"(members {others[:5]} are not .npy)")
+    try:
+        with np.load(path, allow_pickle=False) as npz:
+            return {name: npz[name] for name in npz.files}
+    except ValueError as e:  # object arrays need pickle, which we never allow
+        raise ValueError(f"{where}: cannot read {path}: {e}") from None
+    except zipfile.BadZipFile as e:
+        raise ValueError(f"{where}: {path} is a damaged .npz: {e}") from None
+
+
+def save(model_or_state, path):
+    """Save a model's ``state_dict()`` (or a ``{name: array}`` dict) to ``path`` as an .npz.
+
+    Arrays are copied to the CPU; dtypes and shapes are kept exactly. ``path`` is used as given
+    (no ``.npz`` is appended). The write is atomic.
+    """
+    arrays = _state_of(model_or_state, "minifcn.io.save")
+    if META_KEY in arrays:
+        raise ValueError(f"minifcn.io.save: the name {META_KEY!r} is reserved for checkpoint "
+                         "metadata")
+    _write_npz(path, arrays)
+
+
+def load(path):
+    """Read an .npz written by :func:`save` (or ``np.savez``): ``{name: ndarray}`` in file order.
+
+    Never unpickles. The metadata record of a checkpoint, if any, is left out (see
+    :func:`load_checkpoint`).
+    """
+    arrays = _read_npz(path, "minifcn.io.load")
+    arrays.pop(META_KEY, None)
+    return arrays
+
+
+def save_checkpoint(path, arrays, meta):
+    """Save ``arrays`` (``{name: ndarray}``) and ``meta`` (a JSON-serialisable dict: step, lr,
+    config...) together in one .npz, atomically. ``meta`` travels as JSON text under the reserved
+    name ``'__meta__'``, so tuples come back as lists and dict keys as strings."""
+    arrays = _state_of(arrays, "minifcn.io.save_checkpoint")
+    if META_KEY in arrays:
+        raise ValueError(f"minifcn.io.save_checkpoint: the name {META_KEY!r} is reserved for meta")
+    if not isinstance(meta, Mapping):
+        raise TypeError("minifcn.io.save_checkpoint: meta must be a dict, "
+                        f"got {type(meta).__name__}")
+    try:
+        text = json.dumps(dict(meta))
+    except (TypeError, ValueError) as e:
+        raise TypeError(f"minifcn.io.save_checkpoint: meta is not JSON-serialisable: {e}") from None
+    _write_npz(path, {**arrays, META_KEY: np.array(text)})  # a 0-d unicode array: no pickle needed
+
+
+def load_checkpoint(path):
+    """Read a file written by :func:`save_checkpoint`: ``(arrays, meta)``."""
+    arrays = _read_npz(path, "minifcn.io.load_checkpoint")
+    if META_KEY not in arrays:
+        raise ValueError(f"minifcn.io.load_checkpoint: {path} has no {META_KEY!r} record; it is a "
+                         "plain weights file (read it with minifcn.io.load)")
+    meta = json.loads(str(arrays.pop(META_KEY)[()]))
+    return arrays, meta
+
+
+# --- importing PyTorch weights --------------------------------------------------------------
+
+def _check_keys(state, required, optional, where, hint=""):
+    missing = [k for k in required if k not in state]
+    unexpected = [k for k in state if k not in required and k not in optional]
+    if missing or unexpected:
+        parts = [f"{what}: {items[:12]}{' ...' if len(items) > 12 else ''}"
+                 for what, items in (("missing keys", missing), ("unexpected keys", unexpected))
+                 if items]
+        raise ValueError(f"{where}: {'; '.join(parts)}{hint}")
+
+
+def from_torchvision_vgg16(state, fold_normalisation=True, mean_rgb=MEAN_RGB):
+    """torchvision ``vgg16`` weights -> minifcn's backbone names (conv1_1 ... conv5_3, fc6, fc7).
+
+    ``features.{0,2,5,...,28}`` become the 13 convs; ``classifier.0`` (F, C5*7*7) becomes fc6
+    (F, C5, 7, 7) and ``classifier.3`` (F, F) becomes fc7 (F, F, 1, 1): the paper's
+    "convolutionalisation" (a 7x7 conv over the 7x7 pool5 map computes the same numbers as the
+    linear layer on the flattened map). ``classifier.6`` (the ImageNet 1000-way layer) is dropped.
+    Any width works: C5 is read from ``features.28``.
+
+    fold_normalisation (default True): torchvision's net expects ``(rgb/255 - mean)/std``;
+    minifcn feeds ``rgb - mean_rgb``. Scaling conv1_1's weights by ``1/(255*std_c)`` per input
+    channel and adding ``sum W'[:, c, i, j] * (mean_rgb[c] - 255*mean_c)`` to its bias makes
+    conv1_1 compute exactly what it did in torchvision wherever its window lies inside the image.
+    Where the window covers zero padding it differs slightly: padding is 0 in *our* input, i.e.
+    the colour ``mean_rgb``, where torchvision's padding is the colour ``255*mean``; these differ
+    by about one grey level per channel, so the effect is small.
+    """
+    where = "from_torchvision_vgg16"
+    state = _state_of(state, where)
+    required = [f"features.{i}.{p}" for i in _TORCHVISION_CONV_INDEX for p in ("weight", "bias")]
+    required += [f"classifier.{i}.{p}" for i in (0, 3) for p in ("weight", "bias")]
+    _check_keys(state, required, ("classifier.6.weight", "classifier.6.bias"), where,
+                " (expected torchvision's plain vgg16; vgg16_bn's BatchNorm layers are not "
+                "supported)")
+    out, c_in = {}, 3
+    for name, i in zip(VGG16_CONV_NAMES, _TORCHVISION_CONV_INDEX):
+        w, b = state[f"features.{i}.weight"], state[f"features.{i}.bias"]
+        if w.ndim != 4 or w.shape[1:] != (c_in, 3, 3) or b.shape != (w.shape[0],):
+            raise ValueError(f"{where}: features.{i} ({name}) has weight {w.shape} and bias "
+                             f"{b.shape}, expected (C_out, {c_in}, 3, 3) and (C_out,)")
+        out[f"{name}.weight"], out[f"{name}.bias"] = w.copy(), b.copy()
+        c_in = w.shape[0]
+    w6, b6 = state["classifier.0.weight"], state["classifier.0.bias"]
+    if w6.ndim != 2 or w6.shape[1] != c_in * 7 * 7 or b6.shape != (w6.shape[0],):
+        raise ValueError(f"{where}: classifier.0 has weight {w6.shape} and bias {b6.shape}, "
+                         f"expected (F, {c_in * 49}) = (F, conv5_3 channels * 7 * 7) and (F,)")
+    # torch flattens pool5 (C, 7, 7) in C-order, so a reshape restores the conv layout
+    out["fc6.weight"], out["fc6.bias"] = w6.reshape(-1, c_in, 7, 7).copy(), b6.copy()
+    w7, b7 = state["classifier.3.weight"], state["classifier.3.bias"]
+    if w7.ndim != 2 or w7.shape[1] != w6.shape[0] or b7.shape != (w7.shape[0],):
+        raise ValueError(f"{where}: classifier.3 has weight {w7.shape} and bias {b7.shape}, "
+                         f"expected (F, {w6.shape[0]}) and (F,)")
+    out["fc7.weight"], out["fc7.bias"] = w7.reshape(*w7.shape, 1, 1).copy(), b7.copy()
+    if fold_normalisation:
+        w, b = out["conv1_1.weight"], out["conv1_1.bias"]
+        std, mean = np.asarray(TORCHVISION_STD), np.asarray(TORCHVISION_MEAN)
+        w_new = w.astype(np.float64) / (255.0 * std)[None, :, None, None]
+        # our input 0 is the colour mean_rgb, which torchvision sees as mean_rgb - 255 * mean
+        shift = np.asarray(mean_rgb, dtype=np.float64) - 255.0 * mean
+        b_new = b.astype(np.float64) + np.einsum("ocij,c->o", w_new, shift)
+        out["conv1_1.weight"], out["conv1_1.bias"] = w_new.astype(w.dtype), b_new.astype(b.dtype)
+    return out
+
+
+_FCN_LAYERS_WITH_BIAS = VGG16_CONV_NAMES + ("fc6", "fc7", "score_fr", "score_pool4", "score_pool3")
+_FCN_UPSAMPLING = ("upscore", "upscore2", "upscore16", "upscore_pool4", "upscore8")
+
+
+def from_fcn_port(state, bgr_to_rgb=True):
+    """The PyTorch FCN port's FCN32s/16s/8s/8sAtOnce state_dict -> minifcn's (same names).
+
+    Checks the names (backbone, fc6, fc7, score_fr required; score_pool4/3 and the upsampling
+    layers optional; nothing else allowed) and that each weight is 4-d with a matching bias.
+    An ``upscore*.bias`` is dropped (minifcn's upsampling layers have none, nor do the reference
+    nets) if it is all zeros, and refused otherwise, since dropping it would change the output.
+
+    bgr_to_rgb (default True): the port, like the Caffe nets it was converted from, feeds BGR
+    minus the BGR mean; minifcn feeds RGB minus the same mean reordered. Reversing conv1_1's
+    input channels makes the two exactly equivalent.
+    """
+    where = "from_fcn_port"
+    state = _state_of(state, where)
+    out = {}
+    for name in _FCN_UPSAMPLING:
+        bias = state.get(f"{name}.bias")
+        if bias is not None:
+            if np.any(bias != 0):
+                raise ValueError(f"{where}: {name}.bias is non-zero; minifcn's upsampling layers "
+                                 "have no bias, so these weights cannot be imported exactly")
+            warnings.warn(f"{where}: dropping {name}.bias (all zeros; minifcn's upsampling has "
+                          "no bias)")
+    required = [f"{n}.{p}" for n in _FCN_LAYERS_WITH_BIAS[:16] for p in ("weight", "bias")]
+    optional = ([f"{n}.{p}" for n in _FCN_LAYERS_WITH_BIAS[16:] for p in ("weight", "bias")]
+                + [f"{n}.{p}" for n in _FCN_UPSAMPLING for p in ("weight", "bias")])
+    _check_keys(state, required, optional, where, " (expected an FCN32s/16s/8s state_dict)")
+    for key, array in state.items():
+        layer, kind = key.rsplit(".", 1)
+        if kind == "bias" and layer in _FCN_UPSAMPLING:
+            continue
+        if kind == "weight" and array.ndim != 4:
+            raise ValueError(f"{where}: {key} has shape {array.shape}, expected a 4-d conv weight")
+        if kind == "bias" and (f"{layer}.weight" not in state
+                               or array.shape != (state[f"{layer}.weight"].shape[0],)):
+            raise ValueError(f"{where}: {key} has shape {array.shape}, expected (C_out,) of "
+                             f"{layer}.weight")
+        out[key] = array.copy()
+    if bgr_to_rgb:
+        out["conv1_1.weight"] = np.ascontiguousarray(out["conv1_1.weight"][:, ::-1])
+    return out
+
+
+def import_weights(path_or_state, kind="auto", fold_normalisation=True, bgr_to_rgb=True):
+    """Read PyTorch weights (a torch.save file or a dict) and rename them to ours.
+
+    kind: 'torchvision_vgg16', 'fcn_port', or 'auto' (torchvision if any key starts with
+    'features.', else the FCN port's names). Options go to :func:`from_torchvision_vgg16` /
+    :func:`from_fcn_port`. Returns ``{name: ndarray}`` with minifcn's names. An .npz path is
+    accepted for torchvision's names only (one with our names is refused: it is ambiguous
+    whether its conv1_1 expects RGB, as minifcn's own weights do, or BGR, as the port's do).
+    """
+    kinds = ("auto", "torchvision_vgg16", "fcn_port")
+    if kind not in kinds:
+        raise ValueError(f"import_weights: unknown kind {kind!r}, expected one of {kinds}")
+    if isinstance(path_or_state, (str, os.PathLike)):
+        path = os.fspath(path_or_state)
+        if not os.path.isfile(path):
+            raise FileNotFoundError(f"import_weights: no such file {path!r}")
+        is_npz = False
+        if zipfile.is_zipfile(path):
+            with zipfile.ZipFile(path) as zf:
+                is_npz = not any(m.endswith("/data.pkl") for m in zf.namelist())
+        state = load(path) if is_npz else read_torch_state_dict(path)
+    else:
+        path, is_npz = None, False
+        state = _state_of(path_or_state, "import_weights")
+    if kind == "auto":
+        kind = "torchvision_vgg16" if any(k.startswith("features.") for k in state) else "fcn_port"
+    if is_npz and kind == "fcn_port":
+        # an .npz with our names is most likely minifcn's own (RGB) weights: flipping conv1_1
+        # as for the BGR port would silently spoil them, so make the caller say which it is
+        raise ValueError(f"import_weights: {path} is an .npz with minifcn's layer names; load "
+                         "minifcn's own weights with minifcn.io.load, or pass "
+                         "from_fcn_port(minifcn.io.load(path)) for the port's BGR weights")
+    if kind == "torchvision_vgg16":
+        return from_torchvision_vgg16(state, fold_normalisation=fold_normalisation)
+    return from_fcn_port(state, bgr_to_rgb=bgr_to_rgb)
+
+
+def merge_state(model_state, imported):
+    """``model_state`` with the arrays of ``imported`` substituted where the names match.
+
+    For initialising part of a model (say the VGG16 backbone of an FCN) from imported weights:
+    ``model.load_state_dict(merge_state(model.state_dict(), import_weights(path)))``.
+    model_state: a dict of arrays or a model. Raises ValueError if an imported name is not in
+    the model (listing them) or a shape differs (naming the key and both shapes). Imported
+    arrays are cast to the model's dtype (float64 weights into a float32 model).
+    """
+    model_state = _state_of(model_state, "merge_state")
+    imported = _state_of(imported, "merge_state")
+    extra = [k for k in imported if k not in model_state]
+    if extra:
+        raise ValueError(f"merge_state: imported keys the model does not have: {extra[:12]}"
+                         f"{' ...' if len(extra) > 12 else ''}")
+    merged = dict(model_state)
+    for key, array in imported.items():
+        own = model_state[key]
+        if array.shape != own.shape:
+            raise ValueError(f"merge_state: {key} has shape {array.shape} in the imported weights "
+                             f"but {own.shape} in the model")
+        if not np.can_cast(array.dtype, own.dtype, casting="same_kind"):
+            raise TypeError(f"merge_state: {key} is {array.dtype} in the imported weights but "
+                            f"{own.dtype} in the model")
+        merged[key] = array.astype(own.dtype)
+    return merged

@@ -1,0 +1,554 @@
+"""Tests for minifcn.io (npz, checkpoints, atomic writes, importers) and minifcn.torchfile.
+
+The torch files under tests/fixtures/ were made by tests/fixtures/make_fixtures.py with real
+torch; expected.npz holds what torch itself gave for each tensor, so these tests need no torch.
+Tests that do use torch import it with pytest.importorskip.
+"""
+import os
+import pickle
+import struct
+import tarfile
+import zipfile
+
+import numpy as np
+import pytest
+
+from minifcn import io
+from minifcn.torchfile import read_torch_file, read_torch_state_dict
+
+FIXTURES = os.path.join(os.path.dirname(os.path.abspath(__file__)), "fixtures")
+TV_MEAN = np.array([0.485, 0.456, 0.406])
+TV_STD = np.array([0.229, 0.224, 0.225])
+OUR_MEAN_RGB = np.array([122.67892, 116.66877, 104.00699])
+TV_CONVS = (0, 2, 5, 7, 10, 12, 14, 17, 19, 21, 24, 26, 28)
+OUR_CONVS = ("conv1_1", "conv1_2", "conv2_1", "conv2_2", "conv3_1", "conv3_2", "conv3_3",
+             "conv4_1", "conv4_2", "conv4_3", "conv5_1", "conv5_2", "conv5_3")
+
+
+def fixture(name):
+    return os.path.join(FIXTURES, name)
+
+
+def expected(stem):
+    """{key: array} that torch gave for fixture ``stem``, in the file's key order."""
+    with np.load(fixture("expected.npz")) as npz:
+        return {k.split("/", 1)[1]: npz[k] for k in npz.files if k.startswith(stem + "/")}
+
+
+def conv_valid(x, w, b):
+    """Slow reference 2-d convolution, no padding: x (C, H, W), w (O, C, kh, kw), b (O,)."""
+    o_n, _, kh, kw = w.shape
+    h_out, w_out = x.shape[1] - kh + 1, x.shape[2] - kw + 1
+    out = np.zeros((o_n, h_out, w_out))
+    for o in range(o_n):
+        for y in range(h_out):
+            for z in range(w_out):
+                out[o, y, z] = np.sum(w[o] * x[:, y:y + kh, z:z + kw]) + b[o]
+    return out
+
+
+def assert_same(a, b):
+    assert a.dtype == b.dtype and a.shape == b.shape
+    assert a.tobytes() == b.tobytes()  # bit-exact, NaN and -0.0 included
+
+
+# --- .npz save / load ----------------------------------------------------------------------
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_npz_round_trip_is_exact(tmp_path, dtype):
+    rng = np.random.default_rng(0)
+    w = rng.standard_normal((4, 3, 3, 3)).astype(dtype)
+    w.flat[:3] = [np.nan, -0.0, np.inf]
+    state = {"conv1_1.weight": w, "conv1_1.bias": rng.standard_normal(4).astype(dtype),
+             "scalar": np.array(3, dtype=dtype), "steps": np.arange(5, dtype=np.int64),
+             "file": np.ones(2, dtype), "allow_pickle": np.zeros(1, dtype),  # np.savez's own kwargs
+             "transposed": rng.standard_normal((3, 5)).astype(dtype).T}
+    path = tmp_path / "w.npz"
+    io.save(state, path)
+    back = io.load(path)
+    assert list(back) == list(state)
+    for k in state:
+        assert_same(back[k], np.array(state[k], order="C"))
+
+
+def test_save_takes_a_model_and_tensor_like_values_and_keeps_the_name(tmp_path):
+    class Holder:  # what a Parameter looks like to save(): an array in .data
+        def __init__(self, data):
+            self.data = data
+
+    class Model:
+        def state_dict(self):
+            return {"a.weight": Holder(np.full((2, 2), 1.5, np.float32)), "a.bias": np.zeros(2)}
+
+    path = tmp_path / "weights.bin"  # no .npz appended
+    io.save(Model(), path)
+    assert os.listdir(tmp_path) == ["weights.bin"]
+    back = io.load(path)
+    assert_same(back["a.weight"], np.full((2, 2), 1.5, np.float32))
+    assert_same(back["a.bias"], np.zeros(2))
+
+
+def test_save_rejects_bad_states(tmp_path):
+    with pytest.raises(TypeError, match="save"):
+        io.save([1, 2], tmp_path / "x.npz")
+    with pytest.raises(TypeError, match="'bad'"):
+        io.save({"bad": object()}, tmp_path / "x.npz")
+    with pytest.raises(ValueError, match="__meta__"):
+        io.save({"__meta__": np.zeros(1)}, tmp_path / "x.npz")
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        io.save({"a": np.zeros(1)}, tmp_path / "no" / "x.npz")
+    assert os.listdir(tmp_path) == []
+
+
+def test_load_errors_name_the_file(tmp_path):
+    missing = tmp_path / "missing.npz"
+    with pytest.raises(FileNotFoundError, match="missing.npz"):
+        io.load(missing)
+    text = tmp_path / "notes.npz"
+    text.write_text("not a zip")
+    with pytest.raises(ValueError, match="notes.npz.*not an .npz"):
+        io.load(text)
+    with pytest.raises(ValueError, match="PyTorch file"):
+        io.load(fixture("vgg16_tiny.pt"))
+    pickled = tmp_path / "objects.npz"
+    np.savez(pickled, a=np.array([{"x": 1}], dtype=object))
+    with pytest.raises(ValueError, match="objects.npz"):
+        io.load(pickled)
+
+
+# --- atomic writes -------------------------------------------------------------------------
+
+def test_failed_save_leaves_the_old_file_and_no_temp(tmp_path, monkeypatch):
+    path = tmp_path / "w.npz"
+    old = {"a": np.arange(4.0)}
+    io.save(old, path)
+    real_write = np.lib.format.write_array
+    calls = []
+
+    def write_then_die(f, array, **kw):
+        calls.append(1)
+        if len(calls) == 2:  # the second array: half the bytes out, then the "crash"
+            f.write(b"\x93NUMPY partial")
+            raise OSError("disk full")
+        real_write(f, array, **kw)
+
+    monkeypatch.setattr(np.lib.format, "write_array", write_then_die)
+    with pytest.raises(OSError, match="disk full"):
+        io.save({"a": np.ones(1000), "b": np.ones(1000)}, path)
+    assert len(calls) == 2
+    assert os.listdir(tmp_path) == ["w.npz"]
+    assert_same(io.load(path)["a"], old["a"])
+
+
+@pytest.mark.parametrize("error", [RuntimeError, KeyboardInterrupt])
+def test_atomic_path_cleans_up_on_any_error(tmp_path, error):
+    path = tmp_path / "metrics.json"
+    io.atomic_write_text(path, "old")
+    with pytest.raises(error):
+        with io.atomic_path(path) as tmp:
+            assert os.path.dirname(tmp) == str(tmp_path) and tmp != str(path)
+            with open(tmp, "w") as f:
+                f.write("new but unfinish")
+            raise error()
+    assert os.listdir(tmp_path) == ["metrics.json"]
+    assert path.read_text() == "old"
+    io.atomic_write_bytes(path, b"new")
+    assert path.read_bytes() == b"new" and os.listdir(tmp_path) == ["metrics.json"]
+
+
+# --- checkpoints ---------------------------------------------------------------------------
+
+def test_checkpoint_round_trip(tmp_path):
+    path = tmp_path / "ckpt.npz"
+    arrays = {"conv1_1.weight": np.ones((2, 3, 3, 3), np.float32),
+              "momentum.conv1_1.weight": np.zeros(3)}
+    meta = {"step": 1200, "lr": 1e-4, "config": {"model": "fcn8s", "sizes": (64, 96)}, "best": None,
+            "note": "ünïcode"}
+    io.save_checkpoint(path, arrays, meta)
+    back, meta_back = io.load_checkpoint(path)
+    assert list(back) == list(arrays)
+    for k in arrays:
+        assert_same(back[k], arrays[k])
+    # JSON turns the tuple into a list
+    assert meta_back == {**meta, "config": {"model": "fcn8s", "sizes": [64, 96]}}
+    assert list(io.load(path)) == list(arrays)  # plain load leaves the metadata out
+    with np.load(path, allow_pickle=False) as npz:  # readable without pickle
+        assert npz["__meta__"].shape == ()
+
+
+def test_checkpoint_errors(tmp_path):
+    with pytest.raises(TypeError, match="JSON"):
+        io.save_checkpoint(tmp_path / "c.npz", {}, {"bad": object()})
+    with pytest.raises(TypeError, match="meta must be a dict"):
+        io.save_checkpoint(tmp_path / "c.npz", {}, [1])
+    with pytest.raises(ValueError, match="reserved"):
+        io.save_checkpoint(tmp_path / "c.npz", {"__meta__": np.zeros(1)}, {})
+    assert os.listdir(tmp_path) == []
+    io.save({"a": np.zeros(1)}, tmp_path / "plain.npz")
+    with pytest.raises(ValueError, match="plain.npz.*no '__meta__'"):
+        io.load_checkpoint(tmp_path / "plain.npz")
+
+
+# --- reading torch files (committed fixtures, no torch needed) ------------------------------
+
+@pytest.mark.parametrize("stem", ["vgg16_tiny", "fcn8s_port_tiny", "dtypes_tiny"])
+def test_torch_fixture_matches_what_torch_gave(stem):
+    want = expected(stem)
+    got = read_torch_state_dict(fixture(stem + ".pt"))
+    assert list(got) == list(want)
+    for k in want:
+        assert_same(got[k], want[k])
+        assert got[k].flags.c_contiguous and got[k].flags.writeable
+
+
+def test_torch_fixture_views_and_wrapper():
+    got = read_torch_state_dict(fixture("vgg16_tiny.pt"))
+    # two views of one storage come back as independent arrays
+    got["features.28.bias"][:] = 0
+    assert np.any(got["classifier.0.bias"] != 0)
+    whole = read_torch_file(fixture("fcn8s_port_tiny.pt"))
+    assert whole["epoch"] == 3 and whole["arch"] == "FCN8s" and whole["best_mean_iu"] == 0.625
+    unwrapped = read_torch_state_dict(fixture("fcn8s_port_tiny.pt"))
+    assert list(whole["model_state_dict"]) == list(unwrapped)
+
+
+def _uni(s):
+    data = s.encode()
+    return b"X" + struct.pack("<I", len(data)) + data
+
+
+def _int(n):
+    return b"J" + struct.pack("<i", n)
+
+
+def _glob(module, name):
+    return b"c" + f"{module}\n{name}\n".encode()
+
+
+def _tup(items):
+    return b"(" + b"".join(items) + b"t"
+
+
+def _tensor_op(storage_type, key, numel, offset, size, stride):
+    """Pickle opcodes for _rebuild_tensor_v2(storage, offset, size, stride, False, {})."""
+    pid = _tup([_uni("storage"), _glob("torch", storage_type), _uni(key), _uni("cpu"),
+                _int(numel)]) + b"Q"  # BINPERSID: the reader's persistent_load resolves it
+    args = _tup([pid, _int(offset), _tup(map(_int, size)), _tup(map(_int, stride)), b"\x89", b"}"])
+    return _glob("torch._utils", "_rebuild_tensor_v2") + args + b"R"
+
+
+def _state_pickle(entries):
+    return b"\x80\x02}(" + b"".join(_uni(k) + op for k, op in entries) + b"u."
+
+
+def write_torch_zip(path, data_pkl, storages=(), byteorder=b"little", archive="archive"):
+    """A file in torch.save's zip layout, assembled by hand."""
+    with zipfile.ZipFile(path, "w") as zf:
+        zf.writestr(f"{archive}/data.pkl", data_pkl)
+        zf.writestr(f"{archive}/byteorder", byteorder)
+        zf.writestr(f"{archive}/version", b"3\n")
+        for key, raw in dict(storages).items():
+            zf.writestr(f"{archive}/data/{key}", raw)
+    return path
+
+
+@pytest.mark.parametrize("order", ["little", "big"])
+def test_hand_built_file_with_either_byte_order(tmp_path, order):
+    e = "<" if order == "little" else ">"
+    f32 = (np.arange(12) * 1.5 - 4).astype(e + "f4")
+    i64 = ((np.arange(4) - 2) * 10**15).astype(e + "i8")
+    # w: a transposed view at offset 2; n: a plain int64 vector
+    pkl = _state_pickle([("w", _tensor_op("FloatStorage", "0", 12, 2, (2, 3), (1, 4))),
+                         ("n", _tensor_op("LongStorage", "1", 4, 0, (4,), (1,)))])
+    storages = {"0": f32.tobytes(), "1": i64.tobytes()}
+    got = read_torch_state_dict(write_torch_zip(tmp_path / "m.pt", pkl, storages, order.encode()))
+    want_w = np.array([[f32[2 + r + 4 * c] for c in range(3)] for r in range(2)])
+    assert_same(got["w"], want_w.astype(np.float32))
+    assert_same(got["n"], i64.astype(np.int64))
+
+
+def test_hand_built_files_with_bad_geometry_are_refused(tmp_path):
+    raw = np.zeros(6, "<f4").tobytes()
+    past_end = _state_pickle([("w", _tensor_op("FloatStorage", "0", 6, 1, (2, 3), (3, 1)))])
+    with pytest.raises(pickle.UnpicklingError, match="runs past the end"):
+        read_torch_state_dict(write_torch_zip(tmp_path / "a.pt", past_end, {"0": raw}))
+    wrong_count = _state_pickle([("w", _tensor_op("FloatStorage", "0", 7, 0, (6,), (1,)))])
+    with pytest.raises(pickle.UnpicklingError, match="holds 24 bytes"):
+        read_torch_state_dict(write_torch_zip(tmp_path / "b.pt", wrong_count, {"0": raw}))
+    no_record = _state_pickle([("w", _tensor_op("FloatStorage", "9", 6, 0, (6,), (1,)))])
+    with pytest.raises(pickle.UnpicklingError, match="missing"):
+        read_torch_state_dict(write_torch_zip(tmp_path / "c.pt", no_record, {"0": raw}))
+
+
+class Evil:
+    """Unpickling this runs a shell command, as a booby-trapped model file would."""
+
+    def __init__(self, command):
+        self.command = command
+
+    def __reduce__(self):
+        return (os.system, (self.command,))
+
+
+@pytest.mark.parametrize("nested", [False, True])
+def test_malicious_pickle_is_refused_before_it_runs(tmp_path, nested):
+    marker = tmp_path / "pwned"
+    evil = Evil(f"echo pwned > {marker}")
+    obj = {"conv1_1.weight": 1.0, "trap": [evil]} if nested else evil
+    path = write_torch_zip(tmp_path / "model.pt", pickle.dumps(obj, protocol=2))
+    for reader in (read_torch_state_dict, read_torch_file, io.import_weights):
+        with pytest.raises(pickle.UnpicklingError,
+                           match=r"refusing to load \w+\.system from .*model\.pt"):
+            reader(path)
+    assert not marker.exists()
+
+
+@pytest.mark.parametrize("module,name", [("builtins", "eval"), ("torch", "load"),
+                                         ("torch._utils", "_rebuild_qtensor"), ("numpy", "dtype")])
+def test_other_globals_are_refused(tmp_path, module, name):
+    pkl = b"\x80\x02" + _glob(module, name) + _tup([_uni("1+1")]) + b"R."
+    with pytest.raises(pickle.UnpicklingError, match=f"refusing to load {module}.{name}"):
+        read_torch_file(write_torch_zip(tmp_path / "m.pt", pkl))
+
+
+def test_not_torch_files(tmp_path):
+    with pytest.raises(FileNotFoundError, match="nothing.pt"):
+        read_torch_state_dict(tmp_path / "nothing.pt")
+    legacy = tmp_path / "legacy.pt"
+    legacy.write_bytes(pickle.dumps(0x1950A86A20F9469CFC6C, protocol=2) + b"rest")  # legacy magic
+    with pytest.raises(ValueError, match="legacy.*re-save"):
+        read_torch_state_dict(legacy)
+    with tarfile.open(tmp_path / "old.tar", "w") as tf:
+        tf.add(legacy, arcname="sys_info")
+    with pytest.raises(ValueError, match="legacy"):
+        read_torch_state_dict(tmp_path / "old.tar")
+    junk = tmp_path / "junk.pt"
+    junk.write_bytes(b"hello")
+    with pytest.raises(ValueError, match="junk.pt is not a file written by torch.save"):
+        read_torch_state_dict(junk)
+    npz = tmp_path / "w.npz"
+    io.save({"a": np.zeros(2)}, npz)
+    with pytest.raises(ValueError, match="not a torch.save archive"):
+        read_torch_state_dict(npz)
+    listy = write_torch_zip(tmp_path / "list.pt", pickle.dumps([1, 2], protocol=2))
+    with pytest.raises(ValueError, match="holds a list"):
+        read_torch_state_dict(listy)
+    truncated = write_torch_zip(tmp_path / "cut.pt", pickle.dumps({"a": 1}, protocol=2)[:-3])
+    with pytest.raises(pickle.UnpicklingError, match="cut.pt"):
+        read_torch_state_dict(truncated)
+    mixed = write_torch_zip(tmp_path / "mixed.pt", pickle.dumps({"a": 1, "b": "x"}, protocol=2))
+    with pytest.raises(ValueError, match="not a flat state_dict"):
+        read_torch_state_dict(mixed)
+
+
+# --- reading torch files written here and now (needs torch) ---------------------------------
+
+def test_fresh_torch_save_round_trip(tmp_path):
+    torch = pytest.importorskip("torch")
+    g = torch.Generator().manual_seed(1)
+    base = torch.randn(6, 5, generator=g, dtype=torch.float64)
+    x = torch.randn(4, dtype=torch.complex64, generator=g)
+    state = {
+        "a.weight": torch.randn(8, 3, 3, 3, generator=g),
+        "a.bias": torch.randn(8, generator=g).half(),
+        "t": base.t(), "slice": base[1:5:2, 1:], "bf": torch.randn(7, generator=g).bfloat16(),
+        "steps": torch.randint(-10**12, 10**12, (3, 2), generator=g),
+        "conj": x.conj(), "p": torch.nn.Parameter(torch.ones(2)),
+    }
+    path = tmp_path / "fresh.pt"
+    torch.save(state, path)
+    got = read_torch_state_dict(path)
+    assert list(got) == list(state)
+    for k, t in state.items():
+        t = t.detach().resolve_conj()
+        assert_same(got[k], (t.float() if t.dtype == torch.bfloat16 else t).numpy())
+    neg = x.conj().imag  # a lazily negated view
+    torch.save({"n": neg}, path)
+    assert_same(read_torch_state_dict(path)["n"], neg.resolve_neg().numpy())
+    # DataParallel prefix and a checkpoint wrapper, and a file without the byteorder record
+    torch.save({"epoch": 1, "state_dict": {"module.w": base}}, path, _disable_byteorder_record=True)
+    assert list(read_torch_state_dict(path)) == ["w"]
+    torch.save(state, path, _use_new_zipfile_serialization=False)
+    with pytest.raises(ValueError, match="legacy"):
+        read_torch_state_dict(path)
+
+
+def test_hand_built_big_endian_file_agrees_with_torch(tmp_path):
+    torch = pytest.importorskip("torch")
+    f32 = np.arange(12, dtype=">f4") / 3
+    pkl = _state_pickle([("w", _tensor_op("FloatStorage", "0", 12, 2, (2, 3), (1, 4)))])
+    path = write_torch_zip(tmp_path / "m.pt", pkl, {"0": f32.tobytes()}, b"big")
+    assert_same(read_torch_state_dict(path)["w"], torch.load(path, weights_only=True)["w"].numpy())
+
+
+# --- torchvision VGG16 import --------------------------------------------------------------
+
+def test_vgg16_mapping_names_and_shapes():
+    tv = expected("vgg16_tiny")
+    ours = io.from_torchvision_vgg16(read_torch_state_dict(fixture("vgg16_tiny.pt")),
+                                     fold_normalisation=False)
+    names = OUR_CONVS + ("fc6", "fc7")
+    assert list(ours) == [f"{n}.{p}" for n in names for p in ("weight", "bias")]
+    for name, i in zip(OUR_CONVS, TV_CONVS):
+        assert_same(ours[f"{name}.weight"], tv[f"features.{i}.weight"])
+        assert_same(ours[f"{name}.bias"], tv[f"features.{i}.bias"])
+    assert ours["fc6.weight"].shape == (16, 32, 7, 7) and ours["fc7.weight"].shape == (16, 16, 1, 1)
+    assert_same(ours["fc7.weight"][:, :, 0, 0], tv["classifier.3.weight"])
+    assert_same(ours["fc6.bias"], tv["classifier.0.bias"])
+
+
+def test_vgg16_fc6_as_a_conv_computes_the_linear_layer():
+    tv = expected("vgg16_tiny")
+    ours = io.from_torchvision_vgg16(tv, fold_normalisation=False)
+    pool5 = np.random.default_rng(2).standard_normal((32, 7, 7))
+    w0, b0 = tv["classifier.0.weight"].astype(np.float64), tv["classifier.0.bias"]
+    linear = w0 @ pool5.reshape(-1) + b0  # torch flattens (C, 7, 7) in C order
+    conv = conv_valid(pool5, ours["fc6.weight"].astype(np.float64),
+                      ours["fc6.bias"].astype(np.float64))
+    np.testing.assert_allclose(conv[:, 0, 0], linear, rtol=1e-12, atol=1e-12)
+
+
+def test_vgg16_fold_normalisation_is_exact_on_a_valid_conv():
+    tv = {k: v.astype(np.float64) for k, v in expected("vgg16_tiny").items()}
+    folded = io.from_torchvision_vgg16(tv)
+    pixels = np.random.default_rng(3).uniform(0, 255, (3, 6, 7))  # RGB, 0..255
+    seen_by_torchvision = (pixels / 255 - TV_MEAN[:, None, None]) / TV_STD[:, None, None]
+    seen_by_minifcn = pixels - OUR_MEAN_RGB[:, None, None]
+    want = conv_valid(seen_by_torchvision, tv["features.0.weight"], tv["features.0.bias"])
+    got = conv_valid(seen_by_minifcn, folded["conv1_1.weight"], folded["conv1_1.bias"])
+    np.testing.assert_allclose(got, want, rtol=1e-10, atol=1e-10)
+    # float32 weights stay float32, to float32 accuracy
+    folded32 = io.from_torchvision_vgg16(expected("vgg16_tiny"))
+    assert folded32["conv1_1.weight"].dtype == folded32["conv1_1.bias"].dtype == np.float32
+    got32 = conv_valid(seen_by_minifcn, folded32["conv1_1.weight"].astype(np.float64),
+                       folded32["conv1_1.bias"].astype(np.float64))
+    np.testing.assert_allclose(got32, want, rtol=1e-4, atol=1e-5)
+
+
+def test_vgg16_fold_differs_only_slightly_at_the_zero_padded_border():
+    tv = {k: v.astype(np.float64) for k, v in expected("vgg16_tiny").items()}
+    folded = io.from_torchvision_vgg16(tv)
+    pixels = np.random.default_rng(4).uniform(0, 255, (3, 5, 5))
+    pad = lambda x: np.pad(x, ((0, 0), (1, 1), (1, 1)))  # noqa: E731 -- zero padding 1, as VGG does
+    want = conv_valid(pad((pixels / 255 - TV_MEAN[:, None, None]) / TV_STD[:, None, None]),
+                      tv["features.0.weight"], tv["features.0.bias"])
+    got = conv_valid(pad(pixels - OUR_MEAN_RGB[:, None, None]),
+                     folded["conv1_1.weight"], folded["conv1_1.bias"])
+    np.testing.assert_allclose(got[:, 1:-1, 1:-1], want[:, 1:-1, 1:-1], rtol=1e-10, atol=1e-10)
+    shift = OUR_MEAN_RGB - 255 * TV_MEAN  # about one grey level
+    bound = np.abs(folded["conv1_1.weight"]).sum(axis=(1, 2, 3)) * np.abs(shift).max()
+    assert np.all(np.abs(got - want) <= bound[:, None, None] + 1e-9)
+    assert np.abs(got - want).max() > 1e-6  # the border really is approximate
+
+
+def test_vgg16_mapping_errors():
+    tv = expected("vgg16_tiny")
+    with pytest.raises(ValueError, match=r"missing keys: \['features.28.bias'\]"):
+        io.from_torchvision_vgg16({k: v for k, v in tv.items() if k != "features.28.bias"})
+    with pytest.raises(ValueError, match="unexpected keys.*features.1.running_mean.*vgg16_bn"):
+        io.from_torchvision_vgg16({**tv, "features.1.running_mean": np.zeros(4)})
+    with pytest.raises(ValueError, match=r"classifier.0 .*\(F, 1568\)"):
+        io.from_torchvision_vgg16({**tv, "classifier.0.weight": np.zeros((16, 1500), np.float32)})
+    with pytest.raises(ValueError, match=r"features.5 \(conv2_1\)"):
+        io.from_torchvision_vgg16({**tv, "features.5.weight": np.zeros((8, 5, 3, 3), np.float32)})
+
+
+# --- FCN port import -----------------------------------------------------------------------
+
+def test_fcn_port_mapping_is_identity_but_for_bgr():
+    port = expected("fcn8s_port_tiny")
+    ours = io.from_fcn_port(read_torch_state_dict(fixture("fcn8s_port_tiny.pt")))
+    assert list(ours) == list(port)
+    for k in port:
+        if k != "conv1_1.weight":
+            assert_same(ours[k], port[k])
+    # the port feeds BGR - mean_bgr; we feed RGB - mean_rgb: same output from the flipped conv1_1
+    rgb = np.random.default_rng(5).uniform(0, 255, (3, 5, 5))
+    bgr_in = rgb[::-1] - OUR_MEAN_RGB[::-1, None, None]
+    rgb_in = rgb - OUR_MEAN_RGB[:, None, None]
+    want = conv_valid(bgr_in, port["conv1_1.weight"].astype(np.float64), port["conv1_1.bias"])
+    got = conv_valid(rgb_in, ours["conv1_1.weight"].astype(np.float64), ours["conv1_1.bias"])
+    np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-9)
+    unflipped = io.from_fcn_port(port, bgr_to_rgb=False)
+    assert_same(unflipped["conv1_1.weight"], port["conv1_1.weight"])
+
+
+def test_fcn_port_upscore_bias_and_errors():
+    port = expected("fcn8s_port_tiny")
+    with pytest.warns(UserWarning, match="dropping upscore8.bias"):
+        ours = io.from_fcn_port({**port, "upscore8.bias": np.zeros(3, np.float32)})
+    assert "upscore8.bias" not in ours
+    with pytest.raises(ValueError, match="upscore8.bias is non-zero"):
+        io.from_fcn_port({**port, "upscore8.bias": np.ones(3, np.float32)})
+    with pytest.raises(ValueError, match="unexpected keys.*bn1.weight"):
+        io.from_fcn_port({**port, "bn1.weight": np.ones(3, np.float32)})
+    with pytest.raises(ValueError, match="missing keys.*score_fr.weight"):
+        io.from_fcn_port({k: v for k, v in port.items() if k != "score_fr.weight"})
+    with pytest.raises(ValueError, match="fc7.bias has shape"):
+        io.from_fcn_port({**port, "fc7.bias": np.zeros(5, np.float32)})
+
+
+def test_import_weights_detects_the_kind(tmp_path):
+    tv = io.import_weights(fixture("vgg16_tiny.pt"))
+    assert "fc6.weight" in tv and not any(k.startswith("features.") for k in tv)
+    for k, v in io.from_torchvision_vgg16(expected("vgg16_tiny")).items():
+        assert_same(tv[k], v)
+    port = io.import_weights(fixture("fcn8s_port_tiny.pt"))
+    assert "upscore8.weight" in port
+    for k, v in io.import_weights(expected("fcn8s_port_tiny")).items():  # a dict works too
+        assert_same(port[k], v)
+    npz = tmp_path / "tv.npz"
+    io.save(expected("vgg16_tiny"), npz)
+    for k, v in io.import_weights(npz).items():
+        assert_same(tv[k], v)
+    ours = tmp_path / "ours.npz"  # minifcn's names in an .npz: RGB or BGR? refuse to guess
+    io.save(expected("fcn8s_port_tiny"), ours)
+    with pytest.raises(ValueError, match="ours.npz.*minifcn.io.load"):
+        io.import_weights(ours)
+    with pytest.raises(ValueError, match="unknown kind"):
+        io.import_weights(npz, kind="caffe")
+    with pytest.raises(ValueError, match="missing keys"):  # torchvision forced through the port
+        io.import_weights(fixture("vgg16_tiny.pt"), kind="fcn_port")
+    with pytest.raises(FileNotFoundError, match="nope.pt"):
+        io.import_weights(tmp_path / "nope.pt")
+
+
+# --- merge_state ---------------------------------------------------------------------------
+
+def test_merge_state_substitutes_by_name_and_casts():
+    model = {"conv1_1.weight": np.zeros((2, 3, 3, 3), np.float32),
+             "conv1_1.bias": np.zeros(2, np.float32),
+             "score_fr.weight": np.full((4, 2, 1, 1), 7, np.float32)}
+    imported = {"conv1_1.weight": np.ones((2, 3, 3, 3)), "conv1_1.bias": np.arange(2.0)}
+
+    class Model:
+        def state_dict(self):
+            return model
+
+    merged = io.merge_state(Model(), imported)
+    assert list(merged) == list(model)
+    assert_same(merged["conv1_1.weight"], np.ones((2, 3, 3, 3), np.float32))
+    assert_same(merged["conv1_1.bias"], np.arange(2, dtype=np.float32))
+    assert_same(merged["score_fr.weight"], model["score_fr.weight"])
+    assert np.all(model["conv1_1.weight"] == 0)  # the input is not modified
+
+
+def test_merge_state_errors():
+    model = {"conv1_1.weight": np.zeros((2, 3, 3, 3), np.float32),
+             "conv1_1.bias": np.zeros(2, np.float32)}
+    with pytest.raises(ValueError,
+                       match=r"conv1_1.weight has shape \(4, 3, 3, 3\).*\(2, 3, 3, 3\)"):
+        io.merge_state(model, {"conv1_1.weight": np.zeros((4, 3, 3, 3))})
+    with pytest.raises(ValueError, match=r"does not have: \['fc6.weight', 'fc6.bias'\]"):
+        io.merge_state(model, {"conv1_1.bias": np.zeros(2), "fc6.weight": np.zeros(1),
+                               "fc6.bias": np.zeros(1)})
+    with pytest.raises(TypeError, match="conv1_1.bias is complex128"):
+        io.merge_state(model, {"conv1_1.bias": np.zeros(2, complex)})
+
+
+def test_our_mean_is_the_data_pipelines_mean():
+    # fold_normalisation is only right if it folds in the mean that minifcn.data subtracts
+    from minifcn.data import MEAN_RGB
+
+    assert io.MEAN_RGB == tuple(MEAN_RGB)
+    np.testing.assert_allclose(io.MEAN_RGB, OUR_MEAN_RGB)
