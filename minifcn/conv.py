@@ -11,6 +11,8 @@ conv_transpose2d is the adjoint of conv2d, so it is made of the same three piece
 roles swapped: its forward is conv2d's input gradient, its input gradient is conv2d's forward,
 and its weight gradient is conv2d's weight gradient with input and output exchanged.
 """
+import numpy as np
+
 from . import primitives as P
 from .autograd import Function
 from .backend import get_array_module
@@ -40,12 +42,23 @@ def _check_float(op, name, x):
 # ---------------------------------------------------------------- shared array-level helpers
 
 
+def _im2col_scratch(x, kh, kw, stride, padding, oh, ow):
+    """im2col into the reused scratch block on the CPU (a fresh array on the GPU, where CuPy's
+    memory pool already reuses blocks). The columns live only within the calling op."""
+    out = None
+    if get_array_module(x) is np:
+        out = P.workspace("col", (x.shape[0], x.shape[1], kh, kw, oh, ow), x.dtype)
+    return P.im2col(x, kh, kw, *stride, *padding, out=out)
+
+
+
 def _conv(x, w, stride, padding):
     """conv2d on arrays: x (N, C, H, W), w (K, C, kh, kw) -> (N, K, oh, ow)."""
     n = x.shape[0]
     k, c, kh, kw = w.shape
-    col = P.im2col(x, kh, kw, *stride, *padding)  # (N, C, kh, kw, oh, ow)
-    oh, ow = col.shape[-2:]
+    oh, ow = (P.conv_out_size(size, k, s, p) for size, k, s, p in zip(x.shape[2:], (kh, kw),
+                                                                        stride, padding))
+    col = _im2col_scratch(x, kh, kw, stride, padding, oh, ow)  # (N, C, kh, kw, oh, ow)
     y = w.reshape(k, c * kh * kw) @ col.reshape(n, c * kh * kw, oh * ow)  # one GEMM per image
     return y.reshape(n, k, oh, ow)
 
@@ -54,18 +67,29 @@ def _conv_input_grad(gy, w, hw, stride, padding):
     """The adjoint of _conv in x: gy (N, K, oh, ow), w (K, C, kh, kw) -> gx (N, C, *hw)."""
     n, k, oh, ow = gy.shape
     _, c, kh, kw = w.shape
-    gcol = w.reshape(k, c * kh * kw).T @ gy.reshape(n, k, oh * ow)
+    if stride == (1, 1) and padding[0] < kh and padding[1] < kw:
+        # at stride 1 the adjoint is itself a convolution: gy, padded by k-1-p, with the kernel
+        # flipped and its channel axes swapped. Its one GEMM has a short output (C rows), where
+        # the general path writes a C*kh*kw-row column matrix and folds it back (col2im).
+        flipped = w[:, :, ::-1, ::-1].transpose(1, 0, 2, 3).copy()
+        return _conv(gy, flipped, (1, 1), (kh - 1 - padding[0], kw - 1 - padding[1]))
+    wt = w.reshape(k, c * kh * kw).T
+    gy = gy.reshape(n, k, oh * ow)
+    if get_array_module(gy) is np:  # write the big product into the reused scratch block
+        gcol = np.matmul(wt, gy, out=P.workspace("col", (n, c * kh * kw, oh * ow), gy.dtype))
+    else:
+        gcol = wt @ gy
     return P.col2im(gcol.reshape(n, c, kh, kw, oh, ow), *hw, *stride, *padding)
 
 
 def _conv_weight_grad(x, gy, ksize, stride, padding):
     """The adjoint of _conv in w: x (N, C, H, W), gy (N, K, oh, ow) -> gW (K, C, kh, kw)."""
-    xp = get_array_module(x)
     n, k, oh, ow = gy.shape
-    col = P.im2col(x, *ksize, *stride, *padding)
-    c = x.shape[1]
-    gw = xp.tensordot(gy.reshape(n, k, oh * ow), col.reshape(n, -1, oh * ow), axes=((0, 2), (0, 2)))
-    return gw.reshape(k, c, *ksize)
+    col = _im2col_scratch(x, *ksize, stride, padding, oh, ow).reshape(n, -1, oh * ow)
+    # one GEMM per image, col read transposed in place (BLAS's trans flag); summing the
+    # per-image products costs far less than the transposed copy tensordot would make of col
+    gw = (gy.reshape(n, k, oh * ow) @ col.transpose(0, 2, 1)).sum(axis=0)
+    return gw.reshape(k, x.shape[1], *ksize)
 
 
 # ---------------------------------------------------------------- conv2d

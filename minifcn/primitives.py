@@ -12,9 +12,47 @@ result is deterministic.
 Shapes: x is (N, C, H, W); a column array is (N, C, kH, kW, outH, outW), which reshapes for free
 into the (N, C*kH*kW, outH*outW) matrix of Caffe's im2col.
 """
+import os
+from concurrent.futures import ThreadPoolExecutor
+
 import numpy as np
 
 from .backend import get_array_module
+
+# The NumPy loops below are memory-bound copies, during which NumPy releases the GIL: split
+# over channel blocks they run on every core at once, as BLAS does for the GEMMs.
+_THREADS = max(1, min(int(os.environ.get("MINIFCN_NUM_THREADS", os.cpu_count() or 1)), 8))
+_POOL = ThreadPoolExecutor(_THREADS) if _THREADS > 1 else None
+_PARALLEL_MIN_BYTES = 1 << 20  # below ~1 MB a thread hand-off costs more than it saves
+
+
+def _over_channels(work, c, nbytes):
+    """Run work(c0, c1) for channel blocks [c0, c1) covering range(c), in parallel when big."""
+    blocks = min(_THREADS, c) if _POOL is not None and nbytes >= _PARALLEL_MIN_BYTES else 1
+    if blocks == 1:
+        return work(0, c)
+    edges = np.linspace(0, c, blocks + 1).astype(int)
+    for f in [_POOL.submit(work, a, b) for a, b in zip(edges[:-1], edges[1:])]:
+        f.result()  # re-raises a worker's exception here
+
+
+_workspace = {}
+
+
+def workspace(name, shape, dtype):
+    """A scratch array reused across calls (one per name, grown when needed).
+
+    Fresh 100 MB arrays cost a page fault per 4 KB page on first touch, every time; the conv
+    ops' column buffers live only within one op, so they can share one block. Never hand a
+    workspace array to a caller that keeps it.
+    """
+    dtype = np.dtype(dtype)
+    size = int(np.prod(shape))
+    buf = _workspace.get((name, dtype.str))
+    if buf is None or buf.size < size:
+        _workspace.pop((name, dtype.str), None)  # free the old block before the new one
+        buf = _workspace[(name, dtype.str)] = np.empty(size, dtype)
+    return buf[:size].reshape(shape)
 
 
 def conv_out_size(size, k, s, p, ceil_mode=False):
@@ -43,10 +81,11 @@ def _gpu(xp):
     return cuda
 
 
-def im2col(x, kh, kw, sh, sw, ph, pw):
+def im2col(x, kh, kw, sh, sw, ph, pw, out=None):
     """Unfold the sliding windows of x (N, C, H, W) into columns (N, C, kh, kw, oh, ow).
 
     col[n, c, i, j, y, x] = x_padded[n, c, y*sh + i, x*sw + j]  (zero padding).
+    out: an array of that shape to write into (the conv ops pass a workspace); CPU only.
     """
     xp = get_array_module(x)
     n, c, h, w = x.shape
@@ -58,10 +97,14 @@ def im2col(x, kh, kw, sh, sw, ph, pw):
     if kh == kw == sh == sw == 1 and ph == pw == 0:
         return x.reshape(n, c, 1, 1, h, w)  # a 1x1 conv needs no copy: the image is its columns
     xpad = np.pad(x, ((0, 0), (0, 0), (ph, ph), (pw, pw))) if (ph or pw) else x
-    col = np.empty((n, c, kh, kw, oh, ow), dtype=x.dtype)
-    for i in range(kh):
-        for j in range(kw):
-            col[:, :, i, j] = xpad[:, :, i : i + sh * oh : sh, j : j + sw * ow : sw]
+    col = np.empty((n, c, kh, kw, oh, ow), dtype=x.dtype) if out is None else out
+
+    def work(c0, c1):
+        for i in range(kh):
+            for j in range(kw):
+                col[:, c0:c1, i, j] = xpad[:, c0:c1, i : i + sh * oh : sh, j : j + sw * ow : sw]
+
+    _over_channels(work, c, col.nbytes)
     return col
 
 
@@ -80,9 +123,13 @@ def col2im(col, h, w, sh, sw, ph, pw):
     hp = max(h + 2 * ph, sh * (oh - 1) + kh)
     wp = max(w + 2 * pw, sw * (ow - 1) + kw)
     img = np.zeros((n, c, hp, wp), dtype=col.dtype)
-    for i in range(kh):
-        for j in range(kw):
-            img[:, :, i : i + sh * oh : sh, j : j + sw * ow : sw] += col[:, :, i, j]
+
+    def work(c0, c1):
+        for i in range(kh):
+            for j in range(kw):
+                img[:, c0:c1, i : i + sh * oh : sh, j : j + sw * ow : sw] += col[:, c0:c1, i, j]
+
+    _over_channels(work, c, col.nbytes)
     return img[:, :, ph : ph + h, pw : pw + w]
 
 

@@ -1,0 +1,69 @@
+"""``python -m minifcn.evaluate CKPT``: the paper's four metrics and per-class IU of a trained
+model on a dataset split.
+
+    python -m minifcn.evaluate runs/fcn8s-shapes-.../checkpoint_best.npz
+    python -m minifcn.evaluate CKPT --data voc:/data/VOCdevkit --split val --json scores.json
+"""
+import argparse
+import json
+import sys
+
+import numpy as np
+
+from . import io, trainer
+from .data import Loader, get_dataset
+
+
+def format_table(scores, class_names):
+    lines = [f"{'pixel accuracy':<24}{scores['pixel_acc']:.4f}",
+             f"{'mean accuracy':<24}{scores['mean_acc']:.4f}",
+             f"{'mean IU':<24}{scores['mean_iu']:.4f}",
+             f"{'frequency-weighted IU':<24}{scores['fw_iu']:.4f}", "",
+             f"{'class':<24}IU"]
+    for name, iu in zip(class_names, scores["per_class_iu"]):
+        lines.append(f"{name:<24}{'absent' if np.isnan(iu) else f'{iu:.4f}'}")
+    return "\n".join(lines)
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(prog="python -m minifcn.evaluate", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("checkpoint", help="a checkpoint written by python -m minifcn.train")
+    p.add_argument("--data", help="dataset (default: the one the model was trained on)")
+    p.add_argument("--split", default="val", help="default val")
+    p.add_argument("--batch-size", type=int, default=1)
+    p.add_argument("--device", default="auto", choices=["cpu", "cuda", "auto"])
+    p.add_argument("--json", metavar="FILE", help="also write the scores as JSON")
+    args = p.parse_args(argv)
+    try:
+        model, config = trainer.load_model(args.checkpoint, args.device)
+        spec = args.data or config["data"]
+        kw = {"size": config["size"], "seed": config["data_seed"]} \
+            if spec in ("shapes", "digits") else {}
+        if spec == config["data"] and config.get("n_val") and kw:
+            kw["n"] = config["n_val"]
+        dataset = get_dataset(spec, args.split, **kw)
+    except (FileNotFoundError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    if dataset.n_class != config["n_class"]:
+        print(f"error: {spec} has {dataset.n_class} classes, the model {config['n_class']}",
+              file=sys.stderr)
+        return 1
+    loader = Loader(dataset, args.batch_size, shuffle=False)
+    device = trainer.backend.check_device(args.device)
+    scores, loss, _ = trainer.evaluate(model, loader, dataset.n_class, device)
+    print(f"{spec} {args.split}: {len(dataset)} images, mean loss {loss:.4f}\n")
+    print(format_table(scores, dataset.class_names))
+    if args.json:
+        out = {k: float(scores[k]) for k in ("pixel_acc", "mean_acc", "mean_iu", "fw_iu")}
+        out["loss"] = loss
+        out["per_class_iu"] = {n: (None if np.isnan(v) else float(v))
+                               for n, v in zip(dataset.class_names, scores["per_class_iu"])}
+        io.atomic_write_text(args.json, json.dumps(out, indent=2) + "\n")
+        print(f"\nwrote {args.json}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,186 @@
+"""The train / evaluate / predict entry points, end to end on tiny data."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from minifcn import io, trainer
+from minifcn import train as train_cli
+from minifcn.data import voc_palette
+
+TINY = ["--model", "fcn8s", "--width", "0.0625", "--size", "64", "--n-train", "8", "--n-val",
+        "4", "--batch-size", "4", "--device", "cpu", "--lr", "0.01"]
+
+
+@pytest.fixture(autouse=True)
+def quiet(monkeypatch):
+    monkeypatch.setenv("MINIFCN_NO_PROGRESS", "1")
+
+
+def make_voc(root, n=6, size=(40, 52), n_bad=0):
+    """A VOC2012-layout folder with n random images and labels (classes 0..3, 255 borders)."""
+    voc = root / "VOCdevkit" / "VOC2012"
+    for sub in ("JPEGImages", "SegmentationClass", "ImageSets/Segmentation"):
+        (voc / sub).mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    names = [f"2007_{i:06d}" for i in range(n)]
+    for name in names:
+        h, w = size
+        label = np.zeros((h, w), np.uint8)
+        label[h // 4: 3 * h // 4, w // 4: w // 2] = rng.integers(1, 4)
+        label[h // 4, :] = 255
+        image = rng.integers(0, 255, (h, w, 3), dtype=np.uint8)
+        image[label > 0] = 200
+        Image.fromarray(image).save(voc / "JPEGImages" / f"{name}.jpg")
+        png = Image.fromarray(label, mode="P")
+        png.putpalette(voc_palette().reshape(-1).tolist())
+        png.save(voc / "SegmentationClass" / f"{name}.png")
+    (voc / "ImageSets/Segmentation/train.txt").write_text("\n".join(names[: n - 2]) + "\n")
+    (voc / "ImageSets/Segmentation/val.txt").write_text("\n".join(names[n - 2:]) + "\n")
+    return voc
+
+
+def read_records(run):
+    return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_voc_folder_trains_through_the_cli(tmp_path):
+    make_voc(tmp_path)
+    run = tmp_path / "run"
+    rc = train_cli.main(["--data", f"voc:{tmp_path / 'VOCdevkit'}", "--model", "fcn32s",
+                         "--width", "0.0625", "--batch-size", "1", "--iters", "3", "--pad1", "100", "--lr", "0.001",
+                         "--device", "cpu", "--out", str(run)])
+    assert rc == 0
+    config = json.loads((run / "config.json").read_text())
+    assert config["n_class"] == 21 and config["model"] == "fcn32s"
+    (record,) = read_records(run)
+    assert record["iteration"] == 3
+    assert set(record) >= {"epoch", "iteration", "loss", "pixel_acc", "mean_acc", "mean_iu", "fw_iu"}
+    for png in ("history.png", "predictions.png"):
+        with Image.open(run / png) as im:
+            im.verify()
+    arrays, meta = io.load_checkpoint(run / trainer.LAST)
+    assert meta["iteration"] == 3 and "model/conv1_1.weight" in arrays
+    assert (run / trainer.BEST).exists()
+
+
+def test_resume_gives_the_same_weights_as_an_uninterrupted_run(tmp_path):
+    args = TINY + ["--epochs", "2"]
+    assert train_cli.main(args + ["--out", str(tmp_path / "a")]) == 0
+    config = train_cli.make_config(train_cli.parser().parse_args(args))
+    with pytest.raises(KeyboardInterrupt):  # stop mid-epoch 2, as Ctrl-C would
+        trainer.fit(dict(config), tmp_path / "b", on_iteration=lambda it: it == 3)
+    assert io.load_checkpoint(tmp_path / "b" / trainer.LAST)[1]["iteration"] == 3
+    assert train_cli.main(["--resume", str(tmp_path / "b")]) == 0
+    a, _ = io.load_checkpoint(tmp_path / "a" / trainer.LAST)
+    b, _ = io.load_checkpoint(tmp_path / "b" / trainer.LAST)
+    assert a.keys() == b.keys()
+    for k in a:
+        np.testing.assert_array_equal(a[k], b[k], err_msg=k)
+    assert read_records(tmp_path / "a") == read_records(tmp_path / "b")
+
+
+def test_nan_loss_stops_with_the_iteration_and_keeps_the_checkpoint(tmp_path, capsys):
+    run = tmp_path / "run"
+    assert train_cli.main(TINY + ["--epochs", "1", "--out", str(run)]) == 0
+    before = (run / trainer.LAST).read_bytes()
+    config = json.loads((run / "config.json").read_text())
+    config.update(lr=1e30, epochs=3)
+    (run / "config.json").write_text(json.dumps(config))
+    rc = train_cli.main(["--resume", str(run)])
+    assert rc == 1
+    err = capsys.readouterr().err
+    assert "loss is" in err and "at iteration" in err
+    assert (run / trainer.LAST).read_bytes() == before
+
+
+def test_evaluate_and_predict_on_a_checkpoint(tmp_path, capsys):
+    run = tmp_path / "run"
+    assert train_cli.main(TINY + ["--iters", "2", "--out", str(run)]) == 0
+    from minifcn import evaluate, predict
+
+    assert evaluate.main([str(run / trainer.BEST), "--json", str(tmp_path / "s.json"),
+                          "--device", "cpu"]) == 0
+    out = capsys.readouterr().out
+    assert "mean IU" in out and "frequency-weighted IU" in out
+    scores = json.loads((tmp_path / "s.json").read_text())
+    assert 0 <= scores["mean_iu"] <= 1 and len(scores["per_class_iu"]) == 5
+    img = tmp_path / "in.png"
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (45, 61, 3), dtype=np.uint8)).save(img)
+    assert predict.main([str(run / trainer.BEST), str(img), "--out", str(tmp_path / "pred"),
+                         "--device", "cpu"]) == 0
+    with Image.open(tmp_path / "pred" / "in.png") as label:
+        assert label.mode == "P" and label.size == (61, 45)
+    with Image.open(tmp_path / "pred" / "in_overlay.png") as ov:
+        assert ov.mode == "RGB" and ov.size == (61, 45)
+    assert predict.main([str(run / trainer.BEST), str(tmp_path / "nope.png"), "--out",
+                         str(tmp_path / "pred")]) == 1
+    assert "nope.png" in capsys.readouterr().err
+
+
+def test_bad_data_errors_name_the_file(tmp_path, capsys):
+    voc = make_voc(tmp_path)
+    (voc / "JPEGImages" / "2007_000001.jpg").write_bytes(b"not a jpeg")
+    rc = train_cli.main(["--data", f"voc:{voc}", "--width", "0.0625", "--batch-size", "4",
+                         "--iters", "1", "--device", "cpu", "--out", str(tmp_path / "r")])
+    assert rc == 1 and "2007_000001.jpg" in capsys.readouterr().err
+    rc = train_cli.main(["--data", f"voc:{tmp_path / 'missing'}", "--out", str(tmp_path / "r2")])
+    assert rc == 1 and "missing" in capsys.readouterr().err
+
+
+def test_staged_init_from_a_32s_checkpoint(tmp_path, capsys):
+    run32 = tmp_path / "r32"
+    args = TINY[:1] + ["fcn32s"] + TINY[2:]
+    assert train_cli.main(args + ["--iters", "1", "--out", str(run32)]) == 0
+    args16 = TINY[:1] + ["fcn16s"] + TINY[2:]
+    assert train_cli.main(args16 + ["--iters", "1", "--init-from", str(run32 / trainer.LAST),
+                                    "--out", str(tmp_path / "r16")]) == 0
+    out = capsys.readouterr().out
+    assert "init from" in out and "score_pool4.weight" in out and "upscore" in out
+
+
+def _start(run, *extra):
+    env = {**os.environ, "MINIFCN_NO_PROGRESS": "1"}
+    cmd = [sys.executable, "-m", "minifcn.train", *TINY, "--epochs", "50",
+           "--checkpoint-every", "1", "--out", str(run), *extra]
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.time() + 120
+    while not (run / trainer.LAST).exists() and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.1)
+    return proc
+
+
+@pytest.mark.slow
+def test_kill_during_training_leaves_a_loadable_checkpoint(tmp_path):
+    run = tmp_path / "run"
+    proc = _start(run)
+    try:
+        time.sleep(1.5)  # it writes a checkpoint every iteration: kill it somewhere in there
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(30)
+    finally:
+        proc.kill()
+    _, meta = io.load_checkpoint(run / trainer.LAST)
+    assert meta["iteration"] >= 1
+    config = json.loads((run / "config.json").read_text())
+    config.update(iters=meta["iteration"] + 1, epochs=None)
+    (run / "config.json").write_text(json.dumps(config))
+    assert train_cli.main(["--resume", str(run)]) == 0
+    assert io.load_checkpoint(run / trainer.LAST)[1]["iteration"] == meta["iteration"] + 1
+
+
+@pytest.mark.slow
+def test_ctrl_c_writes_a_checkpoint_and_exits_130(tmp_path):
+    run = tmp_path / "run"
+    proc = _start(run)
+    first = io.load_checkpoint(run / trainer.LAST)[1]["iteration"]
+    proc.send_signal(signal.SIGINT)
+    assert proc.wait(60) == 130
+    _, meta = io.load_checkpoint(run / trainer.LAST)
+    assert meta["iteration"] >= first
