@@ -31,6 +31,9 @@ def gpu_available():
 def get_array_module(*arrays):
     """``numpy`` or ``cupy``, whichever the arrays belong to (DeZero's / CuPy's idiom)."""
     cp = _cupy
+    if cp is None and not _cupy_checked and any(
+            type(a).__module__.startswith("cupy") for a in arrays):
+        cp = cupy_or_none()  # a CuPy array made before minifcn looked for CuPy
     if cp is not None:
         for a in arrays:
             if isinstance(a, cp.ndarray):
@@ -84,7 +87,7 @@ def manual_seed(seed):
     """Seed minifcn's random numbers (initialisation, dropout) on the CPU and, if present, GPU."""
     global _rng
     _rng = np.random.default_rng(seed)
-    if _cupy is not None:
+    if cupy_or_none() is not None:
         _cupy.random.seed(seed)
 
 

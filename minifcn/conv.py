@@ -122,7 +122,7 @@ def conv2d(x, weight, bias=None, stride=1, padding=0):
     padding = _pair(padding, "padding", op, 0)
     _check_4d(op, "input", x)
     _check_4d(op, "weight", weight)
-    _check_float(op, "input", x.data if hasattr(x, "data") else x)
+    _check_float(op, "input", x)
     if weight.shape[1] != x.shape[1]:
         raise ValueError(f"{op}: weight {tuple(weight.shape)} expects {weight.shape[1]} input "
                          f"channels, input {tuple(x.shape)} has {x.shape[1]}")
@@ -172,7 +172,7 @@ def conv_transpose2d(x, weight, bias=None, stride=1, padding=0):
     padding = _pair(padding, "padding", op, 0)
     _check_4d(op, "input", x)
     _check_4d(op, "weight", weight)
-    _check_float(op, "input", x.data if hasattr(x, "data") else x)
+    _check_float(op, "input", x)
     if weight.shape[0] != x.shape[1]:
         raise ValueError(f"{op}: weight {tuple(weight.shape)} (C_in, C_out, kH, kW) expects "
                          f"{weight.shape[0]} input channels, input {tuple(x.shape)} has {x.shape[1]}")
