@@ -1,0 +1,22 @@
+"""minifcn.models: FCN-32s, FCN-16s, FCN-8s and FCN-8s at-once on a VGG16 trunk.
+
+    import minifcn
+    model = minifcn.models.fcn8s(n_class=21, width=0.125)
+    scores = model(x)                       # (N, 3, H, W) -> (N, 21, H, W)
+    print(minifcn.summary(model, (1, 3, 500, 500)))
+
+Files: vgg.py (the trunk, the options), fcn.py (the heads and builders), layers.py (Crop, Sum,
+Scale), geometry.py (coordinate maps -> crop offsets), init.py (bilinear, He), summary.py.
+CLI: ``python -m minifcn.models fcn8s --width 1.0 --size 500`` prints the summary.
+"""
+from . import geometry
+from .fcn import (FCN8s, FCN8sAtOnce, FCN16s, FCN32s, MODELS, build, fcn8s, fcn8s_atonce,
+                  fcn16s, fcn32s)
+from .init import bilinear_kernel, bilinear_weight
+from .layers import Crop, Scale, Sum
+from .summary import summary
+from .vgg import FCNBase
+
+__all__ = ["FCN32s", "FCN16s", "FCN8s", "FCN8sAtOnce", "FCNBase", "fcn32s", "fcn16s", "fcn8s",
+           "fcn8s_atonce", "build", "MODELS", "summary", "bilinear_kernel", "bilinear_weight",
+           "Crop", "Sum", "Scale", "geometry"]
