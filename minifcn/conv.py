@@ -86,9 +86,15 @@ def _conv_weight_grad(x, gy, ksize, stride, padding):
     """The adjoint of _conv in w: x (N, C, H, W), gy (N, K, oh, ow) -> gW (K, C, kh, kw)."""
     n, k, oh, ow = gy.shape
     col = _im2col_scratch(x, *ksize, stride, padding, oh, ow).reshape(n, -1, oh * ow)
-    # one GEMM per image, col read transposed in place (BLAS's trans flag); summing the
-    # per-image products costs far less than the transposed copy tensordot would make of col
-    gw = (gy.reshape(n, k, oh * ow) @ col.transpose(0, 2, 1)).sum(axis=0)
+    gy = gy.reshape(n, k, oh * ow)
+    # One GEMM per image, the transposed operand read in place (BLAS's trans flag), and the
+    # per-image products summed (far cheaper than the transposed copy tensordot makes of col).
+    # Which way round matters: OpenBLAS is slow on gy @ col^T when K is small and the pixel
+    # count huge (conv1_2: ~14x), so there the product is turned (col @ gy^T, then transposed).
+    if oh * ow >= col.shape[1]:
+        gw = (col @ gy.transpose(0, 2, 1)).sum(axis=0).T
+    else:  # few pixels, big weight (fc6, fc7): as is
+        gw = (gy @ col.transpose(0, 2, 1)).sum(axis=0)
     return gw.reshape(k, x.shape[1], *ksize)
 
 

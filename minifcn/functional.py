@@ -192,8 +192,8 @@ def transpose(x, axes=None):
 
 
 class ReLU(Function):
-    def forward(self, x):
-        y = get_array_module(x).maximum(x, 0)
+    def forward(self, x, inplace=False):
+        y = get_array_module(x).maximum(x, 0, out=x if inplace else None)
         self.saved = (y,)  # y > 0 exactly where x > 0; y is kept anyway by the next layer
         return y
 
@@ -215,8 +215,13 @@ class Dropout(Function):
         return g * self.saved[0]
 
 
-def relu(x):
-    return ReLU.apply(x)
+def relu(x, inplace=False):
+    """max(x, 0). inplace=True writes the result over x's buffer, so a conv's output does not
+    stay alive beside the ReLU's (VGG's activations, halved). Only for an x that no other op
+    uses: an intermediate result (never a leaf), as in a conv -> relu chain."""
+    if inplace and isinstance(x, Tensor) and x.is_leaf:
+        inplace = False  # a leaf's data is the caller's: never overwrite it
+    return ReLU.apply(x, inplace=inplace)
 
 
 def dropout(x, p=0.5, training=True):

@@ -116,7 +116,9 @@ class Module:
 
 
 def _uniform(shape, bound):
-    return backend.rng().uniform(-bound, bound, size=shape).astype(np.float32)
+    # drawn in float32 directly: a float64 draw of fc6 at full width would be an extra 800 MB
+    u = backend.rng().random(shape, dtype=np.float32)
+    return (u * np.float32(2 * bound) - np.float32(bound)).astype(np.float32, copy=False)
 
 
 def _pair(v):
@@ -177,8 +179,11 @@ class MaxPool2d(Module):
 
 
 class ReLU(Module):
+    def __init__(self, inplace=False):
+        self.inplace = inplace
+
     def forward(self, x):
-        return F.relu(x)
+        return F.relu(x, self.inplace)
 
 
 class Dropout(Module):

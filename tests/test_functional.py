@@ -240,3 +240,15 @@ def _x(*shape):
 def test_bad_input(call, err, match):
     with pytest.raises(err, match=match):
         call()
+
+
+def test_inplace_relu_reuses_the_buffer_and_keeps_gradients(rng):
+    x = Tensor(rng.standard_normal((1, 2, 4, 5)), requires_grad=True)
+    w = Tensor(rng.standard_normal((3, 2, 3, 3)), requires_grad=True)
+    assert gradcheck(lambda x, w: F.relu(F.conv2d(x, w, padding=1), inplace=True), [x, w])
+    h = F.conv2d(x, w, padding=1)
+    y = F.relu(h, inplace=True)
+    assert y.data is h.data and (h.data >= 0).all()
+    leaf = Tensor(np.array([-1.0, 2.0]))
+    F.relu(leaf, inplace=True)
+    np.testing.assert_array_equal(leaf.data, [-1.0, 2.0])  # a leaf is never overwritten

@@ -81,27 +81,27 @@ class FCNBase(Module):
         def pool():
             return MaxPool2d(2, stride=2, ceil_mode=True)
 
-        self.conv1_1, self.relu1_1 = conv(3, b1, padding=pad1), ReLU()
-        self.conv1_2, self.relu1_2 = conv(b1, b1), ReLU()
+        self.conv1_1, self.relu1_1 = conv(3, b1, padding=pad1), ReLU(inplace=True)
+        self.conv1_2, self.relu1_2 = conv(b1, b1), ReLU(inplace=True)
         self.pool1 = pool()  # 1/2
-        self.conv2_1, self.relu2_1 = conv(b1, b2), ReLU()
-        self.conv2_2, self.relu2_2 = conv(b2, b2), ReLU()
+        self.conv2_1, self.relu2_1 = conv(b1, b2), ReLU(inplace=True)
+        self.conv2_2, self.relu2_2 = conv(b2, b2), ReLU(inplace=True)
         self.pool2 = pool()  # 1/4
-        self.conv3_1, self.relu3_1 = conv(b2, b3), ReLU()
-        self.conv3_2, self.relu3_2 = conv(b3, b3), ReLU()
-        self.conv3_3, self.relu3_3 = conv(b3, b3), ReLU()
+        self.conv3_1, self.relu3_1 = conv(b2, b3), ReLU(inplace=True)
+        self.conv3_2, self.relu3_2 = conv(b3, b3), ReLU(inplace=True)
+        self.conv3_3, self.relu3_3 = conv(b3, b3), ReLU(inplace=True)
         self.pool3 = pool()  # 1/8
-        self.conv4_1, self.relu4_1 = conv(b3, b4), ReLU()
-        self.conv4_2, self.relu4_2 = conv(b4, b4), ReLU()
-        self.conv4_3, self.relu4_3 = conv(b4, b4), ReLU()
+        self.conv4_1, self.relu4_1 = conv(b3, b4), ReLU(inplace=True)
+        self.conv4_2, self.relu4_2 = conv(b4, b4), ReLU(inplace=True)
+        self.conv4_3, self.relu4_3 = conv(b4, b4), ReLU(inplace=True)
         self.pool4 = pool()  # 1/16
-        self.conv5_1, self.relu5_1 = conv(b4, b5), ReLU()
-        self.conv5_2, self.relu5_2 = conv(b5, b5), ReLU()
-        self.conv5_3, self.relu5_3 = conv(b5, b5), ReLU()
+        self.conv5_1, self.relu5_1 = conv(b4, b5), ReLU(inplace=True)
+        self.conv5_2, self.relu5_2 = conv(b5, b5), ReLU(inplace=True)
+        self.conv5_3, self.relu5_3 = conv(b5, b5), ReLU(inplace=True)
         self.pool5 = pool()  # 1/32
         # VGG's fully connected layers as convolutions (paper section 3.1)
-        self.fc6, self.relu6, self.drop6 = he_normal_(Conv2d(b5, fc, 7)), ReLU(), Dropout(dropout)
-        self.fc7, self.relu7, self.drop7 = he_normal_(Conv2d(fc, fc, 1)), ReLU(), Dropout(dropout)
+        self.fc6, self.relu6, self.drop6 = he_normal_(Conv2d(b5, fc, 7)), ReLU(inplace=True), Dropout(dropout)
+        self.fc7, self.relu7, self.drop7 = he_normal_(Conv2d(fc, fc, 1)), ReLU(inplace=True), Dropout(dropout)
         self.score_fr = self._score(fc)
         self._build_head()
         self._derive_geometry()
