@@ -39,6 +39,24 @@ def _check_float(op, name, x):
         raise TypeError(f"{op}: {name} must be a floating array, got dtype {x.dtype}")
 
 
+def _check_conv_args(op, x, weight, bias, stride, padding, in_axis, layout):
+    """Shared checks of conv2d and conv_transpose2d; returns (stride, padding) as pairs.
+    in_axis: the weight axis that must match the input's channels (the other one is C_out)."""
+    stride = _pair(stride, "stride", op, 1)
+    padding = _pair(padding, "padding", op, 0)
+    _check_4d(op, "input", x)
+    _check_4d(op, "weight", weight)
+    _check_float(op, "input", x)
+    if weight.shape[in_axis] != x.shape[1]:
+        raise ValueError(f"{op}: weight {tuple(weight.shape)} {layout} expects "
+                         f"{weight.shape[in_axis]} input channels, input {tuple(x.shape)} has "
+                         f"{x.shape[1]}")
+    c_out = weight.shape[1 - in_axis]
+    if bias is not None and tuple(bias.shape) != (c_out,):
+        raise ValueError(f"{op}: bias must have shape ({c_out},), got {tuple(bias.shape)}")
+    return stride, padding
+
+
 # ---------------------------------------------------------------- shared array-level helpers
 
 
@@ -124,16 +142,8 @@ def conv2d(x, weight, bias=None, stride=1, padding=0):
     (N, C_out, (H + 2p - kH) // s + 1, (W + 2p - kW) // s + 1). Zero padding.
     """
     op = "conv2d"
-    stride = _pair(stride, "stride", op, 1)
-    padding = _pair(padding, "padding", op, 0)
-    _check_4d(op, "input", x)
-    _check_4d(op, "weight", weight)
-    _check_float(op, "input", x)
-    if weight.shape[1] != x.shape[1]:
-        raise ValueError(f"{op}: weight {tuple(weight.shape)} expects {weight.shape[1]} input "
-                         f"channels, input {tuple(x.shape)} has {x.shape[1]}")
-    if bias is not None and tuple(bias.shape) != (weight.shape[0],):
-        raise ValueError(f"{op}: bias must have shape ({weight.shape[0]},), got {tuple(bias.shape)}")
+    stride, padding = _check_conv_args(op, x, weight, bias, stride, padding, 1,
+                                       "(C_out, C_in, kH, kW)")
     for axis, (k, p) in enumerate(zip(weight.shape[2:], padding)):
         size = x.shape[2 + axis]
         if size + 2 * p < k:
@@ -174,16 +184,8 @@ def conv_transpose2d(x, weight, bias=None, stride=1, padding=0):
     (N, C_out, (H - 1) * s - 2p + kH, (W - 1) * s - 2p + kW).
     """
     op = "conv_transpose2d"
-    stride = _pair(stride, "stride", op, 1)
-    padding = _pair(padding, "padding", op, 0)
-    _check_4d(op, "input", x)
-    _check_4d(op, "weight", weight)
-    _check_float(op, "input", x)
-    if weight.shape[0] != x.shape[1]:
-        raise ValueError(f"{op}: weight {tuple(weight.shape)} (C_in, C_out, kH, kW) expects "
-                         f"{weight.shape[0]} input channels, input {tuple(x.shape)} has {x.shape[1]}")
-    if bias is not None and tuple(bias.shape) != (weight.shape[1],):
-        raise ValueError(f"{op}: bias must have shape ({weight.shape[1]},), got {tuple(bias.shape)}")
+    stride, padding = _check_conv_args(op, x, weight, bias, stride, padding, 0,
+                                       "(C_in, C_out, kH, kW)")
     for size, s, p, k in zip(x.shape[2:], stride, padding, weight.shape[2:]):
         if (size - 1) * s + k - 2 * p < 1:
             raise ValueError(f"{op}: padding {padding} leaves an empty output for input "

@@ -125,44 +125,46 @@ def _pair(v):
     return (v, v) if isinstance(v, int) else tuple(v)
 
 
-class Conv2d(Module):
-    """Convolution layer. Weights start as PyTorch's default (Kaiming-uniform with a=sqrt(5),
-    i.e. U(-1/sqrt(fan_in), 1/sqrt(fan_in)), the same bound for the bias)."""
+class _ConvBase(Module):
+    """What Conv2d and ConvTranspose2d share: geometry, PyTorch's default init, repr."""
 
-    def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0, bias=True):
+    def __init__(self, in_channels, out_channels, kernel_size, stride, padding, bias, shape,
+                 fan_in_channels):
         kh, kw = _pair(kernel_size)
         self.in_channels, self.out_channels = in_channels, out_channels
         self.kernel_size, self.stride, self.padding = (kh, kw), _pair(stride), _pair(padding)
-        bound = 1 / math.sqrt(in_channels * kh * kw)
-        self.weight = Parameter(_uniform((out_channels, in_channels, kh, kw), bound))
+        bound = 1 / math.sqrt(fan_in_channels * kh * kw)
+        self.weight = Parameter(_uniform(shape + (kh, kw), bound))
         self.bias = Parameter(_uniform((out_channels,), bound)) if bias else None
+
+    def extra_repr(self):
+        return (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, "
+                f"stride={self.stride}, padding={self.padding}, bias={self.bias is not None}")
+
+
+class Conv2d(_ConvBase):
+    """Convolution layer, weight (C_out, C_in, kH, kW). Weights start as PyTorch's default
+    (Kaiming-uniform with a=sqrt(5), i.e. U(-1/sqrt(fan_in), 1/sqrt(fan_in)), the same bound
+    for the bias)."""
+
+    def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0, bias=True):
+        super().__init__(in_channels, out_channels, kernel_size, stride, padding, bias,
+                         (out_channels, in_channels), in_channels)
 
     def forward(self, x):
         return F.conv2d(x, self.weight, self.bias, self.stride, self.padding)
 
-    def extra_repr(self):
-        return (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, "
-                f"stride={self.stride}, padding={self.padding}, bias={self.bias is not None}")
 
-
-class ConvTranspose2d(Module):
+class ConvTranspose2d(_ConvBase):
     """Transposed convolution layer, weight (C_in, C_out, kH, kW); PyTorch's default init
     (its fan_in is computed from weight.shape[1] * kH * kW)."""
 
     def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0, bias=True):
-        kh, kw = _pair(kernel_size)
-        self.in_channels, self.out_channels = in_channels, out_channels
-        self.kernel_size, self.stride, self.padding = (kh, kw), _pair(stride), _pair(padding)
-        bound = 1 / math.sqrt(out_channels * kh * kw)
-        self.weight = Parameter(_uniform((in_channels, out_channels, kh, kw), bound))
-        self.bias = Parameter(_uniform((out_channels,), bound)) if bias else None
+        super().__init__(in_channels, out_channels, kernel_size, stride, padding, bias,
+                         (in_channels, out_channels), out_channels)
 
     def forward(self, x):
         return F.conv_transpose2d(x, self.weight, self.bias, self.stride, self.padding)
-
-    def extra_repr(self):
-        return (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, "
-                f"stride={self.stride}, padding={self.padding}, bias={self.bias is not None}")
 
 
 class MaxPool2d(Module):

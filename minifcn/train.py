@@ -21,7 +21,7 @@ from . import trainer
 # Defaults: a small FCN-8s that trains on 2 CPU cores in under 10 minutes on `shapes`.
 DEFAULTS = dict(
     model="fcn8s", width=0.125, data="shapes", size=96, n_train=None, n_val=None, data_seed=0,
-    pad1=None, epochs=4, iters=None, batch_size=8, val_batch_size=16, lr=0.03, momentum=0.9,
+    pad1=None, epochs=4, iters=None, batch_size=8, val_batch_size=16, lr=0.01, momentum=0.9,
     weight_decay=5e-4, lr_schedule="poly", loss_reduction="mean", flip=True, crop=None,
     init_from=None, device="auto", seed=0, checkpoint_every=0,
 )
@@ -52,7 +52,7 @@ def parser():
     g.add_argument("--iters", type=int, help="train this many iterations instead of --epochs")
     a("--batch-size", type=int, help="default 8 (1 = the paper's, any image size)")
     a("--crop", type=int, help="random square crop for batching images of different sizes")
-    a("--lr", type=float, help="base learning rate (default 0.03, for a mean loss)")
+    a("--lr", type=float, help="base learning rate (default 0.01, for a mean loss)")
     a("--lr-schedule", choices=["constant", "step", "poly"], help="default poly")
     a("--momentum", type=float, help="default 0.9 (the reference heavy recipe: 0.99)")
     a("--weight-decay", type=float, help="default 5e-4")

@@ -12,6 +12,8 @@ other 3x3 conv by 1) so that fc6's 7x7 window fits any input and the upsampled s
 """
 import numbers
 
+import numpy as np
+
 from ..nn import Conv2d, ConvTranspose2d, Dropout, MaxPool2d, Module, ReLU
 from . import geometry
 from .init import bilinear_weight, he_normal_, zeros_
@@ -23,6 +25,10 @@ FC_CHANNELS = 4096
 def scaled(channels, width):
     """A hidden channel count at ``width`` (1.0 = VGG16): rounded, at least 1."""
     return max(1, int(round(channels * width)))
+
+
+# typical std of a mean-subtracted 0..255 pixel: scales conv1_1's He init to unit-variance input
+PIXEL_STD = 64.0
 
 
 def _check_options(cls, n_class, width, pad1, dropout, learn_upsampling):
@@ -63,7 +69,8 @@ class FCNBase(Module):
         moving part less. True learns all of them. A fixed layer is a Parameter with
         requires_grad=False: the optimiser and gradcheck skip it, the state dict keeps it.
 
-    Initialisation: trunk conv1_1 ... fc7 He-normal with zero biases (the paper fine-tunes from
+    Initialisation: trunk conv1_1 ... fc7 He-normal with zero biases (conv1_1's divided by
+    PIXEL_STD, since the input is raw mean-subtracted pixels) (the paper fine-tunes from
     ImageNet VGG16 instead, whose weights overwrite these), score layers zero, upsampling
     bilinear. Calling the model on a (N, 3, H, W) Tensor returns scores (N, n_class, H, W).
     """
@@ -82,6 +89,9 @@ class FCNBase(Module):
             return MaxPool2d(2, stride=2, ceil_mode=True)
 
         self.conv1_1, self.relu1_1 = conv(3, b1, padding=pad1), ReLU(inplace=True)
+        # He init assumes inputs of unit variance; ours are pixels minus the mean (0..255 scale,
+        # std ~64), which would make every activation ~64x too large and blow up the first steps
+        self.conv1_1.weight.data /= np.float32(PIXEL_STD)
         self.conv1_2, self.relu1_2 = conv(b1, b1), ReLU(inplace=True)
         self.pool1 = pool()  # 1/2
         self.conv2_1, self.relu2_1 = conv(b1, b2), ReLU(inplace=True)
