@@ -51,12 +51,13 @@ def main(argv=None):
         t0 = time.perf_counter()
         best = trainer.fit(config, Path(args.out) / f"{args.data}-{variant}")
         rows.append((variant, best, time.perf_counter() - t0))
-    header = (f"\n{args.data}, width {args.width}, {args.size}x{args.size}, "
-              f"{rows[0][1]['iteration']} iterations each (best validation):\n")
+    budget = f"{args.iters} iterations" if args.iters else f"{DEFAULTS['epochs']} epochs"
+    header = (f"\n{args.data}, width {args.width}, {args.size}x{args.size}, conv1_1 padding "
+              f"{pad1}, {budget} each (best validation):\n")
     lines = ["| net | pixel acc. | mean acc. | mean IU | f.w. IU | train time |",
              "|---|---|---|---|---|---|"]
     for variant, best, seconds in rows:
-        lines.append(f"| {variant.upper().replace('S', 's')} | {100 * best['pixel_acc']:.1f} | "
+        lines.append(f"| FCN-{variant[3:]} | {100 * best['pixel_acc']:.1f} | "
                      f"{100 * best['mean_acc']:.1f} | {100 * best['mean_iu']:.1f} | "
                      f"{100 * best['fw_iu']:.1f} | {seconds / 60:.1f} min |")
     print(header + "\n".join(lines))
