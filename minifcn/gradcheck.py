@@ -6,6 +6,7 @@ pass/fail) and exits with status 1 if any case fails. The function itself is
 """
 import argparse
 import sys
+import types
 
 import numpy as np
 
@@ -40,6 +41,17 @@ def main(argv=None):
     args = parser.parse_args(argv)
     return 1 if run(seed=args.seed) else 0
 
+
+class _CallableModule(types.ModuleType):
+    """Importing this module (``import minifcn.gradcheck``) makes Python set the package's
+    ``gradcheck`` attribute to the module, hiding the function of the same name; calling the
+    module calls the function, so ``minifcn.gradcheck(fn, inputs)`` works either way."""
+
+    def __call__(self, *args, **kwargs):
+        return gradcheck(*args, **kwargs)
+
+
+sys.modules[__name__].__class__ = _CallableModule
 
 if __name__ == "__main__":
     sys.exit(main())

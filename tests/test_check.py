@@ -86,3 +86,11 @@ def test_gradcheck_cli_table(capsys):
     assert run(CASES[:3]) == 0
     out = capsys.readouterr().out
     assert "3 passed, 0 failed" in out and "worst rel. error" in out
+
+
+def test_function_still_callable_after_importing_the_cli_module():
+    import importlib
+
+    importlib.import_module("minifcn.gradcheck")  # rebinds the package attribute to the module
+    x = Tensor(np.ones(3), requires_grad=True)
+    assert minifcn.gradcheck(lambda a: a * 2.0, [x]) is True
