@@ -7,6 +7,8 @@ and a short ``name``. The trainer, the evaluator and the Loader rely on exactly 
 """
 import operator
 
+import numpy as np
+
 IGNORE_INDEX = 255
 
 
@@ -50,6 +52,15 @@ def check_split(split, allowed, where):
     if split not in allowed:
         raise ValueError(f"{where}: unknown split {split!r}; expected one of {', '.join(allowed)}")
     return split
+
+
+def check_size_seed(size, seed, where):
+    """The synthetic sets' shared checks: an image side >= 16 and a seed >= 0."""
+    if not isinstance(size, (int, np.integer)) or size < 16:
+        raise ValueError(f"{where}: size must be an integer >= 16, got {size!r}")
+    if not isinstance(seed, (int, np.integer)) or seed < 0:
+        raise ValueError(f"{where}: seed must be a non-negative integer, got {seed!r}")
+    return int(size), int(seed)
 
 
 def default_count(n, split, defaults, where):

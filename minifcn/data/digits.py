@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .base import SegmentationDataset, check_split, default_count
+from .base import SegmentationDataset, check_size_seed, check_split, default_count
 from .synth import bilinear_matrix, distinct_colors, finish, layer
 
 DATA_FILE = Path(__file__).parent / "digits.csv.gz"
@@ -82,10 +82,7 @@ class Digits(SegmentationDataset):
                  min_color_distance=MIN_COLOR_DISTANCE):
         self.split = check_split(split, tuple(SPLIT_STREAMS), "Digits")
         self.n = default_count(n, split, DEFAULT_N, "Digits")
-        if not isinstance(size, (int, np.integer)) or size < 16:
-            raise ValueError(f"Digits: size must be an integer >= 16, got {size!r}")
-        if not isinstance(seed, (int, np.integer)) or seed < 0:
-            raise ValueError(f"Digits: seed must be a non-negative integer, got {seed!r}")
+        check_size_seed(size, seed, "Digits")
         lo, hi = digits_per_image
         if not 1 <= lo <= hi:
             raise ValueError(f"Digits: digits_per_image must be (lo, hi) with 1 <= lo <= hi, "

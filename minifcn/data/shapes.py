@@ -14,7 +14,7 @@ The difficulty knobs are the module constants below, also keyword arguments of `
 """
 import numpy as np
 
-from .base import SegmentationDataset, check_split, default_count
+from .base import SegmentationDataset, check_size_seed, check_split, default_count
 from .synth import distinct_colors, finish, layer, pixel_grid, window
 
 SHAPE_CLASSES = ("background", "disc", "rectangle", "triangle", "cross")
@@ -89,10 +89,7 @@ class Shapes(SegmentationDataset):
                  min_color_distance=MIN_COLOR_DISTANCE):
         self.split = check_split(split, tuple(SPLIT_STREAMS), "Shapes")
         self.n = default_count(n, split, DEFAULT_N, "Shapes")
-        if not isinstance(size, (int, np.integer)) or size < 16:
-            raise ValueError(f"Shapes: size must be an integer >= 16, got {size!r}")
-        if not isinstance(seed, (int, np.integer)) or seed < 0:
-            raise ValueError(f"Shapes: seed must be a non-negative integer, got {seed!r}")
+        check_size_seed(size, seed, "Shapes")
         if not isinstance(max_shapes, (int, np.integer)) or max_shapes < 1:
             raise ValueError(f"Shapes: max_shapes must be an integer >= 1, got {max_shapes!r}")
         self.size, self.seed, self.max_shapes = int(size), int(seed), int(max_shapes)
