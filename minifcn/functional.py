@@ -9,7 +9,7 @@ Arithmetic broadcasts like NumPy; its backward sums a gradient back to each inpu
 """
 import numpy as np
 
-from . import backend, primitives as P
+from . import backend
 from .autograd import Function, Tensor, as_tensor
 from .backend import get_array_module
 

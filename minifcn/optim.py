@@ -12,8 +12,6 @@ weight decay: ``param_groups(model)`` builds exactly those groups.
 """
 import math
 
-import numpy as np
-
 from .backend import get_array_module
 
 

@@ -106,14 +106,19 @@ class Run:
         return records
 
 
-def _state(model, opt, meta):
-    arrays = {f"model/{k}": v for k, v in model.state_dict().items()}
-    arrays.update({f"optim/{k}": backend.as_numpy(v) for k, v in opt.state_dict().items()})
-    return arrays, meta
-
-
 def save_training_checkpoint(path, model, opt, meta):
-    io.save_checkpoint(path, *_state(model, opt, meta))
+    """Weights ('model/...'), momentum buffers ('optim/...', when opt is given) and meta, in one
+    atomically written .npz."""
+    arrays = {f"model/{k}": v for k, v in model.state_dict().items()}
+    if opt is not None:
+        arrays.update({f"optim/{k}": backend.as_numpy(v) for k, v in opt.state_dict().items()})
+    io.save_checkpoint(path, arrays, meta)
+
+
+def _meta(epoch, batch, iteration, best, config):
+    """Where a run stands: enough, with the weights, to continue it exactly."""
+    return {"epoch": epoch, "batch": batch, "iteration": iteration, "best": best,
+            "config": config, "rng": backend.rng().bit_generator.state}
 
 
 def load_weights_into(model, path, log=print):
@@ -177,10 +182,8 @@ def fit(config, run_dir, resume=False, log=print, on_iteration=None):
         run.write_config(config)
 
     def checkpoint(epoch, batch):
-        meta = {"epoch": epoch, "batch": batch, "iteration": iteration, "best": best,
-                "config": config, "rng": backend.rng().bit_generator.state}
-        save_training_checkpoint(run.path(LAST), model, opt, meta)
-        return meta
+        save_training_checkpoint(run.path(LAST), model, opt,
+                                 _meta(epoch, batch, iteration, best, config))
 
     stop = _StopFlag()  # Ctrl-C asks to stop at the next iteration boundary
     epoch, batch = start_epoch, start_batch  # the position of the next batch to train on
@@ -283,10 +286,8 @@ def _validate(model, val_loader, val_set, config, run, device, epoch, iteration,
                              class_names=val_set.class_names)
     if best is None or record["mean_iu"] > best["mean_iu"]:
         best = record
-        meta = {"epoch": epoch, "batch": 0, "iteration": iteration, "best": best,
-                "config": config, "rng": backend.rng().bit_generator.state}
-        arrays = {f"model/{k}": v for k, v in model.state_dict().items()}
-        io.save_checkpoint(run.path(BEST), arrays, meta)
+        save_training_checkpoint(run.path(BEST), model, None,
+                                 _meta(epoch, 0, iteration, best, config))
     return best
 
 
