@@ -11,7 +11,7 @@ import sys
 import numpy as np
 
 from . import io, trainer
-from .data import Loader, get_dataset
+from .data import Loader
 
 
 def format_table(scores, class_names):
@@ -38,11 +38,7 @@ def main(argv=None):
     try:
         model, config = trainer.load_model(args.checkpoint, args.device)
         spec = args.data or config["data"]
-        kw = {"size": config["size"], "seed": config["data_seed"]} \
-            if spec in ("shapes", "digits") else {}
-        if spec == config["data"] and config.get("n_val") and kw:
-            kw["n"] = config["n_val"]
-        dataset = get_dataset(spec, args.split, **kw)
+        dataset = trainer.dataset(config, args.split, spec)
     except (FileNotFoundError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1

@@ -36,15 +36,22 @@ def build_model(config):
     return build(config["model"], n_class=config["n_class"], width=config["width"], pad1=pad1)
 
 
-def make_datasets(config):
+def dataset(config, split, spec=None):
+    """The ``split`` of the dataset ``spec`` (default: the run's ``--data``). The synthetic sets
+    are made as the run made them: same image size, data seed and, for the run's own data, the
+    same number of images."""
+    spec = spec or config["data"]
     kw = {}
-    if config["data"] in ("shapes", "digits"):
+    if spec in ("shapes", "digits"):
         kw = {"size": config["size"], "seed": config["data_seed"]}
-    train = get_dataset(config["data"], "train", **kw,
-                        **({"n": config["n_train"]} if config.get("n_train") and kw else {}))
-    val = get_dataset(config["data"], "val", **kw,
-                      **({"n": config["n_val"]} if config.get("n_val") and kw else {}))
-    return train, val
+        n = config.get({"train": "n_train", "val": "n_val"}.get(split, ""))
+        if n and spec == config["data"]:
+            kw["n"] = n
+    return get_dataset(spec, split, **kw)
+
+
+def make_datasets(config):
+    return dataset(config, "train"), dataset(config, "val")
 
 
 def predict_labels(model, x):
