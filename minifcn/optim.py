@@ -15,15 +15,46 @@ import math
 from .backend import get_array_module
 
 
-def param_groups(model, bias_lr_mult=2.0, bias_decay_mult=0.0):
+def param_groups(model, bias_lr_mult=2.0, bias_decay_mult=0.0, lr_mults=None):
     """Two groups as the reference solvers: weights (lr x1, decay x1) and biases (lr x2, no
-    decay). Parameters that do not require grad (fixed upsampling) are left out."""
-    weights, biases = [], []
-    for name, p in model.named_parameters():
-        if p.requires_grad:
-            (biases if name.endswith("bias") else weights).append(p)
+    decay). Parameters that do not require grad (fixed upsampling) are left out.
+
+    lr_mults: {parameter name: extra lr multiplier}; each named parameter gets a group of its
+    own (after the two), e.g. ``{"conv1_1.weight": 1 / 64**2}`` (see ``first_layer_lr_mult``).
+    """
+    lr_mults = dict(lr_mults or {})
+    named = dict(model.named_parameters())
+    unknown = sorted(name for name in lr_mults if name not in named or not named[name].requires_grad)
+    if unknown:
+        raise ValueError(f"param_groups: lr_mults names no trainable parameter of the model: "
+                         f"{unknown}")
+    weights, biases, extra = [], [], []
+    for name, p in named.items():
+        if not p.requires_grad:
+            continue
+        is_bias = name.endswith("bias")
+        if name in lr_mults:
+            extra.append({"params": [p],
+                          "lr_mult": lr_mults[name] * (bias_lr_mult if is_bias else 1.0),
+                          "decay_mult": bias_decay_mult if is_bias else 1.0})
+        else:
+            (biases if is_bias else weights).append(p)
     return [{"params": weights, "lr_mult": 1.0, "decay_mult": 1.0},
-            {"params": biases, "lr_mult": bias_lr_mult, "decay_mult": bias_decay_mult}]
+            {"params": biases, "lr_mult": bias_lr_mult, "decay_mult": bias_decay_mult}] + extra
+
+
+def first_layer_lr_mult(input_std):
+    """The lr multiplier that makes SGD treat a first layer fed raw inputs of std ``input_std``
+    like every later layer, which sees activations of std ~1.
+
+    A weight's gradient is proportional to its input, and a first layer initialised for raw
+    pixels has weights ``input_std`` times smaller than a unit-input layer's: its relative step
+    is ``input_std**2`` times larger (here 64**2 = 4096). From scratch that makes conv1_1 jump
+    by many times its own size each step, noise that stalls learning, and at width >= 0.25 the
+    run diverges in a few steps. Multiplying its lr by ``1 / input_std**2`` is exactly SGD on the
+    same net with the inputs divided by ``input_std`` (weight decay aside).
+    """
+    return 1.0 / float(input_std) ** 2
 
 
 class SGD:
@@ -109,12 +140,27 @@ def poly(max_iter, power=0.9):
 SCHEDULES = {"constant": constant, "step": step, "poly": poly}
 
 
-def make_schedule(name, max_iter, step_size=None, gamma=0.1, power=0.9):
-    """A schedule by name ('constant', 'step', 'poly'), for the trainer's --lr-schedule."""
+def warmup(schedule, iters):
+    """``schedule`` times a linear ramp from 1/iters to 1 over the first ``iters`` iterations.
+
+    Large learning rates on a net trained from scratch can throw the first steps far off while
+    its random features give large, inconsistent gradients; a short ramp avoids that."""
+    if iters < 0:
+        raise ValueError(f"warmup: iters must be >= 0, got {iters}")
+    if iters == 0:
+        return schedule
+    return lambda it: schedule(it) * min(1.0, (it + 1) / iters)
+
+
+def make_schedule(name, max_iter, step_size=None, gamma=0.1, power=0.9, warmup_iters=0):
+    """A schedule by name ('constant', 'step', 'poly'), for the trainer's --lr-schedule, with
+    an optional linear warm-up (--warmup)."""
     if name == "constant":
-        return constant()
-    if name == "step":
-        return step(step_size or max(1, max_iter // 3), gamma)
-    if name == "poly":
-        return poly(max_iter, power)
-    raise ValueError(f"unknown lr schedule {name!r}: expected one of {sorted(SCHEDULES)}")
+        schedule = constant()
+    elif name == "step":
+        schedule = step(step_size or max(1, max_iter // 3), gamma)
+    elif name == "poly":
+        schedule = poly(max_iter, power)
+    else:
+        raise ValueError(f"unknown lr schedule {name!r}: expected one of {sorted(SCHEDULES)}")
+    return warmup(schedule, warmup_iters)

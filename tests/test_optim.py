@@ -91,3 +91,61 @@ def test_sgd_trains_a_tiny_conv():
         opt.step()
         losses.append(loss.item())
     assert losses[-1] < 1e-3 * losses[0]
+
+
+def test_lr_mults_put_a_parameter_in_a_group_of_its_own():
+    m = nn.Sequential(nn.Conv2d(2, 3, 3), nn.Conv2d(3, 3, 1))
+    weights, biases, first, first_b = optim.param_groups(
+        m, lr_mults={"0.weight": 0.25, "0.bias": 0.5})
+    assert weights["params"] == [m[1].weight] and biases["params"] == [m[1].bias]
+    assert first["params"] == [m[0].weight] and (first["lr_mult"], first["decay_mult"]) == (0.25, 1.0)
+    # a bias keeps its reference multipliers (x2, no decay) times the extra one
+    assert first_b["params"] == [m[0].bias] and (first_b["lr_mult"], first_b["decay_mult"]) == (1.0, 0.0)
+    with pytest.raises(ValueError, match="conv9.weight"):
+        optim.param_groups(m, lr_mults={"conv9.weight": 0.1})
+    m[1].weight.requires_grad = False  # fixed: an lr multiplier for it is a mistake
+    with pytest.raises(ValueError, match="1.weight"):
+        optim.param_groups(m, lr_mults={"1.weight": 0.1})
+
+
+def test_first_layer_lr_mult_equals_training_on_scaled_inputs():
+    # SGD on a first layer fed x with lr * 1/s^2 must follow exactly SGD on the same layer fed
+    # x / s with its weight scaled by s (no decay): the claim in first_layer_lr_mult's docstring
+    s, rng = 64.0, np.random.default_rng(0)
+    x, target = rng.normal(0, s, (4, 3, 6, 6)), rng.normal(size=(4, 2, 4, 4))
+
+    def train(input_div, mult):
+        # input_div 1: raw x, weights ~1/s (as conv1_1's); input_div s: x / s, weights ~1.
+        # Returned weights are rescaled to the unit-input convention, to compare the two.
+        rescale = s / input_div
+        conv = nn.Conv2d(3, 2, 3)
+        conv.weight.data = np.random.default_rng(1).normal(size=(2, 3, 3, 3)) * 0.1 / rescale
+        conv.bias.data = np.zeros(2)
+        opt = optim.SGD(optim.param_groups(conv, lr_mults={"weight": mult}), lr=1e-2,
+                        momentum=0.9, weight_decay=0.0)
+        for _ in range(3):
+            err = conv(Tensor(x / input_div)) - Tensor(target)
+            loss = (err * err).sum() * (1 / err.data.size)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+        return conv.weight.data * rescale, conv.bias.data
+
+    w_raw, b_raw = train(1.0, optim.first_layer_lr_mult(s))
+    w_unit, b_unit = train(s, 1.0)
+    np.testing.assert_allclose(w_raw, w_unit, rtol=1e-9)
+    np.testing.assert_allclose(b_raw, b_unit, rtol=1e-9)
+    assert not np.allclose(w_unit, train(s, 0.0)[0])  # the steps did move the weights
+    # and without the multiplier the raw-input run takes a very different path
+    w_plain, _ = train(1.0, 1.0)
+    assert not np.allclose(w_plain, w_unit, rtol=1e-2)
+
+
+def test_warmup_ramps_then_follows_the_schedule():
+    sched = optim.make_schedule("poly", 100, warmup_iters=4)
+    poly = optim.poly(100)
+    assert [sched(i) for i in range(4)] == pytest.approx([poly(i) * (i + 1) / 4 for i in range(4)])
+    assert [sched(i) for i in range(4, 100)] == pytest.approx([poly(i) for i in range(4, 100)])
+    assert optim.make_schedule("constant", 10, warmup_iters=0)(0) == 1.0
+    with pytest.raises(ValueError, match="warmup"):
+        optim.warmup(optim.constant(), -1)
