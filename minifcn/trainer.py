@@ -31,9 +31,26 @@ def build_model(config):
 
     pad1 = config["pad1"]
     if pad1 == "auto":  # the smallest conv1_1 padding whose crops still cover the input
-        probe = build(config["model"], n_class=config["n_class"], width=config["width"])
-        pad1 = config["pad1"] = geometry.min_pad1(probe, config.get("size"))
-    return build(config["model"], n_class=config["n_class"], width=config["width"], pad1=pad1)
+        pad1 = config["pad1"] = geometry.min_pad1(config["model"], config.get("size"))
+    elif pad1 == "full":  # the smallest at which the coarse scores reach every pixel in full
+        pad1 = config["pad1"] = geometry.full_cover_pad1(config["model"], config["size"])
+    return build(config["model"], n_class=config["n_class"], width=config["width"], pad1=pad1,
+                 dropout=_option(config, "dropout", 0.5))
+
+
+def _option(config, key, default):
+    """config[key], or ``default`` for a config.json written before the option existed."""
+    value = config.get(key)
+    return default if value is None else value
+
+
+def make_optimizer(model, config):
+    """Caffe's SGD with the reference groups (biases lr x2, no decay) and, when the config asks,
+    conv1_1's weight on an lr of its own (``optim.first_layer_lr_mult``)."""
+    mult = _option(config, "conv1_lr_mult", 1.0)
+    groups = optim.param_groups(model, lr_mults={"conv1_1.weight": mult} if mult != 1 else None)
+    return optim.SGD(groups, lr=config["lr"], momentum=config["momentum"],
+                     weight_decay=config["weight_decay"])
 
 
 def dataset(config, split, spec=None):
@@ -164,14 +181,14 @@ def fit(config, run_dir, resume=False, log=print, on_iteration=None):
     train_set, val_set = make_datasets(config)
     config["n_class"] = train_set.n_class
     model = build_model(config).to(device)
-    opt = optim.SGD(optim.param_groups(model), lr=config["lr"], momentum=config["momentum"],
-                    weight_decay=config["weight_decay"])
+    opt = make_optimizer(model, config)
     loader = Loader(train_set, config["batch_size"], shuffle=True, seed=config["seed"],
                     flip=config["flip"], crop=config.get("crop"))
     val_loader = Loader(val_set, config["val_batch_size"], shuffle=False)
     per_epoch = len(loader)
     total = config["iters"] or config["epochs"] * per_epoch
-    schedule = optim.make_schedule(config["lr_schedule"], total)
+    schedule = optim.make_schedule(config["lr_schedule"], total,
+                                   warmup_iters=_option(config, "warmup", 0))
 
     start_epoch, start_batch, iteration, best = 0, 0, 0, None
     if resume:
@@ -310,11 +327,23 @@ def _report(run, best, log):
 
 def load_model(checkpoint_path, device="cpu"):
     """Rebuild the model a training checkpoint was made with and load its weights.
-    Returns (model in eval mode, config)."""
+    Returns (model in eval mode, config).
+
+    Also reads the float16 "learned weights only" files of ``skip_architectures
+    --save-weights`` (meta ``learned_only``): the layers they leave out (the fixed bilinear
+    upsampling) are rebuilt by the model itself."""
     arrays, meta = io.load_checkpoint(checkpoint_path)
     config = meta.get("config")
     if not config:
         raise ValueError(f"{checkpoint_path}: not a minifcn training checkpoint (no config)")
     model = build_model(config)
-    model.load_state_dict({k[6:]: v for k, v in arrays.items() if k.startswith("model/")})
+    state = {k[6:]: v for k, v in arrays.items() if k.startswith("model/")}
+    if meta.get("learned_only"):
+        missing = [n for n, p in model.named_parameters() if p.requires_grad and n not in state]
+        if missing:
+            raise ValueError(f"{checkpoint_path}: learned weights missing for {missing}")
+        full = model.state_dict()
+        full.update({k: v.astype(full[k].dtype) for k, v in state.items()})
+        state = full
+    model.load_state_dict(state)
     return model.to(backend.check_device(device)).eval(), config

@@ -184,3 +184,78 @@ def test_ctrl_c_writes_a_checkpoint_and_exits_130(tmp_path):
     assert proc.wait(60) == 130
     _, meta = io.load_checkpoint(run / trainer.LAST)
     assert meta["iteration"] >= first
+
+
+def test_from_scratch_defaults_and_their_effect():
+    def config(*args):
+        return train_cli.make_config(train_cli.parser().parse_args(list(args)))
+
+    for args in [(), ("--init-from", "runs/x/checkpoint_best.npz")]:  # scratch, or staged
+        synthetic = config(*args)
+        assert (synthetic["lr"], synthetic["warmup"], synthetic["dropout"]) == (0.08, 50, 0.0)
+        assert synthetic["conv1_lr_mult"] == pytest.approx(1 / 64**2)
+    voc = config("--data", "voc:/nowhere", "--init-from", "vgg16.npz")
+    assert (voc["lr"], voc["dropout"], voc["conv1_lr_mult"], voc["warmup"]) == (0.01, 0.5, 1.0, 0)
+    given = config("--dropout", "0.3", "--conv1-lr-mult", "1", "--warmup", "7", "--lr", "0.2")
+    assert (given["dropout"], given["conv1_lr_mult"], given["warmup"], given["lr"]) == (0.3, 1.0, 7, 0.2)
+    with pytest.raises(SystemExit, match="--dropout"):
+        config("--dropout", "1.5")
+    with pytest.raises(SystemExit, match="--conv1-lr-mult must be >= 0, got nan"):
+        config("--conv1-lr-mult", "nan")
+
+    # the trainer builds what the config says
+    scratch = dict(config(), n_class=5, size=64)
+    model = trainer.build_model(scratch)
+    assert model.drop6.p == 0.0 and model.drop7.p == 0.0
+    groups = trainer.make_optimizer(model, scratch).groups
+    (own,) = [g for g in groups if g["params"] == [model.conv1_1.weight]]
+    assert own["lr_mult"] == pytest.approx(1 / 64**2)
+    assert not any(model.conv1_1.weight is p for g in groups[:2] for p in g["params"])
+    assert any(model.conv1_1.bias is p for p in groups[1]["params"])  # bias: x2, as every bias
+    # a config.json from before these options trains as it did then
+    old = {k: v for k, v in scratch.items() if k not in ("dropout", "conv1_lr_mult", "warmup")}
+    assert trainer.build_model(old).drop6.p == 0.5
+    assert len(trainer.make_optimizer(model, old).groups) == 2
+
+
+def test_skip_architecture_script_prints_the_table_and_saves_loadable_weights(tmp_path, capsys):
+    from minifcn.autograd import Tensor
+    from minifcn.experiments import skip_architectures as skip
+
+    out, weights = tmp_path / "runs", tmp_path / "weights"
+    assert skip.main(["--iters", "2", "--size", "64", "--n-train", "8", "--n-val", "4",
+                      "--device", "cpu", "--out", str(out), "--save-weights", str(weights)]) == 0
+    table = capsys.readouterr().out
+    for net in ("FCN-32s", "FCN-16s", "FCN-8s"):
+        assert f"| {net} |" in table
+    rows = json.loads((out / "shapes-table.json").read_text())
+    assert [r["net"] for r in rows] == list(skip.VARIANTS)
+    pads = {json.loads((out / f"shapes-{v}" / "config.json").read_text())["pad1"] for v in skip.VARIANTS}
+    assert pads == {skip.common_pad1(0.0625, 64)}  # one padding for all three
+    # the float16 weights rebuild the trained net, and load as any checkpoint does
+    best, _ = io.load_checkpoint(out / "shapes-fcn8s" / trainer.BEST)
+    arrays, meta = io.load_checkpoint(weights / "shapes-fcn8s.npz")
+    assert meta["config"]["model"] == "fcn8s" and "mean_iu" in meta["best"]
+    assert "model/upscore8.weight" not in arrays and arrays  # fixed layers are left out
+    for name, a in arrays.items():
+        assert a.dtype == np.float16
+        np.testing.assert_allclose(a.astype(np.float32), best[name], rtol=1e-3, atol=1e-6,
+                                   err_msg=name)
+    full, _ = trainer.load_model(out / "shapes-fcn8s" / trainer.BEST)
+    small, _ = trainer.load_model(weights / "shapes-fcn8s.npz")
+    np.testing.assert_array_equal(small.upscore8.weight.data, full.upscore8.weight.data)
+    x = Tensor(np.random.default_rng(0).normal(0, 60, (1, 3, 64, 64)).astype(np.float32))
+    np.testing.assert_allclose(small(x).data, full(x).data, rtol=0.02, atol=1e-4)
+
+
+def test_pad1_full_builds_the_net_whose_scores_cover_the_input():
+    from minifcn.models import geometry
+
+    config = train_cli.make_config(train_cli.parser().parse_args(
+        ["--model", "fcn32s", "--size", "64", "--pad1", "full"]))
+    config["n_class"] = 5
+    model = trainer.build_model(config)  # resolves "full" in the config, for config.json
+    assert config["pad1"] == model.config["pad1"] == geometry.full_cover_pad1("fcn32s", 64)
+    assert geometry.score_coverage(model, 64).min() >= 0.99
+    with pytest.raises(SystemExit):
+        train_cli.parser().parse_args(["--pad1", "most"])
