@@ -179,3 +179,34 @@ def test_min_pad1_takes_a_model_or_a_name():
     model = fcn8s(n_class=2, width=TINY, pad1=geometry.min_pad1("fcn8s", 32)).eval()
     with no_grad():
         assert model(Tensor(np.zeros((1, 3, 32, 32)))).shape == (1, 2, 32, 32)
+
+
+def _fcn32s_coverage_by_hand(size, pad1):
+    # FCN-32s: conv1_1 (k3, p=pad1) then 3x3 p1 convs keep the size; five 2x2 ceil pools; fc6
+    # (7x7, no padding) -> an m x m map of ones, transposed-convolved with the k64 s32 bilinear
+    # kernel, then cropped at the derived offset. In 1-D: T[32 j + k] += f(k), f the tent.
+    n = size + 2 * pad1 - 2
+    for _ in range(5):
+        n = -(-n // 2)
+    m = n - 6
+    tent = 1 - np.abs(np.arange(64) - 31.5) / 32
+    line = np.zeros(32 * (m - 1) + 64)
+    for j in range(m):
+        line[32 * j: 32 * j + 64] += tent
+    c = fcn32s(n_class=1, width=1 / 64, pad1=pad1).offsets["score"]
+    return np.outer(line[c: c + size], line[c: c + size])
+
+
+@pytest.mark.parametrize("pad1", [81, 100, 113])
+def test_score_coverage_is_the_tent_sum_for_fcn32s(pad1):
+    np.testing.assert_allclose(geometry.score_coverage("fcn32s", 96, pad1),
+                               _fcn32s_coverage_by_hand(96, pad1), atol=1e-5)
+
+
+def test_full_cover_pad1_covers_and_the_minimal_pads_do_not():
+    for name in ("fcn32s", "fcn8s"):
+        p = geometry.full_cover_pad1(name, 96)
+        assert geometry.score_coverage(name, 96, p).min() >= 0.99
+        assert geometry.score_coverage(name, 96, geometry.min_pad1(name, 96)).min() < 0.05
+    assert geometry.full_cover_pad1("fcn32s", 96) == 113  # by hand, the tent sum above:
+    assert _fcn32s_coverage_by_hand(96, 113).min() >= 0.99 > _fcn32s_coverage_by_hand(96, 112).min()
