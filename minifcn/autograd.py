@@ -236,11 +236,16 @@ def _topological_order(root):
 
 
 def as_tensor(x, like=None):
-    """Wrap numbers and arrays as constant Tensors (dtype of ``like`` for numbers)."""
+    """Wrap numbers and arrays as constant Tensors (dtype of ``like`` for numbers), on the
+    device of ``like`` (so ``1.0 + t`` and ``sum(tensors)`` work for a Tensor on the GPU too)."""
     if isinstance(x, Tensor):
         return x
-    if like is not None and isinstance(x, (int, float)):
-        return Tensor(get_array_module(like.data).asarray(x, dtype=like.dtype))
+    if like is not None and isinstance(like, Tensor):
+        xp = get_array_module(like.data)
+        if isinstance(x, (int, float, np.generic)):
+            return Tensor(xp.asarray(x, dtype=like.dtype))
+        if isinstance(x, np.ndarray) and xp is not np:
+            return Tensor(xp.asarray(x))
     return Tensor(x)
 
 

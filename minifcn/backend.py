@@ -7,11 +7,12 @@ import numpy as np
 
 _cupy = None
 _cupy_checked = False
+_cupy_reason = "not checked yet"  # why cupy_or_none() returned None, for skip messages
 
 
 def cupy_or_none():
     """Return the ``cupy`` module if it imports and sees a CUDA device, else None."""
-    global _cupy, _cupy_checked
+    global _cupy, _cupy_checked, _cupy_reason
     if not _cupy_checked:
         _cupy_checked = True
         try:
@@ -19,9 +20,18 @@ def cupy_or_none():
 
             if cupy.cuda.runtime.getDeviceCount() > 0:
                 _cupy = cupy
-        except Exception:  # no cupy, no driver, or no device: the CPU path it is
+            else:
+                _cupy_reason = "CuPy sees no CUDA device"
+        except Exception as e:  # no cupy, no driver, or no device: the CPU path it is
             _cupy = None
+            _cupy_reason = f"CuPy unusable: {type(e).__name__}: {e}"
     return _cupy
+
+
+def cupy_unavailable_reason():
+    """Why ``cupy_or_none()`` returned None (no CuPy, no device, a broken install...)."""
+    cupy_or_none()
+    return None if _cupy is not None else _cupy_reason
 
 
 def gpu_available():

@@ -87,7 +87,7 @@ def maxpool_backward(gy, argmax, h, w, kh, kw, sh, sw, ph, pw):
                          f" expected gy's {tuple(gy.shape)}")
     xp = get_array_module(gy)
     gy = _floating("maxpool_backward", "gy", gy)
-    argmax = xp.ascontiguousarray(argmax, dtype=np.int32)
+    argmax = xp.ascontiguousarray(xp.asarray(argmax), dtype=np.int32)
     n, c, oh, ow = gy.shape
     gx = xp.empty((n, c, h, w), dtype=gy.dtype)
     launch("maxpool_backward", gx.size, gy=gy, argmax=argmax, gx=gx,

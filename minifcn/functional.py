@@ -147,7 +147,7 @@ class Transpose(Function):
 
 
 def add(a, b):
-    return Add.apply(a, as_tensor(b, like=a))
+    return Add.apply(as_tensor(a, like=b), as_tensor(b, like=a))
 
 
 def sub(a, b):

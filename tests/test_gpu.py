@@ -8,6 +8,8 @@ Skipped without CuPy or a CUDA device. Run it on a GPU machine with
 - a small FCN-8s gives the same scores, loss and gradients on the GPU as on the CPU;
 - a few SGD steps on the GPU follow the CPU's trajectory and lower the loss.
 """
+import os
+
 import numpy as np
 import pytest
 
@@ -17,7 +19,11 @@ from minifcn import primitives as P
 
 cp = backend.cupy_or_none()
 if cp is None:
-    pytest.skip("needs CuPy and a CUDA device", allow_module_level=True)
+    # on a machine that should have a GPU, MINIFCN_REQUIRE_GPU=1 turns this skip into a failure
+    why = f"needs CuPy and a CUDA device ({backend.cupy_unavailable_reason()})"
+    if os.environ.get("MINIFCN_REQUIRE_GPU") == "1":
+        pytest.fail(why, pytrace=False)
+    pytest.skip(why, allow_module_level=True)
 pytestmark = pytest.mark.gpu
 
 
@@ -209,3 +215,11 @@ def test_devices():
     t = Tensor(np.arange(6.0).reshape(2, 3)).to("cuda")
     assert t.device == "cuda" and isinstance(t.data, cp.ndarray)
     assert isinstance(t.numpy(), np.ndarray) and t.to("cpu").device == "cpu"
+
+
+def test_numbers_and_numpy_arrays_meet_gpu_tensors_on_either_side():
+    t = Tensor(cp.arange(3.0))
+    for y in (1.0 + t, t + 1.0, np.float64(2.0) * t, sum([t, t]), t - np.ones(3)):
+        assert y.device == "cuda"
+    np.testing.assert_array_equal((1.0 + t).numpy(), [1.0, 2.0, 3.0])
+    np.testing.assert_array_equal(sum([t, t]).numpy(), [0.0, 2.0, 4.0])
