@@ -137,6 +137,7 @@ def test_notebook_runs(name, tmp_path, monkeypatch):
     before = committed.read_bytes()
     copy = tmp_path / committed.name
     shutil.copyfile(committed, copy)
+    shutil.copytree(TUTORIALS / "assets", tmp_path / "assets")  # weights notebook 06 loads
     # the kernel inherits this process's environment
     monkeypatch.setenv("MINIFCN_TUTORIAL_FAST", "1")
     monkeypatch.setenv("MPLBACKEND", "Agg")

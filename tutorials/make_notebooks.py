@@ -1396,7 +1396,7 @@ import numpy as np
 import matplotlib.pyplot as plt
 import minifcn
 import minifcn.functional as F
-from minifcn import Tensor, metrics, models, optim
+from minifcn import Tensor, metrics, models, optim, trainer
 from minifcn.data import Loader, Shapes, to_input
 from minifcn.models import geometry
 
@@ -1614,30 +1614,40 @@ twice (4, then 32), and two interpolations are not exactly one.
 ## 5. Training small ones
 
 Now the three nets for real, trained from scratch (no ImageNet weights) on `Shapes`, with the
-same trunk width, data, order, seed, learning rate and number of steps. The budget is tiny: a
-few minutes of two CPU cores are far from what these nets need (the project's
-`python -m minifcn.experiments.skip_architectures` runs the proper comparison, for tens of
-minutes), so expect rough predictions.
+same trunk width, data, order, seed, learning rate and number of steps. The recipe is the one
+`python -m minifcn.train` uses from scratch, and each choice has a reason:
 
-The settings: width 1/16 of VGG16, 64x64 images in batches of 4, SGD with momentum 0.9 and a
-small learning rate, 3e-3, reached over the first 10 steps (the inputs are pixels in 0..255 and
-the trunk starts He-initialised: full-size steps at once blow up), conv1_1 padding 81 for all
-three (the smallest that FCN-32s accepts, so no net sees more context than another), and 60
-steps each (3 when the test suite runs this notebook).
+* SGD with momentum 0.9 and a large learning rate, 0.08, reached over the first steps (50 in
+  the trainer, 20 in these short runs; without the ramp the random trunk's first, inconsistent
+  gradients throw it off; at 0.15 the nets die: every ReLU turns off and they call everything
+  background);
+* conv1_1 alone on a learning rate 64² times smaller: it sees pixels of spread ~64 while every
+  later layer sees activations of spread ~1, so the same step would move it thousands of times
+  more, relative to its weights, than the others (`optim.first_layer_lr_mult`);
+* no dropout: these nets are too small to overfit in a few minutes;
+* the same conv1_1 padding for all three, 124: the smallest at which each net's upsampled
+  scores reach the whole image at full strength (section 6 shows why that matters).
+
+Two minutes of CPU for the whole notebook leave about half a minute per net: 64x64 images in
+batches of 4, 60 steps each (3 when the test suite runs this notebook). That is only the start
+of training, so watch the loss curves.
 
 %% code
 STEPS = 3 if FAST else 60
-LR = 3e-3
+PAD1 = max(geometry.full_cover_pad1(name, 64) for name in ("fcn32s", "fcn16s", "fcn8s"))
+LR, WARMUP = 0.08, 20
 train_set = Shapes("train", n=2000, size=64)
 
 def train(name):
     minifcn.manual_seed(0)                     # the same start for the shared layers
-    net = models.build(name, n_class=5, width=1 / 16, pad1=81)
-    opt = optim.SGD(optim.param_groups(net), lr=LR, momentum=0.9, weight_decay=5e-4)
+    net = models.build(name, n_class=5, width=1 / 16, pad1=PAD1, dropout=0.0)
+    groups = optim.param_groups(net, lr_mults={"conv1_1.weight": optim.first_layer_lr_mult(64)})
+    opt = optim.SGD(groups, lr=LR, momentum=0.9, weight_decay=5e-4)
+    schedule = optim.make_schedule("poly", STEPS, warmup_iters=WARMUP)
     losses = []
     batches = Loader(train_set, batch_size=4, seed=0, flip=True).epoch(0)
     for step, (x, y) in zip(range(STEPS), batches):
-        opt.lr = LR * min(1.0, (step + 1) / 10)            # warm-up
+        opt.lr = LR * schedule(step)
         loss = F.softmax_cross_entropy(net(Tensor(x)), y)
         opt.zero_grad(); loss.backward(); opt.step()
         losses.append(loss.item())
@@ -1653,54 +1663,102 @@ plt.figure(figsize=(5, 2.5))
 for name, c in curves.items():
     smooth = np.convolve(c, np.ones(10) / 10, mode="valid") if len(c) >= 10 else c
     plt.plot(smooth, label=name)
+# the loss of a net that predicts only how common each class is: the entropy of the class shares
+share = np.bincount(np.concatenate([train_set[i][1].ravel() for i in range(200)]), minlength=5) / (200 * 64 * 64)
+prior_loss = -(share * np.log(share)).sum()
+plt.axhline(prior_loss, color="gray", lw=0.8, ls=":")
 plt.xlabel("step"); plt.ylabel("training loss (mean of 10)"); plt.legend(); plt.show()
+print(f"class shares {np.round(share, 3)}, their entropy {prior_loss:.3f}")
 
 %% md
-Scores on the validation images, and the predictions next to each other. After so few steps
-the arg-max is mostly "background" (the class of 72% of the pixels is the first thing a net
-learns), so the last three columns also show each net's probability that a pixel is *not*
-background: whether, where and how sharply the net has started to find objects.
+The dotted line is the loss of a net that has learnt only how common each class is (about
+three quarters of the pixels are background). A net from scratch first learns those shares and
+calls every pixel background; only after some 100 to 300 steps does it start to find objects.
+60 steps are the very start: these nets are not worth comparing yet.
+
+## 6. The same three after a longer run
+
+First, one more thing the geometry decides. The upsampling is bilinear interpolation between
+score cells; beyond the outermost cell centres there is only one neighbour, and the output
+fades towards zero. On a 500-pixel VOC image that rim is a thin border, but our 96-pixel
+images have only a few score cells, and with the smallest padding that fits, the rim is most
+of the image. `geometry.score_coverage` shows it: the net's output when score_fr says 1
+everywhere (and the skips say 0).
 
 %% code
-vx = np.stack([to_input(val[i][0]) for i in range(len(val))])
-vy = np.stack([val[i][1] for i in range(len(val))])
+pads = {"fcn32s": [geometry.min_pad1("fcn32s", 96), geometry.full_cover_pad1("fcn32s", 96)],
+        "fcn8s": [geometry.min_pad1("fcn8s", 96), geometry.full_cover_pad1("fcn8s", 96)]}
+fig, axes = plt.subplots(1, 4, figsize=(10, 2.6))
+for ax, (name, p) in zip(axes, [(n, p) for n, ps in pads.items() for p in ps]):
+    cov = geometry.score_coverage(name, 96, p)
+    ax.imshow(cov, cmap="magma", vmin=0, vmax=1)
+    ax.set_title(f"{name}, pad1 {p}\nmean {cov.mean():.2f}, min {cov.min():.2f}", fontsize=9)
+    ax.set_xticks([]); ax.set_yticks([])
+plt.tight_layout(); plt.show()
+
+%% md
+With its minimal padding FCN-32s passes on less than half of its scores, and nothing in the
+corners; a net can learn to make up for it near the borders, slowly, and FCN-32s, which has
+nothing but those coarse scores, hardly does. Trained at padding 81 on these images, its
+validation loss stayed above that of always predicting the class shares for 1,250 steps. So a
+fair comparison pads every net by the smallest amount at which all three cover the image at
+full strength (124 here): then only the strides differ.
+
+`python -m minifcn.experiments.skip_architectures` does exactly that: the three nets, trained
+as in section 5 but on 96x96 images in batches of 8, conv1_1 padding 124, 600 steps each
+(about a quarter of an hour per net on two CPU cores). We ran it with
+`--iters 600 --save-weights tutorials/assets` and ship the result: each net's best learned
+weights in float16 (about 1 MB each). `trainer.load_model` reads them as it
+reads any checkpoint (so do `python -m minifcn.evaluate` and `predict`): it builds the net from
+the stored config, which rebuilds the fixed bilinear upsampling, and loads the learned layers.
+
+%% code
+val96 = Shapes("val", n=100, size=96)
+vx = np.stack([to_input(val96[i][0]) for i in range(len(val96))])
+vy = np.stack([val96[i][1] for i in range(len(val96))])
+
+full = {}
+for name in ("fcn32s", "fcn16s", "fcn8s"):
+    full[name], cfg = trainer.load_model(f"assets/shapes-{name}.npz")
+print("trained with:", {k: cfg[k] for k in ("width", "pad1", "batch_size", "iters", "lr", "warmup", "dropout")})
+
 probs = {}
-for name, net in trained.items():
+for name, net in full.items():
     with minifcn.no_grad():
-        s = net(Tensor(vx)).numpy()
+        s = np.concatenate([net(Tensor(vx[i:i + 50])).numpy() for i in range(0, len(vx), 50)])
     p = np.exp(s - s.max(1, keepdims=True)); p /= p.sum(1, keepdims=True)
     probs[name] = p
-    r = metrics.scores(metrics.confusion_matrix(vy, p.argmax(1), val.n_class))
-    print(f"{name:7s} pixel acc {r['pixel_acc']:.3f}   mean IU {r['mean_iu']:.3f}")
+    r = metrics.scores(metrics.confusion_matrix(vy, p.argmax(1), val96.n_class))
+    iu = "  ".join(f"{c} {v:.2f}" for c, v in zip(val96.class_names, r["per_class_iu"]))
+    print(f"{name:7s} pixel acc {r['pixel_acc']:.3f}  mean IU {r['mean_iu']:.3f}   IU: {iu}")
 
-names = list(trained)
-fig, axes = plt.subplots(len(examples), 8, figsize=(12, 1.6 * len(examples)))
-for row, i in zip(axes, examples):
-    fg = [1 - probs[n][i, 0] for n in names]
-    panels = [val[i][0], minifcn.viz.colorize(vy[i])] + [minifcn.viz.colorize(probs[n][i].argmax(0)) for n in names]
+%% md
+The predictions next to each other (the paper's Figure 4, in miniature), with each net's
+probability that a pixel is *not* background: how sharply each head can draw an outline.
+
+%% code
+names = list(full)
+shown = [i for i in range(len(val96)) if (vy[i] == 4).sum() > 300][:3]   # images with a cross
+fig, axes = plt.subplots(len(shown), 8, figsize=(11, 1.45 * len(shown)))
+for row, i in zip(axes, shown):
+    panels = [val96[i][0], minifcn.viz.colorize(vy[i])] + [minifcn.viz.colorize(probs[n][i].argmax(0)) for n in names]
     for ax, panel in zip(row, panels):
         ax.imshow(panel, interpolation="nearest")
-    for ax, f in zip(row[5:], fg):
-        ax.imshow(f, cmap="magma", vmin=0, vmax=1)
-    for ax, title in zip(row, ["image", "truth"] + [f"{n}" for n in names] + [f"P(object) {n}" for n in names]):
+    for ax, n in zip(row[5:], names):
+        ax.imshow(1 - probs[n][i, 0], cmap="magma", vmin=0, vmax=1)
+    for ax, title in zip(row, ["image", "truth"] + names + [f"P(object) {n}" for n in names]):
         ax.set_xticks([]); ax.set_yticks([])
-        if i == examples[0]:
+        if i == shown[0]:
             ax.set_title(title, fontsize=8)
 plt.tight_layout(); plt.show()
 
 %% md
-Two minutes of CPU do not train an FCN. In our run all three nets still call every pixel
-background (their pixel accuracy is the background's share, about 0.73, and their mean IU is
-that of "all background"); their loss has only just started to fall (faster for the two nets
-with skips), and the object probability maps show the shape of each head (FCN-32s's smooth
-blob is its 3x3 score map upsampled) rather than the objects. The paper fine-tunes from
-ImageNet weights for three days on a GPU for FCN-32s and about one more day for each skip
-(section 4.3); even these small nets need tens of minutes from scratch. What section 3 showed
-is where training leads: with the same trunk, the skips let FCN-8s draw outlines and
-thin parts that FCN-32s, whose scores are two cells across on these images, never can. For
-the real comparison run `python -m minifcn.experiments.skip_architectures` (the same three nets,
-the same budget each, trained until they are good; it prints the four metrics of each), or train
-one net with `python -m minifcn.train --model fcn8s`.
+Read the pictures with section 3 in mind. FCN-32s's score map is 2x2 cells on these images
+(one cell per 32 pixels, padding included): its objects are blobs, and a cross's thin arms, narrower than one of its cells, are
+what it misses first. FCN-16s's pool4 skip halves the cell and FCN-8s's pool3 skip halves it
+again, so their outlines follow the shapes more closely and the cross's arms begin to show. Each net here is also far
+from converged (the paper trains for days from ImageNet weights); the ordering is the paper's
+all the same: FCN-8s ahead of 16s, ahead of 32s.
 
 ## Exercise
 
@@ -1708,8 +1766,9 @@ one net with `python -m minifcn.train --model fcn8s`.
    from **pool2** would be cropped in an "FCN-4s" (upsample the FCN-8s sum 2x with a k4 s2
    transposed convolution, add scores from pool2). What is the best possible mean IU at
    stride 4 (use the method of section 3, sampling labels at the centres yourself)?
-2. Set `STEPS = 1000` and rerun section 5 (a quarter of an hour or more on two cores). Which net
-   is first to find the objects, and which the cross?
+2. Set `STEPS = 1000` and rerun section 5 (a quarter of an hour or more on two cores), then
+   score those nets as section 6 does. Which net is first to find the objects, and which the
+   cross? Then try `LR = 0.15`, and `lr_mults` left out: what happens to the loss?
 3. `FCN8s.from_fcn16s` starts FCN-8s from a trained FCN-16s. Check that its `score_pool3` is
    zero and that its first prediction is close to the FCN-16s's, as in section 4.
 '''
