@@ -50,6 +50,7 @@ from fractions import Fraction
 import numpy as np
 
 from .. import nn
+from ..autograd import Tensor, no_grad
 from ..primitives import conv_out_size
 from .layers import Crop, Scale, Sum
 
@@ -287,15 +288,12 @@ def score_coverage(model, size, pad1=None):
 
     model: an FCN, or a model name ('fcn8s', ...).
     """
-    from ..autograd import Tensor, no_grad
-    from .fcn import MODELS, build  # fcn.py stands on this module: import when needed
+    from .fcn import build  # fcn.py stands on this module: import when needed
 
-    if isinstance(model, str):
-        name, pad1 = model, 100 if pad1 is None else pad1
-    else:
-        (name,) = [k for k, f in MODELS.items() if type(f(n_class=1, width=1 / 64)) is type(model)]
-        pad1 = model.config["pad1"] if pad1 is None else pad1
-    net = build(name, n_class=1, width=1 / 64, pad1=pad1, dropout=0.0).eval()
+    if pad1 is None:
+        pad1 = 100 if isinstance(model, str) else model.config["pad1"]
+    options = dict(n_class=1, width=1 / 64, pad1=pad1, dropout=0.0)  # the geometry alone
+    net = (build(model, **options) if isinstance(model, str) else type(model)(**options)).eval()
     state = net.state_dict()
     for key in state:
         if key.startswith("score"):  # score_fr, score_pool4, score_pool3: weights and biases
