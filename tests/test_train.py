@@ -248,6 +248,32 @@ def test_skip_architecture_script_prints_the_table_and_saves_loadable_weights(tm
     np.testing.assert_allclose(small(x).data, full(x).data, rtol=0.02, atol=1e-4)
 
 
+def test_skip_architecture_script_averages_seeds_trained_side_by_side(tmp_path, capsys):
+    from minifcn.experiments import skip_architectures as skip
+
+    out = tmp_path / "runs"
+    assert skip.main(["--iters", "3", "--size", "64", "--n-train", "8", "--n-val", "4",
+                      "--device", "cpu", "--out", str(out), "--seed", "5", "--seeds", "2",
+                      "--jobs", "2", "--data", "digits"]) == 0
+    printed = capsys.readouterr().out
+    rows = json.loads((out / "digits-table.json").read_text())
+    assert [(r["net"], r["seed"]) for r in rows] == [(v, s) for v in skip.VARIANTS for s in (5, 6)]
+    for r in rows:  # each run is a real, separate run with its own seed and log file
+        run = out / f"digits-{r['net']}-seed{r['seed']}"
+        assert json.loads((run / "config.json").read_text())["seed"] == r["seed"]
+        assert "epoch" in (run / "train.log").read_text()
+        last = json.loads((run / "metrics.jsonl").read_text().splitlines()[-1])
+        assert r["mean_iu"] >= last["mean_iu"] - 1e-12  # the best validation, not the last
+    for net in skip.VARIANTS:
+        ius = [100 * r["mean_iu"] for r in rows if r["net"] == net]
+        line = next(l for l in printed.splitlines() if l.startswith(f"| FCN-{net[3:]} |"))
+        cells = [c.strip() for c in line.strip("|").split("|")]
+        assert cells[3] == f"{np.mean(ius):.1f} ± {np.std(ius, ddof=1):.1f}"
+        assert cells[5] == " / ".join(f"{iu:.1f}" for iu in ius)
+    with pytest.raises(SystemExit):
+        skip.main(["--seeds", "0"])
+
+
 def test_pad1_full_builds_the_net_whose_scores_cover_the_input():
     from minifcn.models import geometry
 

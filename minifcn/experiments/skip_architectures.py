@@ -1,17 +1,29 @@
 """The paper's skip-architecture comparison (Table 2 of Long, Shelhamer, Darrell 2015), in
 miniature: FCN-32s, FCN-16s and FCN-8s trained with the same budget on an embedded dataset.
 
-    python -m minifcn.experiments.skip_architectures                  # shapes
-    python -m minifcn.experiments.skip_architectures --data digits --iters 1500
+    python -m minifcn.experiments.skip_architectures --iters 600                # shapes
+    python -m minifcn.experiments.skip_architectures --iters 600 --seeds 3 --jobs 2
+    python -m minifcn.experiments.skip_architectures --data digits --iters 3000
 
 Every variant gets the same trunk, data, data order, seed, schedule, iterations and the same
 conv1_1 padding (the smallest at which all three nets' upsampled scores cover the whole image,
 see common_pad1), and is trained from scratch (no ImageNet weights, no staging), with the
-trainer's from-scratch recipe. Prints a markdown table of the four
-metrics of each net's best validation, and writes each run folder under --out.
+trainer's from-scratch recipe. Prints a markdown table of the four metrics of each net's best
+validation, and writes each run folder under --out.
+
+When a small net trained from scratch leaves its all-background phase varies a lot from one
+seed to the next, so a single run per net can reorder the table by chance. --seeds N trains
+each net with the seeds --seed ... --seed+N-1 (initialisation and data order; the images stay
+the same) and prints the mean over the seeds, the standard deviation of mean IU and every
+seed's mean IU. --jobs J trains J nets at a time in worker processes that share the CPU's
+threads (on 2 cores, two one-thread runs side by side make nearly twice the steps per second of
+one run on two threads); a worker writes its log to RUN_DIR/train.log instead of the terminal.
 """
 import argparse
 import json
+import multiprocessing
+import os
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -19,10 +31,11 @@ from pathlib import Path
 import numpy as np
 
 from .. import io, trainer
-from ..models import build, geometry
+from ..models import geometry
 from ..train import DEFAULTS, resolve
 
 VARIANTS = ("fcn32s", "fcn16s", "fcn8s")
+METRICS = ("pixel_acc", "mean_acc", "mean_iu", "fw_iu")
 
 
 def common_pad1(width, size):
@@ -48,6 +61,77 @@ def save_weights(checkpoint, path):
     io.save_checkpoint(path, learned, {"config": config, "best": best, "learned_only": True})
 
 
+def train_one(job, quiet=False):
+    """Train one (config, run_dir) job; returns (best record, seconds). With ``quiet`` the
+    run's log goes to RUN_DIR/train.log (a worker process), else to the terminal."""
+    config, run_dir = job
+    t0 = time.perf_counter()
+    if quiet:
+        Path(run_dir).mkdir(parents=True, exist_ok=True)
+        with open(Path(run_dir) / "train.log", "w") as f:
+            best = trainer.fit(config, run_dir, log=lambda msg: print(msg, file=f, flush=True))
+    else:
+        best = trainer.fit(config, run_dir)
+    return best, time.perf_counter() - t0
+
+
+def run_jobs(jobs, n_workers):
+    """Results of train_one for every job, in order; n_workers > 1 trains them side by side in
+    fresh processes (spawned, so that a GPU context is never copied by fork), each with
+    1/n_workers of the CPU's threads and no progress bar."""
+    if n_workers == 1:  # one after the other, each run's log on the terminal
+        results = []
+        for config, run_dir in jobs:
+            print(f"\n== {config['model']} seed {config['seed']} ==")
+            results.append(train_one((config, run_dir)))
+        return results
+    threads = str(max(1, (os.cpu_count() or 1) // n_workers))
+    worker_env = {"OPENBLAS_NUM_THREADS": threads, "OMP_NUM_THREADS": threads,
+                  "MKL_NUM_THREADS": threads, "MINIFCN_NUM_THREADS": threads,
+                  "MINIFCN_NO_PROGRESS": "1"}
+    saved = {k: os.environ.get(k) for k in worker_env}
+    os.environ.update(worker_env)  # read by the workers' imports as they start
+    try:
+        pool = multiprocessing.get_context("spawn").Pool(n_workers)
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k)
+            else:
+                os.environ[k] = v
+    with pool:
+        pending = [pool.apply_async(train_one, (job, True)) for job in jobs]
+        results = []
+        for (config, run_dir), result in zip(jobs, pending):
+            best, seconds = result.get()
+            print(f"{config['model']} seed {config['seed']}: best mean IU {best['mean_iu']:.3f} "
+                  f"in {seconds / 60:.1f} min ({run_dir}/train.log)", flush=True)
+            results.append((best, seconds))
+    return results
+
+
+def table(rows, seeds):
+    """Markdown table; rows: (variant, [(best, seconds) per seed])."""
+    if len(seeds) == 1:
+        lines = ["| net | pixel acc. | mean acc. | mean IU | f.w. IU | train time |",
+                 "|---|---|---|---|---|---|"]
+    else:
+        lines = ["| net | pixel acc. | mean acc. | mean IU | f.w. IU | mean IU per seed | "
+                 "train time |", "|---|---|---|---|---|---|---|"]
+    for variant, runs in rows:
+        mean = {m: 100 * statistics.fmean(best[m] for best, _ in runs) for m in METRICS}
+        ius = [100 * best["mean_iu"] for best, _ in runs]
+        minutes = statistics.fmean(seconds for _, seconds in runs) / 60
+        cells = [f"FCN-{variant[3:]}", f"{mean['pixel_acc']:.1f}", f"{mean['mean_acc']:.1f}"]
+        if len(seeds) == 1:
+            cells += [f"{mean['mean_iu']:.1f}", f"{mean['fw_iu']:.1f}"]
+        else:
+            cells += [f"{mean['mean_iu']:.1f} ± {statistics.stdev(ius):.1f}",
+                      f"{mean['fw_iu']:.1f}", " / ".join(f"{iu:.1f}" for iu in ius)]
+        lines.append("| " + " | ".join(cells + [f"{minutes:.1f} min"]) + " |")
+    return "\n".join(lines)
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(prog="python -m minifcn.experiments.skip_architectures",
                                 description=__doc__,
@@ -59,41 +143,50 @@ def main(argv=None):
     p.add_argument("--size", type=int, default=DEFAULTS["size"])
     p.add_argument("--n-train", type=int, default=DEFAULTS["n_train"])
     p.add_argument("--n-val", type=int, default=None)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="first seed (default 0)")
+    p.add_argument("--seeds", type=int, default=1, help="runs per net, seeds --seed, --seed+1, "
+                   "... (default 1)")
+    p.add_argument("--jobs", type=int, default=1, help="nets trained at a time, in worker "
+                   "processes (default 1: in this process)")
     p.add_argument("--out", default="runs/skip-architectures")
     p.add_argument("--device", default="auto", choices=["cpu", "cuda", "auto"])
     p.add_argument("--save-weights", metavar="DIR", help="also write each net's best learned "
-                   "weights, in float16, to DIR/DATA-NET.npz (tutorial 06 ships these)")
+                   "weights (of the first seed), in float16, to DIR/DATA-NET.npz (tutorial 06 "
+                   "ships these)")
     args = p.parse_args(argv)
+    for name in ("seeds", "jobs"):
+        if getattr(args, name) < 1:
+            p.error(f"--{name} must be >= 1, got {getattr(args, name)}")
     pad1 = common_pad1(args.width, args.size)
-    rows = []
+    seeds = list(range(args.seed, args.seed + args.seeds))
+    jobs = []
     for variant in VARIANTS:
-        config = {**DEFAULTS, "model": variant, "data": args.data, "width": args.width,
-                  "size": args.size, "seed": args.seed, "pad1": pad1, "device": args.device,
-                  "n_train": args.n_train, "n_val": args.n_val}
-        if args.iters:
-            config.update(iters=args.iters, epochs=None)
-        resolve(config)
-        print(f"\n== {variant} (pad1 {pad1}) ==")
-        t0 = time.perf_counter()
-        run_dir = Path(args.out) / f"{args.data}-{variant}"
-        best = trainer.fit(config, run_dir)
-        if args.save_weights:
-            save_weights(run_dir / trainer.BEST, Path(args.save_weights) / f"{args.data}-{variant}.npz")
-        rows.append((variant, best, time.perf_counter() - t0))
+        for seed in seeds:
+            config = {**DEFAULTS, "model": variant, "data": args.data, "width": args.width,
+                      "size": args.size, "seed": seed, "pad1": pad1, "device": args.device,
+                      "n_train": args.n_train, "n_val": args.n_val}
+            if args.iters:
+                config.update(iters=args.iters, epochs=None)
+            name = f"{args.data}-{variant}" + (f"-seed{seed}" if args.seeds > 1 else "")
+            jobs.append((resolve(config), Path(args.out) / name))
+    print(f"{len(jobs)} runs (pad1 {pad1}), {min(args.jobs, len(jobs))} at a time")
+    results = run_jobs(jobs, min(args.jobs, len(jobs)))
+    per_variant = [(v, results[i * len(seeds):(i + 1) * len(seeds)])
+                   for i, v in enumerate(VARIANTS)]
+    if args.save_weights:
+        for variant, (_, run_dir) in zip(VARIANTS, jobs[::len(seeds)]):
+            save_weights(run_dir / trainer.BEST,
+                         Path(args.save_weights) / f"{args.data}-{variant}.npz")
     budget = f"{args.iters} iterations" if args.iters else f"{DEFAULTS['epochs']} epochs"
-    header = (f"\n{args.data}, width {args.width}, {args.size}x{args.size}, conv1_1 padding "
-              f"{pad1}, {budget} each (best validation):\n")
-    lines = ["| net | pixel acc. | mean acc. | mean IU | f.w. IU | train time |",
-             "|---|---|---|---|---|---|"]
-    for variant, best, seconds in rows:
-        lines.append(f"| FCN-{variant[3:]} | {100 * best['pixel_acc']:.1f} | "
-                     f"{100 * best['mean_acc']:.1f} | {100 * best['mean_iu']:.1f} | "
-                     f"{100 * best['fw_iu']:.1f} | {seconds / 60:.1f} min |")
-    print(header + "\n".join(lines))
+    runs = (f"seeds {seeds[0]}-{seeds[-1]}, mean of {len(seeds)}" if len(seeds) > 1
+            else f"seed {seeds[0]}")
+    print(f"\n{args.data}, width {args.width}, {args.size}x{args.size}, conv1_1 padding {pad1}, "
+          f"{budget} each, {runs} (best validation):\n")
+    print(table(per_variant, seeds))
     Path(args.out).mkdir(parents=True, exist_ok=True)
     (Path(args.out) / f"{args.data}-table.json").write_text(json.dumps(
-        [{"net": v, **b, "seconds": s} for v, b, s in rows], indent=2))
+        [{"net": v, **best, "seed": seed, "seconds": seconds}
+         for v, runs in per_variant for seed, (best, seconds) in zip(seeds, runs)], indent=2))
     return 0
 
 
