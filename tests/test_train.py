@@ -252,18 +252,23 @@ def test_skip_architecture_script_averages_seeds_trained_side_by_side(tmp_path, 
     from minifcn.experiments import skip_architectures as skip
 
     out = tmp_path / "runs"
+    env_before = dict(os.environ)
     assert skip.main(["--iters", "3", "--size", "64", "--n-train", "8", "--n-val", "4",
                       "--device", "cpu", "--out", str(out), "--seed", "5", "--seeds", "2",
                       "--jobs", "2", "--data", "digits"]) == 0
+    assert dict(os.environ) == env_before  # the workers' thread settings stay theirs
     printed = capsys.readouterr().out
     rows = json.loads((out / "digits-table.json").read_text())
     assert [(r["net"], r["seed"]) for r in rows] == [(v, s) for v in skip.VARIANTS for s in (5, 6)]
-    for r in rows:  # each run is a real, separate run with its own seed and log file
+    for r in rows:  # each row is the best validation of its own run folder, trained with its seed
         run = out / f"digits-{r['net']}-seed{r['seed']}"
         assert json.loads((run / "config.json").read_text())["seed"] == r["seed"]
         assert "epoch" in (run / "train.log").read_text()
-        last = json.loads((run / "metrics.jsonl").read_text().splitlines()[-1])
-        assert r["mean_iu"] >= last["mean_iu"] - 1e-12  # the best validation, not the last
+        records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+        same = [m for m in records if m["iteration"] == r["iteration"]]
+        assert len(same) == 1 and same[0]["loss"] == r["loss"]
+        assert same[0]["mean_iu"] == max(m["mean_iu"] for m in records)
+    assert len({r["loss"] for r in rows}) == len(rows)  # six different runs
     for net in skip.VARIANTS:
         ius = [100 * r["mean_iu"] for r in rows if r["net"] == net]
         line = next(l for l in printed.splitlines() if l.startswith(f"| FCN-{net[3:]} |"))
@@ -272,6 +277,36 @@ def test_skip_architecture_script_averages_seeds_trained_side_by_side(tmp_path, 
         assert cells[5] == " / ".join(f"{iu:.1f}" for iu in ius)
     with pytest.raises(SystemExit):
         skip.main(["--seeds", "0"])
+
+
+def test_skip_architecture_table_averages_the_seeds_that_finished():
+    from minifcn.experiments import skip_architectures as skip
+
+    def run(iu, seconds):
+        return {"pixel_acc": iu + 0.5, "mean_acc": iu + 0.1, "mean_iu": iu, "fw_iu": iu + 0.3}, seconds
+
+    text = skip.table([("fcn16s", [run(0.50, 60), None, run(0.40, 180), run(0.30, 120)]),
+                       ("fcn8s", [None] * 4)], 4)
+    lines = text.splitlines()
+    assert lines[0].count("|") == lines[2].count("|") == lines[3].count("|") == 8
+    # means, sample standard deviation (0.1) and the per-seed column, by hand
+    assert lines[2] == ("| FCN-16s | 90.0 | 50.0 | 40.0 ± 10.0 | 70.0 | 50.0 / failed / 40.0 / "
+                        "30.0 | 2.0 min |")
+    assert lines[3] == "| FCN-8s | - | - | - | - | - | - |"
+    single = skip.table([("fcn32s", [run(0.25, 30)])], 1).splitlines()
+    assert single[2] == "| FCN-32s | 75.0 | 35.0 | 25.0 | 55.0 | 0.5 min |"
+
+
+def test_skip_architecture_workers_report_a_failed_run_and_go_on(tmp_path, capsys):
+    from minifcn.experiments import skip_architectures as skip
+    from minifcn.train import DEFAULTS, resolve
+
+    bad = resolve({**DEFAULTS, "model": "fcn8s", "data": "shapes", "size": 64, "n_train": 8,
+                   "n_val": 4, "iters": 1, "epochs": None, "device": "cpu", "pad1": 3})
+    results = skip.run_jobs([(bad, tmp_path / "a"), (dict(bad, pad1=2), tmp_path / "b")], 2)
+    assert results == [None, None]
+    printed = capsys.readouterr().out
+    assert printed.count("FAILED") == 2 and "seed 0" in printed
 
 
 def test_pad1_full_builds_the_net_whose_scores_cover_the_input():

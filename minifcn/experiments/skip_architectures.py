@@ -26,6 +26,7 @@ import os
 import statistics
 import sys
 import time
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -66,69 +67,89 @@ def train_one(job, quiet=False):
     run's log goes to RUN_DIR/train.log (a worker process), else to the terminal."""
     config, run_dir = job
     t0 = time.perf_counter()
-    if quiet:
-        Path(run_dir).mkdir(parents=True, exist_ok=True)
-        with open(Path(run_dir) / "train.log", "w") as f:
+    if not quiet:
+        return trainer.fit(config, run_dir), time.perf_counter() - t0
+    Path(run_dir).mkdir(parents=True, exist_ok=True)
+    with open(Path(run_dir) / "train.log", "w") as f:
+        try:
             best = trainer.fit(config, run_dir, log=lambda msg: print(msg, file=f, flush=True))
-    else:
-        best = trainer.fit(config, run_dir)
+        except KeyboardInterrupt:  # the pool passes Exceptions back, not KeyboardInterrupt
+            raise RuntimeError(f"stopped by Ctrl-C; resume with python -m minifcn.train "
+                               f"--resume {run_dir}") from None
     return best, time.perf_counter() - t0
 
 
 def run_jobs(jobs, n_workers):
-    """Results of train_one for every job, in order; n_workers > 1 trains them side by side in
-    fresh processes (spawned, so that a GPU context is never copied by fork), each with
-    1/n_workers of the CPU's threads and no progress bar."""
+    """(best record, seconds) of every job, in order, or None for a run that failed (its error
+    printed); n_workers > 1 trains them side by side in fresh processes (spawned, so that a GPU
+    context is never copied by fork), each with its share of the CPU's threads and no progress
+    bar. Ctrl-C stops every run after its current step, with a checkpoint."""
     if n_workers == 1:  # one after the other, each run's log on the terminal
         results = []
         for config, run_dir in jobs:
             print(f"\n== {config['model']} seed {config['seed']} ==")
             results.append(train_one((config, run_dir)))
         return results
-    threads = str(max(1, (os.cpu_count() or 1) // n_workers))
+    threads = str(max(1, len(os.sched_getaffinity(0)) // n_workers))
     worker_env = {"OPENBLAS_NUM_THREADS": threads, "OMP_NUM_THREADS": threads,
                   "MKL_NUM_THREADS": threads, "MINIFCN_NUM_THREADS": threads,
                   "MINIFCN_NO_PROGRESS": "1"}
     saved = {k: os.environ.get(k) for k in worker_env}
-    os.environ.update(worker_env)  # read by the workers' imports as they start
+    pool = ProcessPoolExecutor(n_workers, mp_context=multiprocessing.get_context("spawn"))
     try:
-        pool = multiprocessing.get_context("spawn").Pool(n_workers)
+        os.environ.update(worker_env)  # read by each worker's imports; workers start on submit
+        futures = [pool.submit(train_one, job, True) for job in jobs]
     finally:
         for k, v in saved.items():
             if v is None:
                 os.environ.pop(k)
             else:
                 os.environ[k] = v
-    with pool:
-        pending = [pool.apply_async(train_one, (job, True)) for job in jobs]
-        results = []
-        for (config, run_dir), result in zip(jobs, pending):
-            best, seconds = result.get()
-            print(f"{config['model']} seed {config['seed']}: best mean IU {best['mean_iu']:.3f} "
-                  f"in {seconds / 60:.1f} min ({run_dir}/train.log)", flush=True)
+    results = []
+    try:
+        for (config, run_dir), future in zip(jobs, futures):
+            what = f"{config['model']} seed {config['seed']}"
+            try:
+                best, seconds = future.result()
+            except Exception as e:  # one failed run (or a worker killed) leaves the others
+                print(f"{what}: FAILED ({type(e).__name__}: {e}); see {run_dir}/train.log",
+                      flush=True)
+                results.append(None)
+                continue
+            print(f"{what}: best mean IU {best['mean_iu']:.3f} in {seconds / 60:.1f} min "
+                  f"({run_dir}/train.log)", flush=True)
             results.append((best, seconds))
+    except KeyboardInterrupt:  # the workers got the signal too: let them checkpoint and stop
+        pool.shutdown(wait=True, cancel_futures=True)
+        raise
+    pool.shutdown()
     return results
 
 
-def table(rows, seeds):
-    """Markdown table; rows: (variant, [(best, seconds) per seed])."""
-    if len(seeds) == 1:
-        lines = ["| net | pixel acc. | mean acc. | mean IU | f.w. IU | train time |",
-                 "|---|---|---|---|---|---|"]
-    else:
-        lines = ["| net | pixel acc. | mean acc. | mean IU | f.w. IU | mean IU per seed | "
-                 "train time |", "|---|---|---|---|---|---|---|"]
+def table(rows, n_seeds):
+    """Markdown table of rows (variant, [(best, seconds) or None per seed]): the metrics are
+    means over the seeds that finished; with several seeds, also the standard deviation of mean
+    IU and every seed's mean IU ("failed" for a run that did not finish)."""
+    columns = ["net", "pixel acc.", "mean acc.", "mean IU", "f.w. IU"]
+    columns += ["mean IU per seed"] if n_seeds > 1 else []
+    lines = ["| " + " | ".join(columns + ["train time"]) + " |", "|---" * (len(columns) + 1) + "|"]
     for variant, runs in rows:
-        mean = {m: 100 * statistics.fmean(best[m] for best, _ in runs) for m in METRICS}
-        ius = [100 * best["mean_iu"] for best, _ in runs]
-        minutes = statistics.fmean(seconds for _, seconds in runs) / 60
-        cells = [f"FCN-{variant[3:]}", f"{mean['pixel_acc']:.1f}", f"{mean['mean_acc']:.1f}"]
-        if len(seeds) == 1:
-            cells += [f"{mean['mean_iu']:.1f}", f"{mean['fw_iu']:.1f}"]
-        else:
-            cells += [f"{mean['mean_iu']:.1f} ± {statistics.stdev(ius):.1f}",
-                      f"{mean['fw_iu']:.1f}", " / ".join(f"{iu:.1f}" for iu in ius)]
-        lines.append("| " + " | ".join(cells + [f"{minutes:.1f} min"]) + " |")
+        done = [run for run in runs if run is not None]
+        cells = [f"FCN-{variant[3:]}"]
+        if not done:
+            cells += ["-"] * (len(columns) - 1) + ["-"]
+            lines.append("| " + " | ".join(cells) + " |")
+            continue
+        mean = {m: 100 * statistics.fmean(best[m] for best, _ in done) for m in METRICS}
+        ius = [100 * best["mean_iu"] for best, _ in done]
+        spread = f" ± {statistics.stdev(ius):.1f}" if len(ius) > 1 else ""
+        cells += [f"{mean['pixel_acc']:.1f}", f"{mean['mean_acc']:.1f}",
+                  f"{mean['mean_iu']:.1f}{spread}", f"{mean['fw_iu']:.1f}"]
+        if n_seeds > 1:
+            cells.append(" / ".join("failed" if run is None else f"{100 * run[0]['mean_iu']:.1f}"
+                                    for run in runs))
+        cells.append(f"{statistics.fmean(seconds for _, seconds in done) / 60:.1f} min")
+        lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
@@ -174,20 +195,26 @@ def main(argv=None):
     per_variant = [(v, results[i * len(seeds):(i + 1) * len(seeds)])
                    for i, v in enumerate(VARIANTS)]
     if args.save_weights:
-        for variant, (_, run_dir) in zip(VARIANTS, jobs[::len(seeds)]):
-            save_weights(run_dir / trainer.BEST,
-                         Path(args.save_weights) / f"{args.data}-{variant}.npz")
+        for variant, (_, run_dir), result in zip(VARIANTS, jobs[::len(seeds)],
+                                                 results[::len(seeds)]):
+            if result is not None:
+                save_weights(run_dir / trainer.BEST,
+                             Path(args.save_weights) / f"{args.data}-{variant}.npz")
     budget = f"{args.iters} iterations" if args.iters else f"{DEFAULTS['epochs']} epochs"
     runs = (f"seeds {seeds[0]}-{seeds[-1]}, mean of {len(seeds)}" if len(seeds) > 1
             else f"seed {seeds[0]}")
     print(f"\n{args.data}, width {args.width}, {args.size}x{args.size}, conv1_1 padding {pad1}, "
           f"{budget} each, {runs} (best validation):\n")
-    print(table(per_variant, seeds))
+    print(table(per_variant, len(seeds)))
     Path(args.out).mkdir(parents=True, exist_ok=True)
     (Path(args.out) / f"{args.data}-table.json").write_text(json.dumps(
-        [{"net": v, **best, "seed": seed, "seconds": seconds}
-         for v, runs in per_variant for seed, (best, seconds) in zip(seeds, runs)], indent=2))
-    return 0
+        [{"net": v, **run[0], "seed": seed, "seconds": run[1]}
+         for v, runs in per_variant for seed, run in zip(seeds, runs) if run is not None],
+        indent=2))
+    failed = results.count(None)
+    if failed:
+        print(f"\n{failed} of {len(jobs)} runs failed (marked above); the table averages the rest")
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":
