@@ -20,6 +20,10 @@ from minifcn import Tensor  # noqa: E402
 CASES = [
     ("conv2d 64->64 3x3 p1", "conv", (1, 64, 224, 224), (64, 64, 3, 3), 1, 1),
     ("conv2d 3->64 3x3 p1", "conv", (1, 3, 224, 224), (64, 3, 3, 3), 1, 1),
+    # FCN's conv1_1: padding 100 (VGG16 width), and the default training run's (8 images of
+    # 96x96, padding 69, width 0.0625): most of the output sees only padding
+    ("conv2d 3->64 3x3 p100", "conv", (1, 3, 224, 224), (64, 3, 3, 3), 1, 100),
+    ("conv2d 3->4 3x3 p69, 8x96x96", "conv", (8, 3, 96, 96), (4, 3, 3, 3), 1, 69),
     ("max_pool2d 2x2 s2 ceil", "pool", (1, 64, 224, 224), None, 2, 0),
     ("conv_transpose2d 21->21 k64 s32", "deconv", (1, 21, 10, 10), (21, 21, 64, 64), 32, 0),
     ("conv_transpose2d 21->21 k4 s2", "deconv", (1, 21, 32, 32), (21, 21, 4, 4), 2, 0),

@@ -119,19 +119,42 @@ def _conv_weight_grad(x, gy, ksize, stride, padding):
 # ---------------------------------------------------------------- conv2d
 
 
+def _zero_ring(ksize, stride, padding):
+    """(inner padding, ring) of a conv2d whose zero padding is wider than the kernel.
+
+    FCN pads conv1_1 by 100 (69-124 on our small images): every output pixel more than k-1
+    pixels into the padding has a window of zeros only, so it is the bias alone. Computing
+    with padding k-1 gives exactly the other pixels, and the zero ring of width p-(k-1) around
+    them is put back by hand: on a 96x96 image padded by 69 the GEMM, im2col and the weight
+    gradient shrink to 98x98 of the 234x234 output (about a sixth). Stride 1 only (every
+    conv2d of VGG16; with larger strides the ring would not line up with the stride)."""
+    if stride != (1, 1):
+        return padding, (0, 0)
+    inner = tuple(min(p, k - 1) for p, k in zip(padding, ksize))
+    return inner, tuple(p - q for p, q in zip(padding, inner))
+
+
 class Conv2d(Function):
     def forward(self, x, w, b=None, stride=(1, 1), padding=(0, 0)):
-        self.saved = (x, w, stride, padding, b is not None)
-        y = _conv(x, w, stride, padding)
+        inner, (rh, rw) = _zero_ring(w.shape[2:], stride, padding)
+        self.saved = (x, w, stride, inner, (rh, rw), b is not None)
+        y = _conv(x, w, stride, inner)
+        if rh or rw:  # the ring whose windows see only padding: zero, before the bias
+            n, k, oh, ow = y.shape
+            full = get_array_module(y).zeros((n, k, oh + 2 * rh, ow + 2 * rw), y.dtype)
+            full[:, :, rh:rh + oh, rw:rw + ow] = y
+            y = full
         if b is not None:
             y += b.reshape(1, -1, 1, 1)
         return y
 
     def backward(self, g):
-        x, w, stride, padding, has_bias = self.saved
-        gx = _conv_input_grad(g, w, x.shape[2:], stride, padding) if self.needs_grad[0] else None
-        gw = _conv_weight_grad(x, g, w.shape[2:], stride, padding) if self.needs_grad[1] else None
+        x, w, stride, inner, (rh, rw), has_bias = self.saved
         gb = g.sum(axis=(0, 2, 3)) if has_bias else None
+        if rh or rw:  # the ring depends on the bias alone: x and w see the inner part
+            g = g[:, :, rh:g.shape[2] - rh, rw:g.shape[3] - rw].copy()
+        gx = _conv_input_grad(g, w, x.shape[2:], stride, inner) if self.needs_grad[0] else None
+        gw = _conv_weight_grad(x, g, w.shape[2:], stride, inner) if self.needs_grad[1] else None
         return (gx, gw, gb) if has_bias else (gx, gw)
 
 
