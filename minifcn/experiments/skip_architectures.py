@@ -190,8 +190,9 @@ def main(argv=None):
                 config.update(iters=args.iters, epochs=None)
             name = f"{args.data}-{variant}" + (f"-seed{seed}" if args.seeds > 1 else "")
             jobs.append((resolve(config), Path(args.out) / name))
-    print(f"{len(jobs)} runs (pad1 {pad1}), {min(args.jobs, len(jobs))} at a time")
-    results = run_jobs(jobs, min(args.jobs, len(jobs)))
+    n_workers = min(args.jobs, len(jobs))
+    print(f"{len(jobs)} runs (pad1 {pad1}), {n_workers} at a time")
+    results = run_jobs(jobs, n_workers)
     per_variant = [(v, results[i * len(seeds):(i + 1) * len(seeds)])
                    for i, v in enumerate(VARIANTS)]
     if args.save_weights:
