@@ -7,7 +7,8 @@ CuPy arrays. Nothing above this module knows which one ran.
 
 The NumPy versions follow Chainer: a Python loop over the kH x kW kernel offsets only, each step
 one strided slice of the whole batch, so there is no loop over pixels, no ``np.add.at`` and the
-result is deterministic.
+result is deterministic. When the kernel is a whole number of strides (FCN's upsampling: k = 2s),
+the loop runs over (k/s)^2 blocks of s x s offsets instead (``_stride_blocks``).
 
 Shapes: x is (N, C, H, W); a column array is (N, C, kH, kW, outH, outW), which reshapes for free
 into the (N, C*kH*kW, outH*outW) matrix of Caffe's im2col.
@@ -81,6 +82,18 @@ def _gpu(xp):
     return cuda
 
 
+def _stride_blocks(kh, kw, sh, sw):
+    """The (r, q) block offsets of a kernel that is a whole number of strides in each direction
+    (and a stride above 1), else an empty list.
+
+    Offset i = r*s + i' of such a kernel reads input row (y + r)*s + i': for one block r, the
+    s x s offsets i' of all the windows tile a band of the input without gaps or overlap, so the
+    whole block moves in one reshape. FCN's upscore (k 16, s 8) needs 4 moves instead of 256."""
+    if (sh == 1 and sw == 1) or kh % sh or kw % sw:
+        return []
+    return [(r, q) for r in range(kh // sh) for q in range(kw // sw)]
+
+
 def im2col(x, kh, kw, sh, sw, ph, pw, out=None):
     """Unfold the sliding windows of x (N, C, H, W) into columns (N, C, kh, kw, oh, ow).
 
@@ -100,6 +113,12 @@ def im2col(x, kh, kw, sh, sw, ph, pw, out=None):
     col = np.empty((n, c, kh, kw, oh, ow), dtype=x.dtype) if out is None else out
 
     def work(c0, c1):
+        if _stride_blocks(kh, kw, sh, sw):
+            for r, q in _stride_blocks(kh, kw, sh, sw):
+                tiles = xpad[:, c0:c1, r * sh : r * sh + oh * sh, q * sw : q * sw + ow * sw]
+                tiles = tiles.reshape(n, c1 - c0, oh, sh, ow, sw).transpose(0, 1, 3, 5, 2, 4)
+                col[:, c0:c1, r * sh : (r + 1) * sh, q * sw : (q + 1) * sw] = tiles
+            return
         for i in range(kh):
             for j in range(kw):
                 col[:, c0:c1, i, j] = xpad[:, c0:c1, i : i + sh * oh : sh, j : j + sw * ow : sw]
@@ -125,6 +144,13 @@ def col2im(col, h, w, sh, sw, ph, pw):
     img = np.zeros((n, c, hp, wp), dtype=col.dtype)
 
     def work(c0, c1):
+        if _stride_blocks(kh, kw, sh, sw):
+            # the same sums in the same order as the loop below, so the result is bit-identical
+            for r, q in _stride_blocks(kh, kw, sh, sw):
+                tiles = col[:, c0:c1, r * sh : (r + 1) * sh, q * sw : (q + 1) * sw]
+                tiles = tiles.transpose(0, 1, 4, 2, 5, 3).reshape(n, c1 - c0, oh * sh, ow * sw)
+                img[:, c0:c1, r * sh : r * sh + oh * sh, q * sw : q * sw + ow * sw] += tiles
+            return
         for i in range(kh):
             for j in range(kw):
                 img[:, c0:c1, i : i + sh * oh : sh, j : j + sw * ow : sw] += col[:, c0:c1, i, j]
@@ -148,17 +174,24 @@ def maxpool_forward(x, kh, kw, sh, sw, ph, pw, ceil_mode):
         return gpu.maxpool_forward(x, kh, kw, sh, sw, ph, pw, oh, ow)
     hp = sh * (oh - 1) + kh
     wp = sw * (ow - 1) + kw
-    xpad = np.full((n, c, hp, wp), -np.inf, dtype=x.dtype)
-    hc, wc = min(h, hp - ph), min(w, wp - pw)  # real rows/cols any window can reach
-    xpad[:, :, ph : ph + hc, pw : pw + wc] = x[:, :, :hc, :wc]
+    if (hp, wp, ph, pw) == (h, w, 0, 0):  # the windows tile x exactly (even sizes, k = s)
+        xpad = x
+    else:
+        xpad = np.full((n, c, hp, wp), -np.inf, dtype=x.dtype)
+        hc, wc = min(h, hp - ph), min(w, wp - pw)  # real rows/cols any window can reach
+        xpad[:, :, ph : ph + hc, pw : pw + wc] = x[:, :, :hc, :wc]
     y = np.full((n, c, oh, ow), -np.inf, dtype=x.dtype)
     argmax = np.zeros((n, c, oh, ow), dtype=np.int32)
-    for i in range(kh):
-        for j in range(kw):
-            cand = xpad[:, :, i : i + sh * oh : sh, j : j + sw * ow : sw]
-            better = cand > y  # strict: an earlier offset keeps a tie
-            y = np.where(better, cand, y)
-            argmax[better] = i * kw + j
+
+    def work(c0, c1):
+        for i in range(kh):
+            for j in range(kw):
+                cand = xpad[:, c0:c1, i : i + sh * oh : sh, j : j + sw * ow : sw]
+                better = cand > y[:, c0:c1]  # strict: an earlier offset keeps a tie
+                np.copyto(y[:, c0:c1], cand, where=better)
+                np.copyto(argmax[:, c0:c1], i * kw + j, where=better)
+
+    _over_channels(work, c, xpad.nbytes)
     return y, argmax
 
 
@@ -172,11 +205,15 @@ def maxpool_backward(gy, argmax, h, w, kh, kw, sh, sw, ph, pw):
     hp = max(sh * (oh - 1) + kh, h + 2 * ph)
     wp = max(sw * (ow - 1) + kw, w + 2 * pw)
     gpad = np.zeros((n, c, hp, wp), dtype=gy.dtype)
-    for i in range(kh):
-        for j in range(kw):
-            gpad[:, :, i : i + sh * oh : sh, j : j + sw * ow : sw] += np.where(
-                argmax == i * kw + j, gy, 0
-            )
+
+    def work(c0, c1):
+        for i in range(kh):
+            for j in range(kw):
+                gpad[:, c0:c1, i : i + sh * oh : sh, j : j + sw * ow : sw] += np.where(
+                    argmax[:, c0:c1] == i * kw + j, gy[:, c0:c1], 0
+                )
+
+    _over_channels(work, c, gpad.nbytes)
     return gpad[:, :, ph : ph + h, pw : pw + w]
 
 

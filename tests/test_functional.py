@@ -84,6 +84,7 @@ def max_pool_loop(x, k, s, p, ceil):
     ((2, 3, 5, 4), (2, 3, 3, 3), (1, 1), (6, 6)),  # a ring that sees only padding (conv1_1)
     ((1, 2, 4, 6), (3, 2, 3, 2), (1, 1), (2, 5)),  # the ring on one axis only, kH != kW
     ((1, 2, 6, 6), (2, 2, 3, 3), (2, 2), (4, 4)),  # stride 2: no shortcut, same answer
+    ((1, 2, 9, 8), (3, 2, 4, 2), (2, 1), (1, 0)),  # kernel = whole strides: block-wise im2col
 ])
 def test_conv2d_forward_matches_loop(rng, xs, ws, stride, pad):
     x, w, b = rng.standard_normal(xs), rng.standard_normal(ws), rng.standard_normal(ws[0])
