@@ -85,10 +85,14 @@ def _conv_input_grad(gy, w, hw, stride, padding):
     """The adjoint of _conv in x: gy (N, K, oh, ow), w (K, C, kh, kw) -> gx (N, C, *hw)."""
     n, k, oh, ow = gy.shape
     _, c, kh, kw = w.shape
-    if stride == (1, 1) and padding[0] < kh and padding[1] < kw:
+    flip = stride == (1, 1) and padding[0] < kh and padding[1] < kw
+    if flip and k * hw[0] * hw[1] <= c * oh * ow:
         # at stride 1 the adjoint is itself a convolution: gy, padded by k-1-p, with the kernel
         # flipped and its channel axes swapped. Its one GEMM has a short output (C rows), where
-        # the general path writes a C*kh*kw-row column matrix and folds it back (col2im).
+        # the general path writes a C*kh*kw-row column matrix and folds it back (col2im). But its
+        # columns are K*kh*kw x H*W against the general path's C*kh*kw x oh*ow: when those are
+        # bigger (more output than input channels, or fc6's 7x7 window over a 2x2 output, 128x)
+        # the general path wins (measured in benchmarks/ops.py).
         flipped = w[:, :, ::-1, ::-1].transpose(1, 0, 2, 3).copy()
         return _conv(gy, flipped, (1, 1), (kh - 1 - padding[0], kw - 1 - padding[1]))
     wt = w.reshape(k, c * kh * kw).T
