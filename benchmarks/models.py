@@ -1,11 +1,14 @@
 """Speed and peak memory of FCN-32s/16s/8s: minifcn against the same nets in PyTorch (CPU).
 
     python benchmarks/models.py [--quick] [--repeat N] [--threads 2] [--variants fcn8s,...]
+    python benchmarks/models.py --default-run     # one step of `python -m minifcn.train`
 
 Configurations: width 1.0 (VGG16) on 1x3x224x224 and 1x3x320x320, width 0.125 on 1x3x96x96
 (--quick: width 0.125 only); 21 classes, conv1_1 padding 100. For each: forward (eval mode,
 no graph) and forward+backward (train mode with dropout, mean softmax cross-entropy against
 random labels, all gradients), the median of --repeat timed runs after one warm-up run.
+--default-run: instead, the default training run's net and batch: width 0.0625 (or --width) on
+8x3x96x96, 5 classes, conv1_1 padding 69 (the trainer's 'auto'), no dropout.
 
 Peak memory: each (implementation, configuration, forward or forward+backward) runs in a fresh
 child process, which builds the model, resets the kernel's peak-RSS counter
@@ -40,7 +43,7 @@ N_CLASS = 21
 # ----------------------------------------------------------------------------- the PyTorch twin
 
 
-def torch_fcn(variant, width, offsets, n_class=N_CLASS):
+def torch_fcn(variant, width, offsets, n_class=N_CLASS, pad1=100, dropout=0.5):
     """FCN-32s/16s/8s in PyTorch, layer names as minifcn's (so state dicts load by name)."""
     import torch.nn as nn
 
@@ -52,12 +55,12 @@ def torch_fcn(variant, width, offsets, n_class=N_CLASS):
             super().__init__()
             cin = 3
             for name, ch in VGG:
-                setattr(self, name, nn.Conv2d(cin, c(ch), 3, padding=100 if name == "conv1_1"
+                setattr(self, name, nn.Conv2d(cin, c(ch), 3, padding=pad1 if name == "conv1_1"
                                               else 1))
                 cin = c(ch)
             self.pool = nn.MaxPool2d(2, 2, ceil_mode=True)
             self.relu = nn.ReLU(inplace=True)
-            self.drop = nn.Dropout(0.5)
+            self.drop = nn.Dropout(dropout)
             self.fc6 = nn.Conv2d(cin, c(4096), 7)
             self.fc7 = nn.Conv2d(c(4096), c(4096), 1)
             self.score_fr = nn.Conv2d(c(4096), n_class, 1)
@@ -127,7 +130,8 @@ def reset_peak():
 # ----------------------------------------------------------------------------- one measurement
 
 
-def child(impl, variant, width, size, mode, repeat, threads, offsets):
+def child(impl, variant, width, size, mode, repeat, threads, offsets, batch=1, n_class=N_CLASS,
+          pad1=100, dropout=0.5):
     import numpy as np
 
     try:
@@ -136,14 +140,14 @@ def child(impl, variant, width, size, mode, repeat, threads, offsets):
     except ImportError:  # the environment variables set by the parent still apply
         pass
     rng = np.random.default_rng(0)
-    x_np = (rng.standard_normal((1, 3, size, size)) * 50).astype(np.float32)
-    t_np = rng.integers(0, N_CLASS, (1, size, size))
+    x_np = (rng.standard_normal((batch, 3, size, size)) * 50).astype(np.float32)
+    t_np = rng.integers(0, n_class, (batch, size, size))
     if impl == "minifcn":
         import minifcn
         import minifcn.functional as F
         from minifcn.models import build
 
-        model = build(variant, n_class=N_CLASS, width=width)
+        model = build(variant, n_class=n_class, width=width, pad1=pad1, dropout=dropout)
         x = minifcn.Tensor(x_np)
 
         def forward():
@@ -159,7 +163,7 @@ def child(impl, variant, width, size, mode, repeat, threads, offsets):
         import torch
 
         torch.set_num_threads(threads)
-        model = torch_fcn(variant, width, offsets)
+        model = torch_fcn(variant, width, offsets, n_class, pad1, dropout)
         x, t = torch.from_numpy(x_np), torch.from_numpy(t_np)
 
         def forward():
@@ -197,16 +201,15 @@ def _ru_maxrss_kb():
 # ----------------------------------------------------------------------------- the parent
 
 
-def measure(impl, variant, width, size, mode, args, offsets):
+def measure(impl, config, mode, args):
     env = dict(os.environ)
     for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
         env[var] = str(args.threads)
     cmd = [sys.executable, os.path.abspath(__file__), "--child", json.dumps(
-        dict(impl=impl, variant=variant, width=width, size=size, mode=mode, repeat=args.repeat,
-             threads=args.threads, offsets=offsets))]
+        dict(impl=impl, mode=mode, repeat=args.repeat, threads=args.threads, **config))]
     out = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=3600)
     if out.returncode != 0:
-        raise RuntimeError(f"{impl} {variant} {width} {size} {mode} failed:\n{out.stderr}")
+        raise RuntimeError(f"{impl} {config} {mode} failed:\n{out.stderr}")
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
@@ -238,8 +241,9 @@ def environment(args):
     return lines
 
 
-def check_same_scores(variants):
-    """minifcn and the PyTorch twin give the same scores for the same (random) weights."""
+def check_same_scores(variants, pad1s=None):
+    """minifcn and the PyTorch twin give the same scores for the same (random) weights
+    (conv1_1 padding pad1s[variant], default 100)."""
     import numpy as np
     import torch
 
@@ -249,11 +253,12 @@ def check_same_scores(variants):
     rng = np.random.default_rng(0)
     worst = 0.0
     for variant in variants:
-        model = build(variant, n_class=N_CLASS, width=0.125).eval()
+        pad1 = (pad1s or {}).get(variant, 100)
+        model = build(variant, n_class=N_CLASS, width=0.125, pad1=pad1).eval()
         for _, p in model.named_parameters():  # random everywhere, score layers included
             fan_in = np.prod(p.shape[1:]) if p.ndim > 1 else 10
             p.data = (rng.standard_normal(p.shape) * np.sqrt(2 / fan_in)).astype(np.float32)
-        twin = torch_fcn(variant, 0.125, model.offsets).eval()
+        twin = torch_fcn(variant, 0.125, model.offsets, pad1=pad1).eval()
         twin.load_state_dict({k: torch.from_numpy(v) for k, v in model.state_dict().items()})
         x = (rng.standard_normal((1, 3, 77, 91)) * 50).astype(np.float32)
         with minifcn.no_grad():
@@ -272,6 +277,11 @@ def check_same_scores(variants):
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="width 0.125 on 96x96 only")
+    parser.add_argument("--default-run", action="store_true",
+                        help="the default training run's step: width 0.0625, 8x3x96x96, "
+                             "5 classes, conv1_1 padding 69, no dropout")
+    parser.add_argument("--width", type=float, default=0.0625,
+                        help="with --default-run: the channel multiplier (default 0.0625)")
     parser.add_argument("--repeat", type=int, default=3, help="timed runs after the warm-up")
     parser.add_argument("--threads", type=int, default=2, help="threads for both (default 2)")
     parser.add_argument("--variants", default="fcn32s,fcn16s,fcn8s")
@@ -284,35 +294,44 @@ def main(argv=None):
     from minifcn.models import build
 
     variants = args.variants.split(",")
-    configs = [(v, 0.125, 96) for v in variants]
-    if not args.quick:
-        configs = [(v, 1.0, s) for s in (224, 320) for v in variants] + configs
+    if args.default_run:
+        from minifcn.models import geometry
+
+        configs = [dict(variant=v, width=args.width, size=96, batch=8, n_class=5,
+                        pad1=geometry.min_pad1(v, 96), dropout=0.0) for v in variants]
+    else:
+        configs = [dict(variant=v, width=0.125, size=96) for v in variants]
+        if not args.quick:
+            configs = [dict(variant=v, width=1.0, size=s) for s in (224, 320)
+                       for v in variants] + configs
     print("\n".join(environment(args)))
     try:
         import torch  # noqa: F401
         impls = ["minifcn", "torch"]
         print(f"same scores as PyTorch for the same weights: max rel error "
-              f"{check_same_scores(variants):.1e}")
+              f"{check_same_scores(variants, {c['variant']: c.get('pad1', 100) for c in configs}):.1e}")
     except ImportError:
         impls = ["minifcn"]
     print(f"median of {args.repeat} runs after a warm-up; peak = extra RSS of one pass\n")
-    head = (f"{'model':<8} {'width':>5} {'input':>9}  {'impl':<8} {'fwd s':>8} "
+    head = (f"{'model':<8} {'width':>6} {'input':>9}  {'impl':<8} {'fwd s':>8} "
             f"{'fwd+bwd s':>10} {'fwd MB':>8} {'fwd+bwd MB':>11}")
     print(head)
     print("-" * len(head))
-    for variant, width, size in configs:
-        offsets = build(variant, n_class=2, width=1 / 64).offsets  # geometry only
+    for config in configs:
+        variant, width, size = config["variant"], config["width"], config["size"]
+        config["offsets"] = build(variant, n_class=2, width=1 / 64,
+                                  pad1=config.get("pad1", 100)).offsets  # geometry only
         res = {}
         for impl in impls:
-            res[impl] = {mode: measure(impl, variant, width, size, mode, args, offsets)
-                         for mode in ("fwd", "train")}
+            res[impl] = {mode: measure(impl, config, mode, args) for mode in ("fwd", "train")}
             r = res[impl]
-            print(f"{variant:<8} {width:>5g} {f'{size}x{size}':>9}  {impl:<8} "
+            shape = f"{config.get('batch', 1)}x{size}x{size}"
+            print(f"{variant:<8} {width:>6g} {shape:>9}  {impl:<8} "
                   f"{r['fwd']['time']:>8.3f} {r['train']['time']:>10.3f} "
                   f"{r['fwd']['peak_mb']:>8.0f} {r['train']['peak_mb']:>11.0f}", flush=True)
         if len(impls) == 2:
             a, b = res["minifcn"], res["torch"]
-            print(f"{'':<8} {'':>5} {'':>9}  {'ratio':<8} "
+            print(f"{'':<8} {'':>6} {'':>9}  {'ratio':<8} "
                   f"{a['fwd']['time'] / b['fwd']['time']:>8.2f} "
                   f"{a['train']['time'] / b['train']['time']:>10.2f} "
                   f"{a['fwd']['peak_mb'] / max(b['fwd']['peak_mb'], 1):>8.2f} "

@@ -27,6 +27,12 @@ CASES = [
     ("max_pool2d 2x2 s2 ceil", "pool", (1, 64, 224, 224), None, 2, 0),
     ("conv_transpose2d 21->21 k64 s32", "deconv", (1, 21, 10, 10), (21, 21, 64, 64), 32, 0),
     ("conv_transpose2d 21->21 k4 s2", "deconv", (1, 21, 32, 32), (21, 21, 4, 4), 2, 0),
+    # the default training run's fc6 (a 7x7 window over a 2x2 output), conv2_1 (more output
+    # than input channels) and upscore8 (8 images, width 0.0625, 5 classes)
+    ("conv2d 32->256 7x7 p0, 8x8x8", "conv", (8, 32, 8, 8), (256, 32, 7, 7), 1, 0),
+    ("conv2d 4->8 3x3 p1, 8x116x116", "conv", (8, 4, 116, 116), (8, 4, 3, 3), 1, 1),
+    ("conv_transpose2d 5->5 k16 s8, 8x14x14", "deconv", (8, 5, 14, 14), (5, 5, 16, 16), 8, 0),
+    ("max_pool2d 2x2 s2 ceil, 8x4x232x232", "pool", (8, 4, 232, 232), None, 2, 0),
 ]
 
 
