@@ -20,7 +20,7 @@ from . import optim, trainer
 from .models.vgg import PIXEL_STD
 
 # Defaults: a small FCN-8s whose run ends within 10 minutes on 2 CPU cores on `shapes`
-# (5 epochs of 2,000 images, batch 8: 1,250 steps at ~0.4 s). None: set by resolve() from the
+# (5 epochs of 2,000 images, batch 8: 1,250 steps at ~0.3 s). None: set by resolve() from the
 # data. The from-scratch lr, 0.08, is the largest we found stable: over a 1,400-step run at 0.15
 # the net died (every ReLU off, all background, for good), and at 0.3 the loss became NaN.
 DEFAULTS = dict(
