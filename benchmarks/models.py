@@ -7,8 +7,9 @@ Configurations: width 1.0 (VGG16) on 1x3x224x224 and 1x3x320x320, width 0.125 on
 (--quick: width 0.125 only); 21 classes, conv1_1 padding 100. For each: forward (eval mode,
 no graph) and forward+backward (train mode with dropout, mean softmax cross-entropy against
 random labels, all gradients), the median of --repeat timed runs after one warm-up run.
---default-run: instead, the default training run's net and batch: width 0.0625 (or --width) on
-8x3x96x96, 5 classes, conv1_1 padding 69 (the trainer's 'auto'), no dropout.
+--default-run: instead, the default training run's net and batch: FCN-8s (or --variants) at
+width 0.0625 (or --width) on 8x3x96x96, 5 classes, conv1_1 padding as the trainer's 'auto' (69
+for FCN-8s, 73 for 16s, 81 for 32s), no dropout.
 
 Peak memory: each (implementation, configuration, forward or forward+backward) runs in a fresh
 child process, which builds the model, resets the kernel's peak-RSS counter
@@ -203,7 +204,7 @@ def _ru_maxrss_kb():
 
 def measure(impl, config, mode, args):
     env = dict(os.environ)
-    for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+    for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "MINIFCN_NUM_THREADS"):
         env[var] = str(args.threads)
     cmd = [sys.executable, os.path.abspath(__file__), "--child", json.dumps(
         dict(impl=impl, mode=mode, repeat=args.repeat, threads=args.threads, **config))]
@@ -241,9 +242,10 @@ def environment(args):
     return lines
 
 
-def check_same_scores(variants, pad1s=None):
-    """minifcn and the PyTorch twin give the same scores for the same (random) weights
-    (conv1_1 padding pad1s[variant], default 100)."""
+def check_same_scores(configs):
+    """minifcn and the PyTorch twin give the same scores for the same (random) weights, for
+    each config's net: its variant, width, classes and conv1_1 padding (one image of at most
+    96 x 109 pixels, eval mode; each net once)."""
     import numpy as np
     import torch
 
@@ -252,15 +254,17 @@ def check_same_scores(variants, pad1s=None):
 
     rng = np.random.default_rng(0)
     worst = 0.0
-    for variant in variants:
-        pad1 = (pad1s or {}).get(variant, 100)
-        model = build(variant, n_class=N_CLASS, width=0.125, pad1=pad1).eval()
+    nets = {(c["variant"], c["width"], c.get("n_class", N_CLASS), c.get("pad1", 100)): c["size"]
+            for c in configs}
+    for (variant, width, n_class, pad1), size in nets.items():
+        model = build(variant, n_class=n_class, width=width, pad1=pad1).eval()
         for _, p in model.named_parameters():  # random everywhere, score layers included
             fan_in = np.prod(p.shape[1:]) if p.ndim > 1 else 10
             p.data = (rng.standard_normal(p.shape) * np.sqrt(2 / fan_in)).astype(np.float32)
-        twin = torch_fcn(variant, 0.125, model.offsets, pad1=pad1).eval()
+        twin = torch_fcn(variant, width, model.offsets, n_class, pad1).eval()
         twin.load_state_dict({k: torch.from_numpy(v) for k, v in model.state_dict().items()})
-        x = (rng.standard_normal((1, 3, 77, 91)) * 50).astype(np.float32)
+        size = min(size, 96)
+        x = (rng.standard_normal((1, 3, size, size + 13)) * 50).astype(np.float32)
         with minifcn.no_grad():
             ours = model(minifcn.Tensor(x)).numpy()
         with torch.no_grad():
@@ -279,12 +283,12 @@ def main(argv=None):
     parser.add_argument("--quick", action="store_true", help="width 0.125 on 96x96 only")
     parser.add_argument("--default-run", action="store_true",
                         help="the default training run's step: width 0.0625, 8x3x96x96, "
-                             "5 classes, conv1_1 padding 69, no dropout")
-    parser.add_argument("--width", type=float, default=0.0625,
+                             "5 classes, the trainer's conv1_1 padding, no dropout")
+    parser.add_argument("--width", type=float,
                         help="with --default-run: the channel multiplier (default 0.0625)")
     parser.add_argument("--repeat", type=int, default=3, help="timed runs after the warm-up")
     parser.add_argument("--threads", type=int, default=2, help="threads for both (default 2)")
-    parser.add_argument("--variants", default="fcn32s,fcn16s,fcn8s")
+    parser.add_argument("--variants", help="default fcn32s,fcn16s,fcn8s (--default-run: fcn8s)")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.child:
@@ -293,11 +297,13 @@ def main(argv=None):
 
     from minifcn.models import build
 
-    variants = args.variants.split(",")
+    if args.width is not None and not args.default_run:
+        parser.error("--width goes with --default-run (the other configurations are fixed)")
+    variants = (args.variants or ("fcn8s" if args.default_run else "fcn32s,fcn16s,fcn8s")).split(",")
     if args.default_run:
         from minifcn.models import geometry
 
-        configs = [dict(variant=v, width=args.width, size=96, batch=8, n_class=5,
+        configs = [dict(variant=v, width=args.width or 0.0625, size=96, batch=8, n_class=5,
                         pad1=geometry.min_pad1(v, 96), dropout=0.0) for v in variants]
     else:
         configs = [dict(variant=v, width=0.125, size=96) for v in variants]
@@ -309,7 +315,7 @@ def main(argv=None):
         import torch  # noqa: F401
         impls = ["minifcn", "torch"]
         print(f"same scores as PyTorch for the same weights: max rel error "
-              f"{check_same_scores(variants, {c['variant']: c.get('pad1', 100) for c in configs}):.1e}")
+              f"{check_same_scores(configs):.1e}")
     except ImportError:
         impls = ["minifcn"]
     print(f"median of {args.repeat} runs after a warm-up; peak = extra RSS of one pass\n")

@@ -111,10 +111,11 @@ def im2col(x, kh, kw, sh, sw, ph, pw, out=None):
         return x.reshape(n, c, 1, 1, h, w)  # a 1x1 conv needs no copy: the image is its columns
     xpad = np.pad(x, ((0, 0), (0, 0), (ph, ph), (pw, pw))) if (ph or pw) else x
     col = np.empty((n, c, kh, kw, oh, ow), dtype=x.dtype) if out is None else out
+    blocks = _stride_blocks(kh, kw, sh, sw)
 
     def work(c0, c1):
-        if _stride_blocks(kh, kw, sh, sw):
-            for r, q in _stride_blocks(kh, kw, sh, sw):
+        if blocks:
+            for r, q in blocks:
                 tiles = xpad[:, c0:c1, r * sh : r * sh + oh * sh, q * sw : q * sw + ow * sw]
                 tiles = tiles.reshape(n, c1 - c0, oh, sh, ow, sw).transpose(0, 1, 3, 5, 2, 4)
                 col[:, c0:c1, r * sh : (r + 1) * sh, q * sw : (q + 1) * sw] = tiles
@@ -142,11 +143,12 @@ def col2im(col, h, w, sh, sw, ph, pw):
     hp = max(h + 2 * ph, sh * (oh - 1) + kh)
     wp = max(w + 2 * pw, sw * (ow - 1) + kw)
     img = np.zeros((n, c, hp, wp), dtype=col.dtype)
+    blocks = _stride_blocks(kh, kw, sh, sw)
 
     def work(c0, c1):
-        if _stride_blocks(kh, kw, sh, sw):
+        if blocks:
             # the same sums in the same order as the loop below, so the result is bit-identical
-            for r, q in _stride_blocks(kh, kw, sh, sw):
+            for r, q in blocks:
                 tiles = col[:, c0:c1, r * sh : (r + 1) * sh, q * sw : (q + 1) * sw]
                 tiles = tiles.transpose(0, 1, 4, 2, 5, 3).reshape(n, c1 - c0, oh * sh, ow * sw)
                 img[:, c0:c1, r * sh : r * sh + oh * sh, q * sw : q * sw + ow * sw] += tiles
@@ -174,7 +176,7 @@ def maxpool_forward(x, kh, kw, sh, sw, ph, pw, ceil_mode):
         return gpu.maxpool_forward(x, kh, kw, sh, sw, ph, pw, oh, ow)
     hp = sh * (oh - 1) + kh
     wp = sw * (ow - 1) + kw
-    if (hp, wp, ph, pw) == (h, w, 0, 0):  # the windows tile x exactly (even sizes, k = s)
+    if (hp, wp, ph, pw) == (h, w, 0, 0):  # no padding, no window past the edge (FCN: even sizes)
         xpad = x
     else:
         xpad = np.full((n, c, hp, wp), -np.inf, dtype=x.dtype)
