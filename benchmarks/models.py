@@ -131,8 +131,8 @@ def reset_peak():
 # ----------------------------------------------------------------------------- one measurement
 
 
-def child(impl, variant, width, size, mode, repeat, threads, offsets, batch=1, n_class=N_CLASS,
-          pad1=100, dropout=0.5):
+def child(impl, variant, width, size, batch, n_class, pad1, dropout, mode, repeat, threads,
+          offsets):
     import numpy as np
 
     try:
@@ -254,8 +254,7 @@ def check_same_scores(configs):
 
     rng = np.random.default_rng(0)
     worst = 0.0
-    nets = {(c["variant"], c["width"], c.get("n_class", N_CLASS), c.get("pad1", 100)): c["size"]
-            for c in configs}
+    nets = {(c["variant"], c["width"], c["n_class"], c["pad1"]): c["size"] for c in configs}
     for (variant, width, n_class, pad1), size in nets.items():
         model = build(variant, n_class=n_class, width=width, pad1=pad1).eval()
         for _, p in model.named_parameters():  # random everywhere, score layers included
@@ -305,11 +304,10 @@ def main(argv=None):
 
         configs = [dict(variant=v, width=args.width or 0.0625, size=96, batch=8, n_class=5,
                         pad1=geometry.min_pad1(v, 96), dropout=0.0) for v in variants]
-    else:
-        configs = [dict(variant=v, width=0.125, size=96) for v in variants]
-        if not args.quick:
-            configs = [dict(variant=v, width=1.0, size=s) for s in (224, 320)
-                       for v in variants] + configs
+    else:  # the reference nets: one image, 21 classes, conv1_1 padding 100, dropout 0.5
+        sizes = [(0.125, 96)] if args.quick else [(1.0, 224), (1.0, 320), (0.125, 96)]
+        configs = [dict(variant=v, width=width, size=size, batch=1, n_class=N_CLASS, pad1=100,
+                        dropout=0.5) for width, size in sizes for v in variants]
     print("\n".join(environment(args)))
     try:
         import torch  # noqa: F401
@@ -326,12 +324,12 @@ def main(argv=None):
     for config in configs:
         variant, width, size = config["variant"], config["width"], config["size"]
         config["offsets"] = build(variant, n_class=2, width=1 / 64,
-                                  pad1=config.get("pad1", 100)).offsets  # geometry only
+                                  pad1=config["pad1"]).offsets  # geometry only
         res = {}
         for impl in impls:
             res[impl] = {mode: measure(impl, config, mode, args) for mode in ("fwd", "train")}
             r = res[impl]
-            shape = f"{config.get('batch', 1)}x{size}x{size}"
+            shape = f"{config['batch']}x{size}x{size}"
             print(f"{variant:<8} {width:>6g} {shape:>9}  {impl:<8} "
                   f"{r['fwd']['time']:>8.3f} {r['train']['time']:>10.3f} "
                   f"{r['fwd']['peak_mb']:>8.0f} {r['train']['peak_mb']:>11.0f}", flush=True)
