@@ -10,6 +10,9 @@ product with the weights (a GEMM). Three array-level helpers carry all the arith
 conv_transpose2d is the adjoint of conv2d, so it is made of the same three pieces with the
 roles swapped: its forward is conv2d's input gradient, its input gradient is conv2d's forward,
 and its weight gradient is conv2d's weight gradient with input and output exchanged.
+
+The plain version to read first is ``minifcn.simple.conv2d_simple`` (and ``max_pool2d_simple``):
+what is here besides is speed (the zero ring, the flipped kernel, scratch buffers).
 """
 import numpy as np
 
@@ -167,6 +170,7 @@ def conv2d(x, weight, bias=None, stride=1, padding=0):
 
     x (N, C_in, H, W), weight (C_out, C_in, kH, kW), bias (C_out,) or None ->
     (N, C_out, (H + 2p - kH) // s + 1, (W + 2p - kW) // s + 1). Zero padding.
+    The plain version to read first is ``minifcn.simple.conv2d_simple``.
     """
     op = "conv2d"
     stride, padding = _check_conv_args(op, x, weight, bias, stride, padding, 1,
@@ -241,6 +245,7 @@ def max_pool2d(x, kernel_size, stride=None, padding=0, ceil_mode=False):
     ceil_mode=True rounds the output size up as Caffe's pooling (FCN's nets): the last window
     may hang over the edge, and only the real elements in it compete. Padding never wins a max
     (it is -inf, not 0). Backward sends each gradient to its window's first maximum.
+    The plain version to read first is ``minifcn.simple.max_pool2d_simple``.
     """
     op = "max_pool2d"
     _check_4d(op, "input", x)

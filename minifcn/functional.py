@@ -5,7 +5,8 @@ CuPy, whichever the data lives in) and the primitives of ``minifcn.primitives``,
 serves the CPU and the GPU.
 
 Arithmetic broadcasts like NumPy; its backward sums a gradient back to each input's own shape
-(``_unbroadcast``). The 2-D ops take NCHW inputs.
+(``_unbroadcast``). The 2-D ops take NCHW inputs; the plain versions of conv2d and max_pool2d
+to read first are in ``minifcn.simple``.
 """
 import numpy as np
 

@@ -12,6 +12,9 @@ the loop runs over (k/s)^2 blocks of s x s offsets instead (``_stride_blocks``).
 
 Shapes: x is (N, C, H, W); a column array is (N, C, kH, kW, outH, outW), which reshapes for free
 into the (N, C*kH*kW, outH*outW) matrix of Caffe's im2col.
+
+The plain versions to read first, without the threads, workspaces and stride blocks, are in
+``minifcn.simple``.
 """
 import os
 from concurrent.futures import ThreadPoolExecutor
@@ -99,6 +102,7 @@ def im2col(x, kh, kw, sh, sw, ph, pw, out=None):
 
     col[n, c, i, j, y, x] = x_padded[n, c, y*sh + i, x*sw + j]  (zero padding).
     out: an array of that shape to write into (the conv ops pass a workspace); CPU only.
+    The plain version to read first is ``minifcn.simple.im2col_simple``.
     """
     xp = get_array_module(x)
     n, c, h, w = x.shape
@@ -132,7 +136,7 @@ def col2im(col, h, w, sh, sw, ph, pw):
     """Fold columns (N, C, kh, kw, oh, ow) back into an image (N, C, h, w), summing overlaps.
 
     The adjoint of im2col: <im2col(x), col> == <x, col2im(col)>. Values that land in the padding
-    are dropped.
+    are dropped. The plain version to read first is ``minifcn.simple.col2im_simple``.
     """
     xp = get_array_module(col)
     n, c, kh, kw, oh, ow = col.shape
@@ -166,6 +170,7 @@ def maxpool_forward(x, kh, kw, sh, sw, ph, pw, ceil_mode):
 
     argmax is the winner's offset inside its window, i*kw + j (int32), first one on ties.
     Padding and the part of a ceil-mode window past the edge hold -inf, so they never win.
+    The plain version to read first is ``minifcn.simple.max_pool2d_simple`` (values only).
     """
     xp = get_array_module(x)
     n, c, h, w = x.shape
