@@ -8,7 +8,7 @@ Configurations: width 1.0 (VGG16) on 1x3x224x224 and 1x3x320x320, width 0.125 on
 no graph) and forward+backward (train mode with dropout, mean softmax cross-entropy against
 random labels, all gradients), the median of --repeat timed runs after one warm-up run.
 --default-run: instead, the default training run's net and batch: FCN-8s (or --variants) at
-width 0.0625 (or --width) on 8x3x96x96, 5 classes, conv1_1 padding as the trainer's 'auto' (69
+width 0.0625 (or --width) on 8x3x96x96, 5 classes, conv1_1 padding as the training default 'auto' (69
 for FCN-8s, 73 for 16s, 81 for 32s), no dropout.
 
 Peak memory: each (implementation, configuration, forward or forward+backward) runs in a fresh
@@ -282,7 +282,7 @@ def main(argv=None):
     parser.add_argument("--quick", action="store_true", help="width 0.125 on 96x96 only")
     parser.add_argument("--default-run", action="store_true",
                         help="the default training run's step: width 0.0625, 8x3x96x96, "
-                             "5 classes, the trainer's conv1_1 padding, no dropout")
+                             "5 classes, the training default conv1_1 padding, no dropout")
     parser.add_argument("--width", type=float,
                         help="with --default-run: the channel multiplier (default 0.0625)")
     parser.add_argument("--repeat", type=int, default=3, help="timed runs after the warm-up")

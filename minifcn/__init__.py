@@ -1,12 +1,12 @@
 """minifcn: Fully Convolutional Networks (Long, Shelhamer, Darrell 2015) from scratch.
 
 Public names: Tensor, no_grad, gradcheck, summary, manual_seed, and the submodules functional
-(import as F), nn, models, optim, metrics, data, io.
+(import as F), nn, models, optim, metrics, data, io, training.
 """
 from . import functional, nn
 from .autograd import Tensor, is_grad_enabled, no_grad
 from .backend import gpu_available, manual_seed
-from .check import GradcheckError, gradcheck
+from .gradient_check import GradcheckError, gradcheck
 
 __version__ = "0.1.0"
 
@@ -15,7 +15,7 @@ def __getattr__(name):
     # heavier layers load on first use, so `import minifcn` stays light
     import importlib
 
-    if name in ("models", "optim", "metrics", "data", "io", "viz", "simple"):
+    if name in ("models", "optim", "metrics", "data", "io", "viz", "simple", "training"):
         return importlib.import_module(f"minifcn.{name}")
     if name == "summary":
         from .models import summary

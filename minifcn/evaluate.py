@@ -10,7 +10,8 @@ import sys
 
 import numpy as np
 
-from . import io, trainer
+from . import backend, io
+from .training import dataset, load_model, validate
 from .data import Loader
 
 
@@ -36,26 +37,26 @@ def main(argv=None):
     p.add_argument("--json", metavar="FILE", help="also write the scores as JSON")
     args = p.parse_args(argv)
     try:
-        model, config = trainer.load_model(args.checkpoint, args.device)
+        model, config = load_model(args.checkpoint, args.device)
         spec = args.data or config["data"]
-        dataset = trainer.dataset(config, args.split, spec)
+        data = dataset(config, args.split, spec)
     except (FileNotFoundError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
-    if dataset.n_class != config["n_class"]:
-        print(f"error: {spec} has {dataset.n_class} classes, the model {config['n_class']}",
+    if data.n_class != config["n_class"]:
+        print(f"error: {spec} has {data.n_class} classes, the model {config['n_class']}",
               file=sys.stderr)
         return 1
-    loader = Loader(dataset, args.batch_size, shuffle=False)
-    device = trainer.backend.check_device(args.device)
-    scores, loss, _ = trainer.evaluate(model, loader, dataset.n_class, device)
-    print(f"{spec} {args.split}: {len(dataset)} images, mean loss {loss:.4f}\n")
-    print(format_table(scores, dataset.class_names))
+    loader = Loader(data, args.batch_size, shuffle=False)
+    device = backend.check_device(args.device)
+    scores, loss, _ = validate(model, loader, data.n_class, device)
+    print(f"{spec} {args.split}: {len(data)} images, mean loss {loss:.4f}\n")
+    print(format_table(scores, data.class_names))
     if args.json:
         out = {k: float(scores[k]) for k in ("pixel_acc", "mean_acc", "mean_iu", "fw_iu")}
         out["loss"] = loss
         out["per_class_iu"] = {n: (None if np.isnan(v) else float(v))
-                               for n, v in zip(dataset.class_names, scores["per_class_iu"])}
+                               for n, v in zip(data.class_names, scores["per_class_iu"])}
         io.atomic_write_text(args.json, json.dumps(out, indent=2) + "\n")
         print(f"\nwrote {args.json}")
     return 0

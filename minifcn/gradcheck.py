@@ -1,57 +1,29 @@
 """``python -m minifcn.gradcheck``: check every op's backward against central differences.
 
 Prints one row per case of ``minifcn.opcases.CASES`` (op, shapes, worst relative error,
-pass/fail) and exits with status 1 if any case fails. The function itself is
-``minifcn.gradcheck`` (defined in ``minifcn.check``).
+pass/fail) and exits with status 1 if any case fails.
+
+This module is the command only. The function of the same name, ``minifcn.gradcheck(fn,
+inputs)``, lives in ``minifcn/gradient_check.py``; importing this module would make the name
+``minifcn.gradcheck`` point to the module instead of the function, so it refuses to be imported.
 """
 import argparse
 import sys
-import types
 
-import numpy as np
+if __name__ != "__main__":
+    raise ImportError("minifcn.gradcheck is the command `python -m minifcn.gradcheck`, not a "
+                      "module to import; the function is minifcn.gradcheck (from "
+                      "minifcn.gradient_check import gradcheck, run_cases)")
 
-from .check import GradcheckError, gradcheck
-from .opcases import CASES
-
-
-def run(cases=CASES, seed=0, out=sys.stdout):
-    """Check each case; print the table; return the number of failures."""
-    rows, failures = [], 0
-    for name, shapes, make in cases:
-        fn, inputs = make(np.random.default_rng(seed))
-        try:
-            err = gradcheck(fn, inputs, return_error=True)
-            rows.append((name, shapes, f"{err:.1e}", "pass"))
-        except GradcheckError as e:
-            failures += 1
-            rows.append((name, shapes, "-", "FAIL"))
-            print(e, file=sys.stderr)
-    widths = [max(len(r[i]) for r in rows + [("op", "shapes", "worst rel. error", "")])
-              for i in range(4)]
-    header = ("op", "shapes", "worst rel. error", "result")
-    for r in [header, tuple("-" * w for w in widths)] + rows:
-        print("  ".join(c.ljust(w) for c, w in zip(r, widths)), file=out)
-    print(f"\n{len(rows) - failures} passed, {failures} failed", file=out)
-    return failures
+from minifcn.gradient_check import run_cases  # noqa: E402
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(prog="python -m minifcn.gradcheck", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m minifcn.gradcheck", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seed", type=int, default=0, help="seed of the random inputs")
     args = parser.parse_args(argv)
-    return 1 if run(seed=args.seed) else 0
+    return 1 if run_cases(seed=args.seed) else 0
 
 
-class _CallableModule(types.ModuleType):
-    """Importing this module (``import minifcn.gradcheck``) makes Python set the package's
-    ``gradcheck`` attribute to the module, hiding the function of the same name; calling the
-    module calls the function, so ``minifcn.gradcheck(fn, inputs)`` works either way."""
-
-    def __call__(self, *args, **kwargs):
-        return gradcheck(*args, **kwargs)
-
-
-sys.modules[__name__].__class__ = _CallableModule
-
-if __name__ == "__main__":
-    sys.exit(main())
+sys.exit(main())

@@ -1,4 +1,4 @@
-"""Weights in and out: .npz files, trainer checkpoints, and importing PyTorch weights.
+"""Weights in and out: .npz files, training checkpoints, and importing PyTorch weights.
 
 A state_dict here is ``{name: ndarray}`` with the reference Caffe layer names (``conv1_1.weight``
 ... ``fc7.bias``, ``score_fr.*``, ``upscore.weight``...). On disk it is an ``.npz``: a zip holding
@@ -22,6 +22,7 @@ from collections.abc import Mapping
 import numpy as np
 
 from .backend import as_numpy
+from .data.transforms import MEAN_RGB  # minifcn's input: RGB 0..255 minus this mean
 from .torchfile import read_torch_file, read_torch_state_dict
 
 __all__ = [
@@ -37,8 +38,6 @@ VGG16_CONV_NAMES = ("conv1_1", "conv1_2", "conv2_1", "conv2_2", "conv3_1", "conv
 # positions of those convs inside torchvision's vgg16().features (ReLUs and pools sit between)
 _TORCHVISION_CONV_INDEX = (0, 2, 5, 7, 10, 12, 14, 17, 19, 21, 24, 26, 28)
 
-# minifcn's input: RGB in 0..255 minus this mean (the reference nets' BGR mean, reordered)
-MEAN_RGB = (122.67892, 116.66877, 104.00699)
 # torchvision's input: RGB scaled to 0..1, then (x - mean) / std per channel
 TORCHVISION_MEAN = (0.485, 0.456, 0.406)
 TORCHVISION_STD = (0.229, 0.224, 0.225)

@@ -7,6 +7,9 @@ from .autograd import Function, Tensor
 from .backend import as_numpy, get_array_module
 
 REDUCTIONS = ("mean", "sum", "none")
+# the label of pixels that count for nothing (VOC marks object boundaries so): the loss's default,
+# and the one the datasets, metrics and plots import
+IGNORE_INDEX = 255
 
 
 class SoftmaxCrossEntropy(Function):
@@ -32,7 +35,7 @@ class SoftmaxCrossEntropy(Function):
         return P.softmax_cross_entropy_backward(logits, target, ignore_index, gloss), None
 
 
-def softmax_cross_entropy(logits, target, ignore_index=255, reduction="mean"):
+def softmax_cross_entropy(logits, target, ignore_index=IGNORE_INDEX, reduction="mean"):
     """Softmax over the class axis, then the negative log-probability of each pixel's class.
 
     logits (N, C, H, W) Tensor; target (N, H, W) integer array or Tensor, values in [0, C) or

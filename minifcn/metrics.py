@@ -18,8 +18,7 @@ ground truth has IU 0 and DOES count (it pulls the mean down).
 import numpy as np
 
 from .backend import as_numpy
-
-IGNORE_INDEX = 255
+from .loss import IGNORE_INDEX
 
 
 def _check_n_class(n_class, where):

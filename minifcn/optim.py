@@ -153,7 +153,7 @@ def warmup(schedule, iters):
 
 
 def make_schedule(name, max_iter, step_size=None, gamma=0.1, power=0.9, warmup_iters=0):
-    """A schedule by name ('constant', 'step', 'poly'), for the trainer's --lr-schedule, with
+    """A schedule by name ('constant', 'step', 'poly'), for --lr-schedule of python -m minifcn.train, with
     an optional linear warm-up (--warmup)."""
     if name == "constant":
         schedule = constant()

@@ -10,7 +10,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from . import trainer, viz
+from . import backend, viz
+from .training import build_model, load_model, predict_labels
 from .data import to_input
 
 
@@ -34,7 +35,7 @@ def fit_padding(model, config, h, w, device):
     need = geometry.min_pad1(model, min(h, w))
     if need <= model.conv1_1.padding[0]:
         return model
-    bigger = trainer.build_model({**config, "pad1": need})
+    bigger = build_model({**config, "pad1": need})
     bigger.load_state_dict(model.state_dict())
     return bigger.to(device).eval()
 
@@ -49,13 +50,13 @@ def main(argv=None):
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     try:
-        model, config = trainer.load_model(args.checkpoint, args.device)
-        device = trainer.backend.check_device(args.device)
+        model, config = load_model(args.checkpoint, args.device)
+        device = backend.check_device(args.device)
         for path in args.images:
             image = read_image(path)
-            x = trainer.backend.to_device(to_input(image)[None], device)
+            x = backend.to_device(to_input(image)[None], device)
             net = fit_padding(model, config, *image.shape[:2], device)
-            label = trainer.predict_labels(net, x)[0].astype(np.uint8)
+            label = predict_labels(net, x)[0].astype(np.uint8)
             stem = Path(path).stem
             viz.save_label_png(out / f"{stem}.png", label)
             Image.fromarray(viz.overlay(image, label)).save(out / f"{stem}_overlay.png")

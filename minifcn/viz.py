@@ -16,8 +16,7 @@ from PIL import Image
 
 from .backend import as_numpy
 from .data.voc import voc_palette
-
-IGNORE_INDEX = 255
+from .loss import IGNORE_INDEX
 
 
 @functools.lru_cache(maxsize=1)

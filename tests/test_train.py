@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from minifcn import io, trainer
+from minifcn import io, training
 from minifcn import train as train_cli
 from minifcn.data import voc_palette
 
@@ -65,9 +65,9 @@ def test_voc_folder_trains_through_the_cli(tmp_path):
     for png in ("history.png", "predictions.png"):
         with Image.open(run / png) as im:
             im.verify()
-    arrays, meta = io.load_checkpoint(run / trainer.LAST)
+    arrays, meta = io.load_checkpoint(run / training.LAST)
     assert meta["iteration"] == 3 and "model/conv1_1.weight" in arrays
-    assert (run / trainer.BEST).exists()
+    assert (run / training.BEST).exists()
 
 
 def test_resume_gives_the_same_weights_as_an_uninterrupted_run(tmp_path):
@@ -75,11 +75,11 @@ def test_resume_gives_the_same_weights_as_an_uninterrupted_run(tmp_path):
     assert train_cli.main(args + ["--out", str(tmp_path / "a")]) == 0
     config = train_cli.make_config(train_cli.parser().parse_args(args))
     with pytest.raises(KeyboardInterrupt):  # stop mid-epoch 2, as Ctrl-C would
-        trainer.fit(dict(config), tmp_path / "b", on_iteration=lambda it: it == 3)
-    assert io.load_checkpoint(tmp_path / "b" / trainer.LAST)[1]["iteration"] == 3
+        training.fit(dict(config), tmp_path / "b", on_iteration=lambda it: it == 3)
+    assert io.load_checkpoint(tmp_path / "b" / training.LAST)[1]["iteration"] == 3
     assert train_cli.main(["--resume", str(tmp_path / "b")]) == 0
-    a, _ = io.load_checkpoint(tmp_path / "a" / trainer.LAST)
-    b, _ = io.load_checkpoint(tmp_path / "b" / trainer.LAST)
+    a, _ = io.load_checkpoint(tmp_path / "a" / training.LAST)
+    b, _ = io.load_checkpoint(tmp_path / "b" / training.LAST)
     assert a.keys() == b.keys()
     for k in a:
         np.testing.assert_array_equal(a[k], b[k], err_msg=k)
@@ -89,7 +89,7 @@ def test_resume_gives_the_same_weights_as_an_uninterrupted_run(tmp_path):
 def test_nan_loss_stops_with_the_iteration_and_keeps_the_checkpoint(tmp_path, capsys):
     run = tmp_path / "run"
     assert train_cli.main(TINY + ["--epochs", "1", "--out", str(run)]) == 0
-    before = (run / trainer.LAST).read_bytes()
+    before = (run / training.LAST).read_bytes()
     config = json.loads((run / "config.json").read_text())
     config.update(lr=1e30, epochs=3)
     (run / "config.json").write_text(json.dumps(config))
@@ -97,7 +97,7 @@ def test_nan_loss_stops_with_the_iteration_and_keeps_the_checkpoint(tmp_path, ca
     assert rc == 1
     err = capsys.readouterr().err
     assert "loss is" in err and "at iteration" in err
-    assert (run / trainer.LAST).read_bytes() == before
+    assert (run / training.LAST).read_bytes() == before
 
 
 def test_evaluate_and_predict_on_a_checkpoint(tmp_path, capsys):
@@ -105,7 +105,7 @@ def test_evaluate_and_predict_on_a_checkpoint(tmp_path, capsys):
     assert train_cli.main(TINY + ["--iters", "2", "--out", str(run)]) == 0
     from minifcn import evaluate, predict
 
-    assert evaluate.main([str(run / trainer.BEST), "--json", str(tmp_path / "s.json"),
+    assert evaluate.main([str(run / training.BEST), "--json", str(tmp_path / "s.json"),
                           "--device", "cpu"]) == 0
     out = capsys.readouterr().out
     assert "mean IU" in out and "frequency-weighted IU" in out
@@ -113,13 +113,13 @@ def test_evaluate_and_predict_on_a_checkpoint(tmp_path, capsys):
     assert 0 <= scores["mean_iu"] <= 1 and len(scores["per_class_iu"]) == 5
     img = tmp_path / "in.png"
     Image.fromarray(np.random.default_rng(0).integers(0, 255, (45, 61, 3), dtype=np.uint8)).save(img)
-    assert predict.main([str(run / trainer.BEST), str(img), "--out", str(tmp_path / "pred"),
+    assert predict.main([str(run / training.BEST), str(img), "--out", str(tmp_path / "pred"),
                          "--device", "cpu"]) == 0
     with Image.open(tmp_path / "pred" / "in.png") as label:
         assert label.mode == "P" and label.size == (61, 45)
     with Image.open(tmp_path / "pred" / "in_overlay.png") as ov:
         assert ov.mode == "RGB" and ov.size == (61, 45)
-    assert predict.main([str(run / trainer.BEST), str(tmp_path / "nope.png"), "--out",
+    assert predict.main([str(run / training.BEST), str(tmp_path / "nope.png"), "--out",
                          str(tmp_path / "pred")]) == 1
     assert "nope.png" in capsys.readouterr().err
 
@@ -139,7 +139,7 @@ def test_staged_init_from_a_32s_checkpoint(tmp_path, capsys):
     args = TINY[:1] + ["fcn32s"] + TINY[2:]
     assert train_cli.main(args + ["--iters", "1", "--out", str(run32)]) == 0
     args16 = TINY[:1] + ["fcn16s"] + TINY[2:]
-    assert train_cli.main(args16 + ["--iters", "1", "--init-from", str(run32 / trainer.LAST),
+    assert train_cli.main(args16 + ["--iters", "1", "--init-from", str(run32 / training.LAST),
                                     "--out", str(tmp_path / "r16")]) == 0
     out = capsys.readouterr().out
     assert "init from" in out and "score_pool4.weight" in out and "upscore" in out
@@ -151,7 +151,7 @@ def _start(run, *extra):
            "--checkpoint-every", "1", "--out", str(run), *extra]
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     deadline = time.time() + 120
-    while not (run / trainer.LAST).exists() and time.time() < deadline and proc.poll() is None:
+    while not (run / training.LAST).exists() and time.time() < deadline and proc.poll() is None:
         time.sleep(0.1)
     return proc
 
@@ -166,23 +166,23 @@ def test_kill_during_training_leaves_a_loadable_checkpoint(tmp_path):
         proc.wait(30)
     finally:
         proc.kill()
-    _, meta = io.load_checkpoint(run / trainer.LAST)
+    _, meta = io.load_checkpoint(run / training.LAST)
     assert meta["iteration"] >= 1
     config = json.loads((run / "config.json").read_text())
     config.update(iters=meta["iteration"] + 1, epochs=None)
     (run / "config.json").write_text(json.dumps(config))
     assert train_cli.main(["--resume", str(run)]) == 0
-    assert io.load_checkpoint(run / trainer.LAST)[1]["iteration"] == meta["iteration"] + 1
+    assert io.load_checkpoint(run / training.LAST)[1]["iteration"] == meta["iteration"] + 1
 
 
 @pytest.mark.slow
 def test_ctrl_c_writes_a_checkpoint_and_exits_130(tmp_path):
     run = tmp_path / "run"
     proc = _start(run)
-    first = io.load_checkpoint(run / trainer.LAST)[1]["iteration"]
+    first = io.load_checkpoint(run / training.LAST)[1]["iteration"]
     proc.send_signal(signal.SIGINT)
     assert proc.wait(60) == 130
-    _, meta = io.load_checkpoint(run / trainer.LAST)
+    _, meta = io.load_checkpoint(run / training.LAST)
     assert meta["iteration"] >= first
 
 
@@ -205,17 +205,17 @@ def test_from_scratch_defaults_and_their_effect():
 
     # the trainer builds what the config says
     scratch = dict(config(), n_class=5, size=64)
-    model = trainer.build_model(scratch)
+    model = training.build_model(scratch)
     assert model.drop6.p == 0.0 and model.drop7.p == 0.0
-    groups = trainer.make_optimizer(model, scratch).groups
+    groups = training.make_optimizer(model, scratch).groups
     (own,) = [g for g in groups if g["params"] == [model.conv1_1.weight]]
     assert own["lr_mult"] == pytest.approx(1 / 64**2)
     assert not any(model.conv1_1.weight is p for g in groups[:2] for p in g["params"])
     assert any(model.conv1_1.bias is p for p in groups[1]["params"])  # bias: x2, as every bias
     # a config.json from before these options trains as it did then
     old = {k: v for k, v in scratch.items() if k not in ("dropout", "conv1_lr_mult", "warmup")}
-    assert trainer.build_model(old).drop6.p == 0.5
-    assert len(trainer.make_optimizer(model, old).groups) == 2
+    assert training.build_model(old).drop6.p == 0.5
+    assert len(training.make_optimizer(model, old).groups) == 2
 
 
 def test_skip_architecture_script_prints_the_table_and_saves_loadable_weights(tmp_path, capsys):
@@ -233,7 +233,7 @@ def test_skip_architecture_script_prints_the_table_and_saves_loadable_weights(tm
     pads = {json.loads((out / f"shapes-{v}" / "config.json").read_text())["pad1"] for v in skip.VARIANTS}
     assert pads == {skip.common_pad1(0.0625, 64)}  # one padding for all three
     # the float16 weights rebuild the trained net, and load as any checkpoint does
-    best, _ = io.load_checkpoint(out / "shapes-fcn8s" / trainer.BEST)
+    best, _ = io.load_checkpoint(out / "shapes-fcn8s" / training.BEST)
     arrays, meta = io.load_checkpoint(weights / "shapes-fcn8s.npz")
     assert meta["config"]["model"] == "fcn8s" and "mean_iu" in meta["best"]
     assert "model/upscore8.weight" not in arrays and arrays  # fixed layers are left out
@@ -241,8 +241,8 @@ def test_skip_architecture_script_prints_the_table_and_saves_loadable_weights(tm
         assert a.dtype == np.float16
         np.testing.assert_allclose(a.astype(np.float32), best[name], rtol=1e-3, atol=1e-6,
                                    err_msg=name)
-    full, _ = trainer.load_model(out / "shapes-fcn8s" / trainer.BEST)
-    small, _ = trainer.load_model(weights / "shapes-fcn8s.npz")
+    full, _ = training.load_model(out / "shapes-fcn8s" / training.BEST)
+    small, _ = training.load_model(weights / "shapes-fcn8s.npz")
     np.testing.assert_array_equal(small.upscore8.weight.data, full.upscore8.weight.data)
     x = Tensor(np.random.default_rng(0).normal(0, 60, (1, 3, 64, 64)).astype(np.float32))
     np.testing.assert_allclose(small(x).data, full(x).data, rtol=0.02, atol=1e-4)
@@ -315,7 +315,7 @@ def test_pad1_full_builds_the_net_whose_scores_cover_the_input():
     config = train_cli.make_config(train_cli.parser().parse_args(
         ["--model", "fcn32s", "--size", "64", "--pad1", "full"]))
     config["n_class"] = 5
-    model = trainer.build_model(config)  # resolves "full" in the config, for config.json
+    model = training.build_model(config)  # resolves "full" in the config, for config.json
     assert config["pad1"] == model.config["pad1"] == geometry.full_cover_pad1("fcn32s", 64)
     assert geometry.score_coverage(model, 64).min() >= 0.99
     with pytest.raises(SystemExit):

@@ -9,7 +9,7 @@ import operator
 
 import numpy as np
 
-IGNORE_INDEX = 255
+from ..loss import IGNORE_INDEX
 
 
 class SegmentationDataset:

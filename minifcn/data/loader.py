@@ -1,4 +1,4 @@
-"""``Loader``: batches of (x, y) for the trainer, reproducible and resumable.
+"""``Loader``: batches of (x, y) for training, reproducible and resumable.
 
 Everything random about an epoch (the order, each item's flip and crop position) is drawn up
 front from a generator seeded by (seed, epoch), so an epoch is a pure function of those two

@@ -8,7 +8,7 @@ miniature: FCN-32s, FCN-16s and FCN-8s trained with the same budget on an embedd
 Every variant gets the same trunk, data, data order, seed, schedule, iterations and the same
 conv1_1 padding (the smallest at which all three nets' upsampled scores cover the whole image,
 see common_pad1), and is trained from scratch (no ImageNet weights, no staging), with the
-trainer's from-scratch recipe. Prints a markdown table of the four metrics of each net's best
+from-scratch recipe of minifcn.training. Prints a markdown table of the four metrics of each net's best
 validation, and writes each run folder under --out.
 
 When a small net trained from scratch leaves its all-background phase varies a lot from one
@@ -31,9 +31,9 @@ from pathlib import Path
 
 import numpy as np
 
-from .. import io, trainer
+from .. import io, training
 from ..models import geometry
-from ..train import DEFAULTS, resolve
+from ..training import DEFAULTS, resolve
 
 VARIANTS = ("fcn32s", "fcn16s", "fcn8s")
 METRICS = ("pixel_acc", "mean_acc", "mean_iu", "fw_iu")
@@ -53,8 +53,8 @@ def common_pad1(width, size):
 def save_weights(checkpoint, path):
     """The learned weights of a training checkpoint in float16, without the fixed bilinear
     upsampling (the model rebuilds it): about half the size of a best checkpoint, small enough
-    to ship. ``trainer.load_model`` (and so evaluate and predict) reads the file."""
-    model, config = trainer.load_model(checkpoint)
+    to ship. ``training.load_model`` (and so evaluate and predict) reads the file."""
+    model, config = training.load_model(checkpoint)
     learned = {f"model/{name}": p.data.astype(np.float16)
                for name, p in model.named_parameters() if p.requires_grad}
     best = io.load_checkpoint(checkpoint)[1].get("best")
@@ -68,11 +68,11 @@ def train_one(job, quiet=False):
     config, run_dir = job
     t0 = time.perf_counter()
     if not quiet:
-        return trainer.fit(config, run_dir), time.perf_counter() - t0
+        return training.fit(config, run_dir), time.perf_counter() - t0
     Path(run_dir).mkdir(parents=True, exist_ok=True)
     with open(Path(run_dir) / "train.log", "w") as f:
         try:
-            best = trainer.fit(config, run_dir, log=lambda msg: print(msg, file=f, flush=True))
+            best = training.fit(config, run_dir, log=lambda msg: print(msg, file=f, flush=True))
         except KeyboardInterrupt:  # the pool passes Exceptions back, not KeyboardInterrupt
             raise RuntimeError(f"stopped by Ctrl-C; resume with python -m minifcn.train "
                                f"--resume {run_dir}") from None
@@ -159,7 +159,7 @@ def main(argv=None):
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data", default="shapes", choices=["shapes", "digits"])
     p.add_argument("--iters", type=int, default=None, help="iterations per net (default: the "
-                   "trainer's default epochs)")
+                   "default epochs of python -m minifcn.train)")
     p.add_argument("--width", type=float, default=DEFAULTS["width"])
     p.add_argument("--size", type=int, default=DEFAULTS["size"])
     p.add_argument("--n-train", type=int, default=DEFAULTS["n_train"])
@@ -199,7 +199,7 @@ def main(argv=None):
         for variant, (_, run_dir), result in zip(VARIANTS, jobs[::len(seeds)],
                                                  results[::len(seeds)]):
             if result is not None:
-                save_weights(run_dir / trainer.BEST,
+                save_weights(run_dir / training.BEST,
                              Path(args.save_weights) / f"{args.data}-{variant}.npz")
     budget = f"{args.iters} iterations" if args.iters else f"{DEFAULTS['epochs']} epochs"
     runs = (f"seeds {seeds[0]}-{seeds[-1]}, mean of {len(seeds)}" if len(seeds) > 1

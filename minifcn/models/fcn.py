@@ -15,7 +15,7 @@ nets (conv1_1 padding 100) the derivation gives 19 (32s), 5 and 27 (16s), 5, 9 a
 A model maps a (N, 3, H, W) Tensor to (N, n_class, H, W) scores for any H, W.
 """
 from .layers import Crop, Scale, Sum
-from .vgg import FCNBase
+from .vgg import DROPOUT, PAD1, FCNBase
 
 
 class FCN32s(FCNBase):
@@ -128,22 +128,22 @@ class FCN8sAtOnce(FCN8s):
         return self.score(h, x)
 
 
-def fcn32s(n_class=21, width=1.0, pad1=100, dropout=0.5, learn_upsampling=False):
+def fcn32s(n_class=21, width=1.0, pad1=PAD1, dropout=DROPOUT, learn_upsampling=False):
     """An FCN32s (see FCNBase for the options)."""
     return FCN32s(n_class, width, pad1, dropout, learn_upsampling)
 
 
-def fcn16s(n_class=21, width=1.0, pad1=100, dropout=0.5, learn_upsampling=False):
+def fcn16s(n_class=21, width=1.0, pad1=PAD1, dropout=DROPOUT, learn_upsampling=False):
     """An FCN16s (see FCNBase for the options)."""
     return FCN16s(n_class, width, pad1, dropout, learn_upsampling)
 
 
-def fcn8s(n_class=21, width=1.0, pad1=100, dropout=0.5, learn_upsampling=False):
+def fcn8s(n_class=21, width=1.0, pad1=PAD1, dropout=DROPOUT, learn_upsampling=False):
     """An FCN8s (see FCNBase for the options)."""
     return FCN8s(n_class, width, pad1, dropout, learn_upsampling)
 
 
-def fcn8s_atonce(n_class=21, width=1.0, pad1=100, dropout=0.5, learn_upsampling=False):
+def fcn8s_atonce(n_class=21, width=1.0, pad1=PAD1, dropout=DROPOUT, learn_upsampling=False):
     """An FCN8sAtOnce (see FCNBase for the options)."""
     return FCN8sAtOnce(n_class, width, pad1, dropout, learn_upsampling)
 

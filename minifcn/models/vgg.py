@@ -27,6 +27,9 @@ def scaled(channels, width):
     return max(1, int(round(channels * width)))
 
 
+# the reference nets' conv1_1 padding and fc6/fc7 dropout: every constructor's defaults, and the
+# training recipe on real data (minifcn.training.config.REFERENCE)
+PAD1, DROPOUT = 100, 0.5
 # typical std of a mean-subtracted 0..255 pixel: scales conv1_1's He init to unit-variance input
 PIXEL_STD = 64.0
 
@@ -75,7 +78,7 @@ class FCNBase(Module):
     bilinear. Calling the model on a (N, 3, H, W) Tensor returns scores (N, n_class, H, W).
     """
 
-    def __init__(self, n_class=21, width=1.0, pad1=100, dropout=0.5, learn_upsampling=False):
+    def __init__(self, n_class=21, width=1.0, pad1=PAD1, dropout=DROPOUT, learn_upsampling=False):
         _check_options(type(self), n_class, width, pad1, dropout, learn_upsampling)
         self.config = dict(n_class=int(n_class), width=float(width), pad1=int(pad1),
                            dropout=float(dropout), learn_upsampling=learn_upsampling)

@@ -1,9 +1,14 @@
 """``minifcn.gradcheck``: analytic gradients against central differences, Chainer's way.
 
+``gradcheck(fn, inputs)`` checks one function; ``run_cases`` checks every case of the op table
+(``minifcn.opcases``) and prints the table that ``python -m minifcn.gradcheck`` shows.
+
 The function's output is contracted with a *random* upstream gradient ``g``, giving the scalar
 L = sum(g * f(inputs)). Checking sum(f) instead (g = 1) would pass a wrong backward wherever the
 outputs sum to a constant, as softmax's do.
 """
+import sys
+
 import numpy as np
 
 from .autograd import Tensor
@@ -85,3 +90,28 @@ def gradcheck(fn, inputs, eps=1e-6, atol=1e-5, rtol=1e-3, max_elements=None, see
                 f"{got[k]:.8g} vs numeric {numeric[k]:.8g} (|diff| {err[k]:.3g} > atol {atol} + "
                 f"rtol {rtol} * |numeric|; {(excess > 0).sum()} of {len(idx)} elements fail)")
     return worst_rel if return_error else True
+
+
+def run_cases(cases=None, seed=0, out=None):
+    """Check each (name, shapes, make) case (default: every op of ``minifcn.opcases.CASES``),
+    print one row per case (op, shapes, worst relative error, pass/fail) and the count of
+    passes and failures; return the number of failures. A failure's message goes to stderr."""
+    if cases is None:
+        from .opcases import CASES as cases
+    out = out or sys.stdout  # looked up now, so that a redirected stdout is honoured
+    rows, failures = [], 0
+    for name, shapes, make in cases:
+        fn, inputs = make(np.random.default_rng(seed))
+        try:
+            err = gradcheck(fn, inputs, return_error=True)
+            rows.append((name, shapes, f"{err:.1e}", "pass"))
+        except GradcheckError as e:
+            failures += 1
+            rows.append((name, shapes, "-", "FAIL"))
+            print(e, file=sys.stderr)
+    header = ("op", "shapes", "worst rel. error", "result")
+    widths = [max(len(r[i]) for r in rows + [header]) for i in range(4)]
+    for r in [header, tuple("-" * w for w in widths)] + rows:
+        print("  ".join(c.ljust(w) for c, w in zip(r, widths)), file=out)
+    print(f"\n{len(rows) - failures} passed, {failures} failed", file=out)
+    return failures

@@ -7,7 +7,7 @@ import pytest
 import minifcn
 from minifcn import Tensor, gradcheck
 from minifcn.autograd import Function
-from minifcn.check import GradcheckError
+from minifcn.gradient_check import GradcheckError
 
 
 class SoftmaxWrongBackward(Function):
@@ -79,18 +79,52 @@ def test_nothing_to_check():
         gradcheck(lambda a: a * 2.0, [Tensor(np.ones(3))])
 
 
-def test_gradcheck_cli_table(capsys):
-    from minifcn.gradcheck import run
+def test_gradcheck_table(capsys):
+    from minifcn.gradient_check import run_cases
     from minifcn.opcases import CASES
 
-    assert run(CASES[:3]) == 0
+    assert run_cases(CASES[:3]) == 0
     out = capsys.readouterr().out
     assert "3 passed, 0 failed" in out and "worst rel. error" in out
 
 
-def test_function_still_callable_after_importing_the_cli_module():
+def test_gradcheck_table_counts_a_failure(capsys):
+    from minifcn.gradient_check import run_cases
+
+    class Thrice(Function):  # forward x * 3, backward as if x * 2
+        def forward(self, x):
+            return x * 3
+
+        def backward(self, g):
+            return g * 2
+
+    def wrong(rng):
+        return Thrice.apply, [Tensor(rng.standard_normal(3), requires_grad=True)]
+
+    assert run_cases([("twice (wrong backward)", "(3,)", wrong)]) == 1
+    out = capsys.readouterr().out
+    assert "0 passed, 1 failed" in out and "FAIL" in out
+
+
+def test_the_command_runs_and_the_function_keeps_its_name(capsys, monkeypatch):
+    import runpy
+
+    from minifcn.opcases import CASES
+
+    monkeypatch.setattr("minifcn.opcases.CASES", CASES[:2])
+    monkeypatch.setattr("sys.argv", ["python -m minifcn.gradcheck", "--seed", "1"])
+    with pytest.raises(SystemExit) as done:
+        runpy.run_module("minifcn.gradcheck", run_name="__main__")
+    assert done.value.code == 0
+    assert "2 passed, 0 failed" in capsys.readouterr().out
+    x = Tensor(np.ones(3), requires_grad=True)
+    assert callable(minifcn.gradcheck) and minifcn.gradcheck(lambda a: a * 2.0, [x]) is True
+
+
+def test_importing_the_command_module_is_refused_and_leaves_the_function():
     import importlib
 
-    importlib.import_module("minifcn.gradcheck")  # rebinds the package attribute to the module
+    with pytest.raises(ImportError, match="python -m minifcn.gradcheck"):
+        importlib.import_module("minifcn.gradcheck")
     x = Tensor(np.ones(3), requires_grad=True)
     assert minifcn.gradcheck(lambda a: a * 2.0, [x]) is True

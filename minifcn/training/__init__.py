@@ -1,0 +1,22 @@
+"""minifcn.training: the library behind ``python -m minifcn.train``, ``evaluate`` and ``predict``.
+
+Read in this order:
+
+    step.py    train_step (one batch: model -> loss -> backward -> SGD step), validate,
+               predict_labels
+    loop.py    fit: the epochs around train_step, with validation, checkpoints and Ctrl-C
+    runs.py    the run folder, checkpoints, resume, the stop flag, the progress bar
+    build.py   what a config builds: model, optimiser, datasets; load_model, load_weights_into
+    config.py  every default of a run (DEFAULTS, the from-scratch and reference recipes), resolve
+
+The commands are thin: ``minifcn/train.py`` parses options into a config and calls ``fit``.
+"""
+from .build import build_model, dataset, load_model, load_weights_into, make_optimizer
+from .config import DEFAULTS, FROM_SCRATCH, REFERENCE, resolve
+from .loop import fit
+from .runs import BEST, LAST, Run
+from .step import predict_labels, train_step, validate
+
+__all__ = ["train_step", "validate", "predict_labels", "fit", "build_model", "make_optimizer",
+           "dataset", "load_model", "load_weights_into", "DEFAULTS", "FROM_SCRATCH",
+           "REFERENCE", "resolve", "Run", "LAST", "BEST"]

@@ -1,0 +1,90 @@
+"""What a run's config builds: the model, the optimiser, the datasets; and models rebuilt from
+a checkpoint (``load_model``, for evaluate and predict) or initialised from weight files
+(``load_weights_into``, for ``--init-from``)."""
+from .. import backend, io, optim
+from ..data import get_dataset
+from .config import SYNTHETIC, option
+
+
+def build_model(config):
+    """The model ``config`` names, with conv1_1's padding resolved ('auto', 'full' -> int)."""
+    from ..models import build, geometry
+
+    pad1 = config["pad1"]
+    if pad1 == "auto":  # the smallest conv1_1 padding whose crops still cover the input
+        pad1 = config["pad1"] = geometry.min_pad1(config["model"], config.get("size"))
+    elif pad1 == "full":  # the smallest at which the coarse scores reach every pixel in full
+        pad1 = config["pad1"] = geometry.full_cover_pad1(config["model"], config["size"])
+    return build(config["model"], n_class=config["n_class"], width=config["width"], pad1=pad1,
+                 dropout=option(config, "dropout"))
+
+
+def make_optimizer(model, config):
+    """Caffe's SGD with the reference groups (biases lr x2, no decay) and, when the config asks,
+    conv1_1's weight on an lr of its own (``optim.first_layer_lr_mult``)."""
+    mult = option(config, "conv1_lr_mult")
+    groups = optim.param_groups(model, lr_mults={"conv1_1.weight": mult} if mult != 1 else None)
+    return optim.SGD(groups, lr=config["lr"], momentum=config["momentum"],
+                     weight_decay=config["weight_decay"])
+
+
+def dataset(config, split, spec=None):
+    """The ``split`` of the dataset ``spec`` (default: the run's ``--data``). The synthetic sets
+    are made as the run made them: same image size, data seed and, for the run's own data, the
+    same number of images."""
+    spec = spec or config["data"]
+    kw = {}
+    if spec in SYNTHETIC:
+        kw = {"size": config["size"], "seed": config["data_seed"]}
+        n = config.get({"train": "n_train", "val": "n_val"}.get(split, ""))
+        if n and spec == config["data"]:
+            kw["n"] = n
+    return get_dataset(spec, split, **kw)
+
+
+def load_weights_into(model, path, log=print):
+    """Initialise ``model`` from a checkpoint, an .npz of weights, or a PyTorch file (torchvision
+    VGG16 or the FCN port), matching by layer name: the staged training of the paper (16s from
+    32s, 8s from 16s) and fine-tuning. Layers absent from the file, or of another shape (a score
+    layer with another number of classes), keep their initialisation; both are reported."""
+    path = str(path)
+    if path.endswith((".pt", ".pth", ".bin")):
+        state = io.import_weights(path)
+    else:
+        state = io.load(path)
+        if any(k.startswith("model/") for k in state):
+            state = {k[len("model/"):]: v for k, v in state.items() if k.startswith("model/")}
+    own = dict(model.named_parameters())
+    loaded = {k: v for k, v in state.items() if k in own and tuple(v.shape) == own[k].shape}
+    if not loaded:
+        raise ValueError(f"--init-from {path}: no layer of the file matches the model by name and "
+                         f"shape (file has {sorted(state)[:5]}...)")
+    model.load_state_dict({**model.state_dict(), **loaded})
+    kept = [k for k in own if k not in loaded]
+    ignored = [k for k in state if k not in loaded]
+    log(f"init from {path}: loaded {len(loaded)} tensors; kept at init: {kept or 'none'}; "
+        f"ignored from file: {ignored or 'none'}")
+
+
+def load_model(checkpoint_path, device="cpu"):
+    """Rebuild the model a training checkpoint was made with and load its weights.
+    Returns (model in eval mode, config).
+
+    Also reads the float16 "learned weights only" files of ``skip_architectures
+    --save-weights`` (meta ``learned_only``): the layers they leave out (the fixed bilinear
+    upsampling) are rebuilt by the model itself."""
+    arrays, meta = io.load_checkpoint(checkpoint_path)
+    config = meta.get("config")
+    if not config:
+        raise ValueError(f"{checkpoint_path}: not a minifcn training checkpoint (no config)")
+    model = build_model(config)
+    state = {k[6:]: v for k, v in arrays.items() if k.startswith("model/")}
+    if meta.get("learned_only"):
+        missing = [n for n, p in model.named_parameters() if p.requires_grad and n not in state]
+        if missing:
+            raise ValueError(f"{checkpoint_path}: learned weights missing for {missing}")
+        full = model.state_dict()
+        full.update({k: v.astype(full[k].dtype) for k, v in state.items()})
+        state = full
+    model.load_state_dict(state)
+    return model.to(backend.check_device(device)).eval(), config

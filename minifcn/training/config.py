@@ -1,0 +1,60 @@
+"""Every default of a training run, in one place, and the check of a run's options.
+
+``python -m minifcn.train`` starts from DEFAULTS, lays the options given on the command line
+over them and calls ``resolve``; ``minifcn.experiments`` builds its configs the same way. A
+config is a plain dict: it is written to the run folder as config.json and read back by
+``--resume``, ``evaluate`` and ``predict``.
+"""
+from .. import optim
+from ..models import vgg
+
+# A small FCN-8s whose run ends within about 10 minutes on 2 CPU cores on `shapes` (5 epochs of
+# 2,000 images, batch 8: 1,250 steps at ~0.3 s). None: set by resolve() from the data.
+DEFAULTS = dict(
+    model="fcn8s", width=0.0625, data="shapes", size=96, n_train=2000, n_val=None, data_seed=0,
+    pad1=None, epochs=5, iters=None, batch_size=8, val_batch_size=16, lr=None, momentum=0.9,
+    weight_decay=5e-4, lr_schedule="poly", warmup=None, loss_reduction="mean", flip=True,
+    crop=None, dropout=None, conv1_lr_mult=None, init_from=None, device="auto", seed=0,
+    checkpoint_every=0,
+)
+SYNTHETIC = ("shapes", "digits")  # the embedded sets; the nets trained on them start from scratch
+
+# The defaults that depend on the data. From scratch: a large lr after a warm-up, conv1_1 on
+# 1/64^2 of it (it alone sees raw pixels, std ~PIXEL_STD: optim.first_layer_lr_mult) and no
+# dropout (these small nets underfit). 0.08 is the largest lr we found stable: over a 1,400-step
+# run at 0.15 the net died (every ReLU off, all background), and at 0.3 the loss became NaN.
+# conv1_1's padding "auto" is the smallest whose derived crops still cover the input (69 for
+# FCN-8s on 96x96 instead of 100: on small images the padding is most of conv1's work).
+FROM_SCRATCH = dict(pad1="auto", lr=0.08, warmup=50, dropout=0.0,
+                    conv1_lr_mult=optim.first_layer_lr_mult(vgg.PIXEL_STD))
+# On real data (voc:, folder:): the reference's choices, meant for fine-tuning ImageNet weights.
+REFERENCE = dict(pad1=vgg.PAD1, lr=0.01, warmup=0, dropout=vgg.DROPOUT, conv1_lr_mult=1.0)
+# What a config.json written before these options existed was trained with.
+BEFORE_OPTIONS = dict(warmup=0, dropout=vgg.DROPOUT, conv1_lr_mult=1.0)
+
+
+def resolve(config):
+    """Fill in the options whose default depends on the data (None in DEFAULTS) and check the
+    values; returns ``config``. Bad values raise SystemExit with a one-line message."""
+    synthetic = config["data"] in SYNTHETIC
+    for key, value in (FROM_SCRATCH if synthetic else REFERENCE).items():
+        if config.get(key) is None:
+            config[key] = value
+    if not 0 <= config["dropout"] < 1:
+        raise SystemExit(f"error: --dropout must be in [0, 1), got {config['dropout']}")
+    for key in ("conv1_lr_mult", "warmup"):
+        if not config[key] >= 0:  # also refuses NaN
+            raise SystemExit(f"error: --{key.replace('_', '-')} must be >= 0, got {config[key]}")
+    for key in ("width", "lr"):
+        if config[key] <= 0:
+            raise SystemExit(f"error: --{key} must be positive, got {config[key]}")
+    for key in ("batch_size", "epochs", "iters"):
+        if config[key] is not None and config[key] < 1:
+            raise SystemExit(f"error: --{key.replace('_', '-')} must be >= 1, got {config[key]}")
+    return config
+
+
+def option(config, key):
+    """config[key]; for a config.json written before ``key`` existed, what such runs used."""
+    value = config.get(key)
+    return BEFORE_OPTIONS[key] if value is None else value

@@ -1,0 +1,126 @@
+"""``fit``: the loop behind ``python -m minifcn.train``, one image's path end to end.
+
+    data.Loader batch -> train_step (step.py: model, loss, backward, SGD) -> every epoch:
+    validate (metrics) -> run folder (runs.py: metrics.jsonl, checkpoints, plots)
+
+Everything here around ``train_step`` is bookkeeping: the learning-rate schedule, the position
+in the data (so that a stopped run resumes exactly), Ctrl-C, NaN and the progress bar.
+"""
+import math
+import time
+
+from .. import backend, optim, viz
+from ..data import Loader
+from .build import build_model, dataset, load_weights_into, make_optimizer
+from .config import option
+from .runs import BEST, LAST, Run, StopFlag, position, progress, restore, \
+    save_training_checkpoint
+from .step import train_step, validate
+
+
+def fit(config, run_dir, resume=False, log=print, on_iteration=None):
+    """Train as ``config`` says (see ``training.config``), writing the run folder ``run_dir``.
+    Returns the best validation record.
+
+    on_iteration(iteration) is called after every step; returning True asks the run to stop
+    as Ctrl-C does (write a checkpoint, raise KeyboardInterrupt)."""
+    run = Run(run_dir)
+    device = backend.check_device(config["device"])
+    backend.manual_seed(config["seed"])
+    train_set, val_set = dataset(config, "train"), dataset(config, "val")
+    config["n_class"] = train_set.n_class
+    model = build_model(config).to(device)
+    opt = make_optimizer(model, config)
+    loader = Loader(train_set, config["batch_size"], shuffle=True, seed=config["seed"],
+                    flip=config["flip"], crop=config.get("crop"))
+    val_loader = Loader(val_set, config["val_batch_size"], shuffle=False)
+    per_epoch = len(loader)
+    total = config["iters"] or config["epochs"] * per_epoch
+    schedule = optim.make_schedule(config["lr_schedule"], total,
+                                   warmup_iters=option(config, "warmup"))
+
+    epoch, batch, iteration, best = 0, 0, 0, None  # the position of the next batch to train on
+    if resume:
+        epoch, batch, iteration, best = restore(run, model, opt)
+        log(f"resumed {run.dir} at iteration {iteration} (epoch {epoch + 1}, batch {batch})")
+    else:
+        if config.get("init_from"):
+            load_weights_into(model, config["init_from"], log)
+        run.write_config(config)
+
+    def checkpoint():
+        save_training_checkpoint(run.path(LAST), model, opt,
+                                 position(epoch, batch, iteration, best, config))
+
+    n_epochs = math.ceil(total / per_epoch)
+    model.train()
+    with StopFlag() as stop:  # Ctrl-C asks to stop at the next iteration boundary
+        while iteration < total and not stop.requested:
+            bar = progress(per_epoch, batch, f"epoch {epoch + 1}/{n_epochs}")
+            t0, seen = time.perf_counter(), 0
+            for x, y in loader.epoch(epoch, start=batch):
+                opt.lr = config["lr"] * schedule(iteration)
+                try:
+                    loss = train_step(model, opt, backend.to_device(x, device),
+                                      backend.to_device(y, device), config["loss_reduction"])
+                except FloatingPointError as e:
+                    bar.close()
+                    raise FloatingPointError(
+                        f"{e} at iteration {iteration + 1} (epoch {epoch + 1}); the last good "
+                        f"checkpoint is {run.path(LAST)}. Lower --lr (a summed loss needs an "
+                        f"lr about 1/pixels-per-batch of a mean one)") from None
+                iteration, batch, seen = iteration + 1, batch + 1, seen + len(x)
+                bar.update(1)
+                bar.set_postfix(loss=f"{loss:.4f}",
+                                img_s=f"{seen / (time.perf_counter() - t0):.1f}")
+                if on_iteration is not None and on_iteration(iteration):
+                    stop.request()
+                if stop.requested or iteration >= total:
+                    break
+                if config["checkpoint_every"] and iteration % config["checkpoint_every"] == 0:
+                    checkpoint()
+            bar.close()
+            if stop.requested:
+                break
+            if batch >= per_epoch:
+                epoch, batch = epoch + 1, 0
+            best = _end_of_epoch(model, val_loader, val_set, config, run, device, epoch,
+                                 iteration, best, log)
+            checkpoint()
+    if stop.requested:
+        checkpoint()
+        log(f"\nstopped at iteration {iteration}: checkpoint written to {run.path(LAST)}; "
+            f"continue with: python -m minifcn.train --resume {run.dir}")
+        raise KeyboardInterrupt
+    _report(run, best, log)
+    return best
+
+
+def _end_of_epoch(model, val_loader, val_set, config, run, device, epoch, iteration, best, log):
+    """Validate, log, append to metrics.jsonl, redraw the plots, keep the best checkpoint."""
+    s, val_loss, examples = validate(model, val_loader, val_set.n_class, device,
+                                     config["loss_reduction"])
+    record = {"epoch": epoch, "iteration": iteration, "loss": val_loss,
+              **{k: float(s[k]) for k in ("pixel_acc", "mean_acc", "mean_iu", "fw_iu")}}
+    records = run.append_record(record, keep=iteration - 1)
+    log(f"epoch {epoch} iter {iteration}: val loss {val_loss:.4f}  pixel acc "
+        f"{record['pixel_acc']:.3f}  mean acc {record['mean_acc']:.3f}  mean IU "
+        f"{record['mean_iu']:.3f}  f.w. IU {record['fw_iu']:.3f}")
+    viz.plot_history(run.path("history.png"), records)
+    viz.save_prediction_grid(run.path("predictions.png"), *zip(*examples),
+                             class_names=val_set.class_names)
+    if best is None or record["mean_iu"] > best["mean_iu"]:
+        best = record
+        save_training_checkpoint(run.path(BEST), model, None,
+                                 position(epoch, 0, iteration, best, config))
+    return best
+
+
+def _report(run, best, log):
+    if best is None:
+        return
+    log(f"\nbest: epoch {best['epoch']} (iteration {best['iteration']}): mean IU "
+        f"{best['mean_iu']:.3f}, pixel acc {best['pixel_acc']:.3f}, mean acc "
+        f"{best['mean_acc']:.3f}, f.w. IU {best['fw_iu']:.3f}")
+    log(f"run folder: {run.dir} (config.json, metrics.jsonl, {LAST}, {BEST}, history.png, "
+        "predictions.png)")

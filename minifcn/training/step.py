@@ -1,0 +1,67 @@
+"""The training step and the evaluation pass: what a learner reads first.
+
+    images (N, 3, H, W) -> model -> scores (N, n_class, H, W) -> softmax cross-entropy against
+    labels (N, H, W) -> backward -> SGD step
+
+``fit`` (loop.py) calls ``train_step`` once per batch and ``validate`` once per epoch; the rest
+of loop.py is bookkeeping (the learning-rate schedule, checkpoints, Ctrl-C, the progress bar).
+"""
+import math
+
+import numpy as np
+
+from .. import backend
+from .. import functional as F
+from ..autograd import Tensor, no_grad
+from ..data import from_input
+from ..metrics import RunningScore
+
+
+def train_step(model, optimizer, images, labels, loss_reduction="mean"):
+    """One SGD step on one batch; returns the loss as a float.
+
+    images: (N, 3, H, W) float32 and labels: (N, H, W) int64 (255 = ignore), NumPy or CuPy
+    arrays on the model's device. A loss that is not finite raises FloatingPointError before
+    any weight changes, so the last checkpoint stays good."""
+    scores = model(Tensor(images))                                   # (N, n_class, H, W)
+    loss = F.softmax_cross_entropy(scores, labels, reduction=loss_reduction)
+    value = loss.item()
+    if not math.isfinite(value):
+        raise FloatingPointError(f"loss is {value}")
+    optimizer.zero_grad()   # gradients accumulate in .grad; clear last step's
+    loss.backward()         # d loss / d every parameter, by the reverse walk of autograd
+    optimizer.step()        # momentum SGD with weight decay (minifcn.optim.SGD)
+    return value
+
+
+def predict_labels(model, x):
+    """Arg-max class of every pixel of a (N, 3, H, W) input, as a NumPy int64 (N, H, W)."""
+    with no_grad():
+        scores = model(Tensor(x))
+    xp = backend.get_array_module(scores.data)
+    return backend.as_numpy(xp.argmax(scores.data, axis=1)).astype(np.int64)
+
+
+def validate(model, loader, n_class, device="cpu", loss_reduction="mean", limit=None):
+    """Mean loss and the paper's four metrics of ``model`` over every batch of ``loader`` (at
+    most ``limit`` batches), without gradients and in eval mode (no dropout).
+
+    Returns (scores dict of ``metrics.RunningScore``, mean loss, up to four (image, target,
+    prediction) examples for plots)."""
+    model.eval()
+    running, losses, examples = RunningScore(n_class), [], []
+    for i, (x, y) in enumerate(loader.epoch(0)):
+        if limit is not None and i >= limit:
+            break
+        with no_grad():
+            scores = model(Tensor(backend.to_device(x, device)))
+            loss = F.softmax_cross_entropy(scores, backend.to_device(y, device),
+                                           reduction=loss_reduction)
+        xp = backend.get_array_module(scores.data)
+        pred = backend.as_numpy(xp.argmax(scores.data, axis=1))
+        running.update(y, pred)
+        losses.append(loss.item())
+        for j in range(min(len(x), 4 - len(examples))):
+            examples.append((from_input(x[j]), y[j], pred[j]))
+    model.train()
+    return running.scores(), float(np.mean(losses)), examples
