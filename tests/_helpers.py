@@ -1,0 +1,51 @@
+"""Helpers that more than one test file needs (plain functions and constants, not fixtures)."""
+import os
+
+import numpy as np
+import pytest
+
+# ---------------------------------------------------------------- torch fixtures
+# (tests/test_io.py and tests/test_torchfile.py)
+
+FIXTURES = os.path.join(os.path.dirname(os.path.abspath(__file__)), "fixtures")
+
+
+def fixture(name):
+    return os.path.join(FIXTURES, name)
+
+
+def expected(stem):
+    """{key: array} that torch gave for fixture ``stem``, in the file's key order."""
+    with np.load(fixture("expected.npz")) as npz:
+        return {k.split("/", 1)[1]: npz[k] for k in npz.files if k.startswith(stem + "/")}
+
+
+def assert_same(a, b):
+    assert a.dtype == b.dtype and a.shape == b.shape
+    assert a.tobytes() == b.tobytes()  # bit-exact, NaN and -0.0 included
+
+
+# ---------------------------------------------------------------- datasets
+# (tests/test_data_synthetic.py and tests/test_data_readers.py)
+
+def check_interface(ds, n_class):
+    assert ds.n_class == n_class and len(ds.class_names) == n_class
+    assert all(isinstance(c, str) for c in ds.class_names)
+    assert ds.ignore_index == 255 and isinstance(ds.name, str) and ds.name
+    image, label = ds[0]
+    assert image.dtype == np.uint8 and image.ndim == 3 and image.shape[2] == 3
+    assert label.dtype == np.int64 and label.shape == image.shape[:2]
+    with pytest.raises(IndexError):
+        ds[len(ds)]
+    with pytest.raises(IndexError):
+        ds[-len(ds) - 1]
+    np.testing.assert_array_equal(ds[-1][1], ds[len(ds) - 1][1])
+
+
+# ---------------------------------------------------------------- models
+# (tests/test_models.py and tests/test_models_init.py)
+
+TINY = 1 / 32  # 2-4-8-16-16 channels, fc 128
+VGG = [("conv1_1", 64), ("conv1_2", 64), ("conv2_1", 128), ("conv2_2", 128), ("conv3_1", 256),
+       ("conv3_2", 256), ("conv3_3", 256), ("conv4_1", 512), ("conv4_2", 512), ("conv4_3", 512),
+       ("conv5_1", 512), ("conv5_2", 512), ("conv5_3", 512)]

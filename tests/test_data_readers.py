@@ -1,0 +1,211 @@
+"""Tests of the file-backed sets of minifcn.data: the VOC and folder readers, get_dataset."""
+import zlib
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from minifcn.data import (VOC_CLASSES, Digits, FolderSegmentation, Shapes, VOCSegmentation,
+                          get_dataset, voc_palette)
+
+from _helpers import check_interface
+
+
+# ---------------------------------------------------------------- VOC
+
+def write_label(path, label):
+    im = Image.frombytes("P", (label.shape[1], label.shape[0]), label.astype(np.uint8).tobytes())
+    im.putpalette(voc_palette().tobytes())
+    im.save(path)
+
+
+def make_voc(root, year="VOC2012", sizes=((40, 50), (30, 30), (24, 36)), seed=0):
+    """A tiny VOC tree under root/VOCdevkit/year; returns {name: (image, label)} written."""
+    rng = np.random.default_rng(seed)
+    base = root / "VOCdevkit" / year
+    for d in ("JPEGImages", "SegmentationClass", "ImageSets/Segmentation"):
+        (base / d).mkdir(parents=True)
+    written = {}
+    for k, (h, w) in enumerate(sizes):
+        name = f"2007_{k:06d}"
+        yy, xx = np.mgrid[:h, :w]
+        image = np.stack([yy * 3 + 20 * k, xx * 3, np.full_like(yy, 128)], -1).astype(np.uint8)
+        label = rng.integers(0, 21, (h, w))
+        label[0, :] = 255  # a boundary
+        Image.fromarray(image).save(base / "JPEGImages" / f"{name}.jpg", quality=95)
+        write_label(base / "SegmentationClass" / f"{name}.png", label)
+        written[name] = (image, label)
+    names = list(written)
+    (base / "ImageSets/Segmentation/train.txt").write_text("\n".join(names[:2]) + "\n")
+    (base / "ImageSets/Segmentation/val.txt").write_text(names[2] + "\n")
+    return base, written
+
+
+def test_voc_palette():
+    def slow(i):  # the VOC devkit's construction, bit by bit
+        r = g = b = 0
+        for j in range(8):
+            r += ((i >> (3 * j)) & 1) * 2 ** (7 - j)
+            g += ((i >> (3 * j + 1)) & 1) * 2 ** (7 - j)
+            b += ((i >> (3 * j + 2)) & 1) * 2 ** (7 - j)
+        return r, g, b
+
+    pal = voc_palette()
+    assert pal.shape == (256, 3) and pal.dtype == np.uint8
+    assert [tuple(pal[i]) for i in range(256)] == [slow(i) for i in range(256)]
+    # published values: background, aeroplane, person, ignore
+    assert tuple(pal[0]) == (0, 0, 0) and tuple(pal[1]) == (128, 0, 0)
+    assert tuple(pal[15]) == (192, 128, 128) and tuple(pal[255]) == (224, 224, 192)
+    np.testing.assert_array_equal(voc_palette(21), pal[:21])
+    with pytest.raises(ValueError):
+        voc_palette(300)
+
+
+def test_voc_loads_what_was_written(tmp_path):
+    base, written = make_voc(tmp_path)
+    ds = VOCSegmentation(base, "train")
+    check_interface(ds, 21)
+    assert ds.class_names == list(VOC_CLASSES) and ds.class_names[15] == "person"
+    assert len(ds) == 2 and len(VOCSegmentation(base, "val")) == 1
+    for i, name in enumerate(list(written)[:2]):
+        image, label = ds[i]
+        np.testing.assert_array_equal(label, written[name][1])
+        assert image.shape == written[name][0].shape
+        assert np.abs(image.astype(int) - written[name][0]).mean() < 3  # JPEG is lossy
+
+
+def test_voc_root_discovery(tmp_path):
+    base, _ = make_voc(tmp_path)
+    devkit = tmp_path / "VOCdevkit"
+    for root in (base, devkit, tmp_path):
+        assert VOCSegmentation(root, "train").root == base
+    make_voc(tmp_path / "old", year="VOC2011")
+    assert VOCSegmentation(tmp_path / "old" / "VOCdevkit").root.name == "VOC2011"
+    both = tmp_path / "both"
+    make_voc(both, year="VOC2011")
+    make_voc(both, year="VOC2012")
+    assert VOCSegmentation(both / "VOCdevkit").root.name == "VOC2012"  # 2012 preferred
+
+
+def test_voc_errors(tmp_path):
+    base, written = make_voc(tmp_path)
+    with pytest.raises(FileNotFoundError, match="nowhere"):
+        VOCSegmentation(tmp_path / "nowhere")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(FileNotFoundError, match="JPEGImages"):
+        VOCSegmentation(tmp_path / "empty")
+    with pytest.raises(FileNotFoundError, match="trainval.txt"):
+        VOCSegmentation(base, "trainval")
+    with pytest.raises(ValueError, match="unknown split 'bogus'"):
+        VOCSegmentation(base, "bogus")
+    (base / "ImageSets/Segmentation/seg11valid.txt").write_text(list(written)[0] + "\n")
+    assert len(VOCSegmentation(base, "seg11valid")) == 1  # any list present is a split
+
+    names = list(written)
+    # undecodable image
+    (base / "JPEGImages" / f"{names[0]}.jpg").write_bytes(b"not a jpeg at all")
+    with pytest.raises(ValueError, match=f"{names[0]}.jpg"):
+        VOCSegmentation(base, "train")[0]
+    # label of another size
+    write_label(base / "SegmentationClass" / f"{names[1]}.png", np.zeros((10, 10), int))
+    with pytest.raises(ValueError, match=f"{names[1]}.png.*must match"):
+        VOCSegmentation(base, "train")[1]
+    # label value >= n_class and not 255
+    bad = written[names[2]][1].copy()
+    bad[5, 5] = 21
+    write_label(base / "SegmentationClass" / f"{names[2]}.png", bad)
+    with pytest.raises(ValueError, match=f"{names[2]}.png has values \\[21\\]"):
+        VOCSegmentation(base, "val")[0]
+    # colour (RGB) label instead of indices
+    Image.fromarray(np.zeros((24, 36, 3), np.uint8)).save(
+        base / "SegmentationClass" / f"{names[2]}.png")
+    with pytest.raises(ValueError, match="mode RGB"):
+        VOCSegmentation(base, "val")[0]
+    # missing image
+    (base / "JPEGImages" / f"{names[2]}.jpg").unlink()
+    with pytest.raises(FileNotFoundError, match=f"{names[2]}.jpg"):
+        VOCSegmentation(base, "val")[0]
+
+
+# ---------------------------------------------------------------- folder format
+
+def make_folder(root, n=30, n_class=4, seed=0, splits=False):
+    rng = np.random.default_rng(seed)
+    (root / "images").mkdir(parents=True)
+    (root / "masks").mkdir()
+    written = {}
+    for k in range(n):
+        name = f"img{k:03d}"
+        image = rng.integers(0, 256, (12, 16, 3), dtype=np.uint8)
+        label = rng.integers(0, n_class, (12, 16)).astype(np.uint8)
+        label[:, 0] = 255
+        Image.fromarray(image).save(root / "images" / f"{name}.png")  # lossless
+        Image.fromarray(label).save(root / "masks" / f"{name}.png")  # mode L
+        written[name] = (image, label)
+    if splits:
+        (root / "splits").mkdir()
+        names = sorted(written)
+        (root / "splits/train.txt").write_text("\n".join(names[:5]))
+        (root / "splits/val.txt").write_text("\n".join(names[5:7]))
+    return written
+
+
+def test_folder_loads_and_infers_n_class(tmp_path):
+    written = make_folder(tmp_path, n_class=4)
+    ds = FolderSegmentation(tmp_path)
+    check_interface(ds, 4)
+    assert len(ds) == 30 and ds.names == sorted(written)
+    for i in (0, 7):
+        image, label = ds[i]
+        np.testing.assert_array_equal(image, written[ds.names[i]][0])
+        np.testing.assert_array_equal(label, written[ds.names[i]][1])
+    assert FolderSegmentation(tmp_path, n_class=9).n_class == 9
+    (tmp_path / "classes.txt").write_text("sky\nroad\ncar\nperson\n")
+    assert FolderSegmentation(tmp_path).class_names == ["sky", "road", "car", "person"]
+    with pytest.raises(ValueError, match="classes.txt"):
+        FolderSegmentation(tmp_path, n_class=5)
+
+
+def test_folder_splits(tmp_path):
+    written = make_folder(tmp_path / "a", n=40)
+    train = FolderSegmentation(tmp_path / "a", split="train")
+    val = FolderSegmentation(tmp_path / "a", split="val")
+    assert sorted(train.names + val.names) == sorted(written) and not set(train.names) & set(val.names)
+    assert val.names == [n for n in sorted(written) if zlib.crc32(n.encode()) % 10 == 0]
+    assert 0 < len(val) < len(train)
+    make_folder(tmp_path / "b", splits=True)
+    assert FolderSegmentation(tmp_path / "b", split="train").names == [f"img{k:03d}" for k in range(5)]
+    assert len(FolderSegmentation(tmp_path / "b", split="val")) == 2
+    with pytest.raises(ValueError, match="unknown split 'test'"):
+        FolderSegmentation(tmp_path / "a", split="test")
+
+
+def test_folder_errors(tmp_path):
+    with pytest.raises(FileNotFoundError, match="nowhere"):
+        FolderSegmentation(tmp_path / "nowhere")
+    written = make_folder(tmp_path, n=4)
+    names = sorted(written)
+    with pytest.raises(ValueError, match=f"{names[0]}.png has values \\[2, 3\\]"):
+        FolderSegmentation(tmp_path, n_class=2)[0]
+    Image.fromarray(np.zeros((5, 5), np.uint8)).save(tmp_path / "masks" / f"{names[1]}.png")
+    with pytest.raises(ValueError, match="must match"):
+        FolderSegmentation(tmp_path)[1]
+    (tmp_path / "images" / f"{names[2]}.png").write_bytes(b"garbage")
+    with pytest.raises(ValueError, match=f"cannot decode image .*{names[2]}.png"):
+        FolderSegmentation(tmp_path)[2]
+    (tmp_path / "masks" / f"{names[3]}.png").unlink()
+    with pytest.raises(FileNotFoundError, match=f"masks.{names[3]}.png"):
+        FolderSegmentation(tmp_path)
+
+
+def test_get_dataset(tmp_path):
+    assert isinstance(get_dataset("shapes", "val"), Shapes)
+    assert isinstance(get_dataset("digits", "train", n=3), Digits)
+    base, _ = make_voc(tmp_path / "v")
+    assert len(get_dataset(f"voc:{tmp_path / 'v' / 'VOCdevkit'}", "val")) == 1
+    make_folder(tmp_path / "f", splits=True)
+    assert len(get_dataset(f"folder:{tmp_path / 'f'}", "train")) == 5
+    with pytest.raises(ValueError, match="shapes, digits, voc:ROOT, folder:ROOT"):
+        get_dataset("cityscapes", "train")
+    with pytest.raises(ValueError, match="needs a folder"):
+        get_dataset("voc:", "train")
