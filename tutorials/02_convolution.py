@@ -130,6 +130,26 @@ print("matches F.conv2d:", np.allclose(y3, F.conv2d(Tensor(x3), Tensor(w3), padd
 print("conv1_2 at 500x500:", 64 * 9 * 698 * 698 * 4 / 1e9, "GB of columns")
 
 # %% [markdown]
+# That is all a convolution is. `minifcn.simple` keeps this plain version, im2col as a loop over
+# the kernel offsets and one product, in a few lines each, as the code to read first:
+
+# %%
+import inspect
+from minifcn import simple
+print(inspect.getsource(simple.conv2d_simple).split('"""')[0] + "...")
+print(inspect.getsource(simple.conv2d_simple).split('"""')[-1])
+print("conv2d_simple matches F.conv2d:",
+      np.allclose(simple.conv2d_simple(x3, w3, padding=1),
+                  F.conv2d(Tensor(x3), Tensor(w3), padding=1).numpy(), atol=1e-5))
+
+# %% [markdown]
+# The fast `F.conv2d` computes the same numbers with more machinery, all of it for speed: it
+# skips the ring of outputs that see only padding (FCN's conv1_1 pads by 100), moves whole
+# blocks when the kernel is a multiple of the stride, splits the copies over threads and reuses
+# one buffer for the columns. The docstring of `simple.conv2d_simple` lists where each piece
+# lives, and `tests/test_simple.py` holds the fast path to the plain one.
+
+# %% [markdown]
 # ## 3. The gradient of conv2d
 #
 # Write the forward as matrices: $Y = W_{\text{mat}}\, X_{\text{col}}$, with

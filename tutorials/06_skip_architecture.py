@@ -23,7 +23,7 @@ import numpy as np
 import matplotlib.pyplot as plt
 import minifcn
 import minifcn.functional as F
-from minifcn import Tensor, metrics, models, optim, trainer
+from minifcn import Tensor, metrics, models, optim, training
 from minifcn.data import Loader, Shapes, to_input
 from minifcn.models import geometry
 
@@ -135,7 +135,7 @@ print("the models say:", nets["fcn16s"].offsets, nets["fcn8s"].offsets)
 # %% [markdown]
 # These are 19 (FCN-32s), 5 and 27 (FCN-16s), 5, 9 and 31 (FCN-8s): the numbers in the
 # authors' reference nets. Because they are derived, changing a layer changes them consistently.
-# A smaller conv1_1 padding (cheaper on small images, used by the trainer on the synthetic data)
+# A smaller conv1_1 padding (cheaper on small images, used by `python -m minifcn.train` on the synthetic data)
 # shifts the final crops by the same amount and leaves the inner ones alone; too small a padding
 # and the upsampled scores no longer cover the image, which the model refuses at construction:
 
@@ -247,7 +247,7 @@ print(f"largest score difference {np.abs(a - b).max():.4f} (scores up to {np.abs
 # `python -m minifcn.train` uses from scratch, and each choice has a reason:
 #
 # * SGD with momentum 0.9 and a large learning rate, 0.08, reached over the first steps (50 in
-#   the trainer, 20 in these short runs; without the ramp the random trunk's first, inconsistent
+#   `python -m minifcn.train`, 20 in these short runs; without the ramp the random trunk's first, inconsistent
 #   gradients throw it off; at 0.15 the nets die: every ReLU turns off and they call everything
 #   background);
 # * conv1_1 alone on a learning rate 64² times smaller: it sees pixels of spread ~64 while every
@@ -260,6 +260,17 @@ print(f"largest score difference {np.abs(a - b).max():.4f} (scores up to {np.abs
 # Two minutes of CPU for the whole notebook leave about half a minute per net: 64x64 images in
 # batches of 4, 60 steps each (3 when the test suite runs this notebook). That is only the start
 # of training, so watch the loss curves.
+#
+# Each step is `training.train_step`, the very function that `python -m minifcn.train` calls on
+# every batch: scores, loss, backward, SGD update, nothing else. Here it is:
+
+# %%
+import inspect
+print(inspect.getsource(training.train_step))
+
+# %% [markdown]
+# The loop below sets the learning rate of each step from the schedule and calls it; `fit` in
+# `minifcn/training/loop.py` does the same, plus validation, checkpoints and Ctrl-C.
 
 # %%
 STEPS = 3 if FAST else 60
@@ -277,9 +288,7 @@ def train(name):
     batches = Loader(train_set, batch_size=4, seed=0, flip=True).epoch(0)
     for step, (x, y) in zip(range(STEPS), batches):
         opt.lr = LR * schedule(step)
-        loss = F.softmax_cross_entropy(net(Tensor(x)), y)
-        opt.zero_grad(); loss.backward(); opt.step()
-        losses.append(loss.item())
+        losses.append(training.train_step(net, opt, x, y))
     return net.eval(), losses
 
 trained, curves = {}, {}
@@ -337,7 +346,7 @@ plt.tight_layout(); plt.show()
 # as in section 5 but on 96x96 images in batches of 8, conv1_1 padding 124, 600 steps each
 # (about a quarter of an hour per net on two CPU cores). We ran it with
 # `--iters 600 --save-weights tutorials/assets` and ship the result: each net's best learned
-# weights in float16 (about 1 MB each). `trainer.load_model` reads them as it
+# weights in float16 (about 1 MB each). `training.load_model` reads them as it
 # reads any checkpoint (so do `python -m minifcn.evaluate` and `predict`): it builds the net from
 # the stored config, which rebuilds the fixed bilinear upsampling, and loads the learned layers.
 
@@ -348,7 +357,7 @@ vy = np.stack([val96[i][1] for i in range(len(val96))])
 
 full = {}
 for name in ("fcn32s", "fcn16s", "fcn8s"):
-    full[name], cfg = trainer.load_model(f"assets/shapes-{name}.npz")
+    full[name], cfg = training.load_model(f"assets/shapes-{name}.npz")
 print("trained with:", {k: cfg[k] for k in ("width", "pad1", "batch_size", "iters", "lr", "warmup", "dropout")})
 
 probs = {}
@@ -387,7 +396,7 @@ plt.tight_layout(); plt.show()
 # what it misses first. FCN-16s's pool4 skip halves the cell and FCN-8s's pool3 skip halves it
 # again, so their outlines follow the shapes more closely and the cross's arms begin to show. Each net here is also far
 # from converged (the paper trains for days from ImageNet weights), and each is a single run
-# (seed 0, on the CPU). Over three seeds (the README's tables), the pool4 skip is the big step, 27
+# (seed 0, on the CPU). Over three seeds (the tables in docs/experiments.md), the pool4 skip is the big step, 27
 # -> 51 mean IU on average after 600 steps and 40 -> 60 after 1,000, while pool3 adds little:
 # FCN-8s is 2.8 behind FCN-16s after 600 steps and 0.6 ahead after 1,000, with several points of
 # spread between its seeds. The paper's own Table 2 has the same shape: pool4 added 3.0 mean IU
