@@ -6,6 +6,7 @@ they were set), so ``self.conv1_1 = Conv2d(...)`` is all it takes to register on
 names become our keys.
 """
 import math
+from collections.abc import Mapping
 
 import numpy as np
 
@@ -72,23 +73,40 @@ class Module:
         return {name: p.numpy().copy() for name, p in self.named_parameters()}
 
     def load_state_dict(self, state):
-        """Copy arrays into the parameters by name. Refuses missing or unexpected keys and shape
-        mismatches (naming them) rather than loading half a model."""
+        """Copy arrays into the parameters by name: ``state`` is ``{name: array}`` (NumPy or CuPy
+        arrays, or Tensors/Parameters, whose ``.data`` is taken). Each parameter gets its own
+        C-contiguous copy cast to its dtype, so the dict and other models loaded from it stay
+        independent. Refuses missing or unexpected keys, shape mismatches and dtypes that do not
+        cast within their kind (float64 into float32 is fine, complex or text is not), naming
+        them, in one line, before touching any parameter: never half a model."""
+        where = f"load_state_dict into {type(self).__name__}"
+        if not isinstance(state, Mapping):
+            raise TypeError(f"{where}: expected a dict {{name: array}}, got "
+                            f"{type(state).__name__} (read a file with minifcn.io.load first)")
         own = dict(self.named_parameters())
         missing = [k for k in own if k not in state]
         unexpected = [k for k in state if k not in own]
-        wrong = [f"{k}: file {tuple(np.shape(state[k]))} vs model {p.shape}"
-                 for k, p in own.items() if k in state and tuple(np.shape(state[k])) != p.shape]
+        values, wrong = {}, []
+        for k, p in own.items():
+            if k not in state:
+                continue
+            v = state[k].data if isinstance(state[k], Tensor) else state[k]
+            if not _is_array(v):
+                wrong.append(f"{k}: expected an array or Tensor, got {type(v).__name__}")
+            elif tuple(v.shape) != p.shape:
+                wrong.append(f"shape mismatch: {k}: file {tuple(v.shape)} vs model {p.shape}")
+            elif not np.can_cast(v.dtype, p.dtype, casting="same_kind"):
+                wrong.append(f"dtype mismatch: {k}: file {v.dtype} vs model {p.dtype}")
+            values[k] = v
         if missing or unexpected or wrong:
-            raise ValueError(
-                f"load_state_dict into {type(self).__name__}: "
-                + "; ".join(f"{what}: {', '.join(items[:8])}{' ...' if len(items) > 8 else ''}"
-                            for what, items in (("missing keys", missing),
-                                                ("unexpected keys", unexpected),
-                                                ("shape mismatch", wrong)) if items))
+            raise ValueError(f"{where}: " + "; ".join(
+                f"{what}{', '.join(items[:8])}{' ...' if len(items) > 8 else ''}"
+                for what, items in (("missing keys: ", missing), ("unexpected keys: ", unexpected),
+                                    ("", wrong)) if items))
         for k, p in own.items():
             xp = backend.get_array_module(p.data)
-            p.data = xp.asarray(backend.as_numpy(state[k]) if xp is np else state[k], dtype=p.dtype)
+            v = backend.as_numpy(values[k]) if xp is np else values[k]
+            p.data = xp.array(v, dtype=p.dtype, order="C", copy=True)  # never the caller's array
         return self
 
     def to(self, device=None, dtype=None):
@@ -113,6 +131,12 @@ class Module:
 
     def extra_repr(self):
         return ""
+
+
+def _is_array(value):
+    """A NumPy array or scalar, or an array of the GPU's module (CuPy)."""
+    return (isinstance(value, (np.ndarray, np.generic))
+            or backend.get_array_module(value) is not np)
 
 
 def _uniform(shape, bound):

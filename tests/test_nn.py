@@ -89,3 +89,52 @@ def test_layer_errors():
     conv = nn.Conv2d(3, 4, 3)
     with pytest.raises(ValueError, match="conv2d: weight"):
         conv(Tensor(np.zeros((1, 5, 8, 8), np.float32)))
+
+
+def test_load_state_dict_copies_so_models_loaded_from_one_dict_do_not_share_weights():
+    from minifcn.optim import SGD
+    sd = Tiny().state_dict()
+    before = {k: v.copy() for k, v in sd.items()}
+    a, b = Tiny().load_state_dict(sd), Tiny().load_state_dict(sd)
+    x = Tensor(np.ones((1, 3, 4, 4), np.float32))
+    a.train()(x).sum().backward()
+    SGD(a.parameters(), lr=0.1).step()
+    a.conv1.bias.data += 1.0  # an in-place change too
+    assert not np.array_equal(a.conv1.weight.data, before["conv1.weight"])
+    for k, p in b.named_parameters():
+        np.testing.assert_array_equal(p.data, before[k])
+        np.testing.assert_array_equal(sd[k], before[k])
+        assert p.data.flags.c_contiguous and p.data.flags.writeable
+    sd["up.weight"][...] = 7.0  # and the dict's arrays are not the model's either
+    assert not np.any(b.up.weight.data == 7.0)
+
+
+def test_load_state_dict_accepts_tensors_and_parameters():
+    src = Tiny()
+    as_tensors = {k: (p if i % 2 else Tensor(p.data)) for i, (k, p) in
+                  enumerate(src.named_parameters())}
+    m = Tiny().load_state_dict(as_tensors)
+    for k, p in m.named_parameters():
+        np.testing.assert_array_equal(p.data, src.state_dict()[k])
+        assert p.data is not as_tensors[k].data
+
+
+def test_load_state_dict_refuses_bad_values_in_one_line_naming_the_key():
+    m = Tiny()
+    sd = m.state_dict()
+    cases = [
+        ({**sd, "conv1.bias": sd["conv1.bias"].astype(np.complex64)},
+         r"dtype mismatch: conv1.bias: file complex64 vs model float32"),
+        ({**sd, "up.weight": np.full(sd["up.weight"].shape, "x")},
+         r"dtype mismatch: up.weight: file <U1 vs model float32"),
+        ({**sd, "conv1.bias": Tensor(np.zeros(7, np.float32))},
+         r"shape mismatch: conv1.bias: file \(7,\) vs model \(4,\)"),
+        ({**sd, "conv1.bias": "zeros"}, r"conv1.bias: expected an array or Tensor, got str"),
+    ]
+    for state, message in cases:
+        with pytest.raises(ValueError, match=f"load_state_dict into Tiny: .*{message}") as e:
+            m.load_state_dict(state)
+        assert "\n" not in str(e.value)
+    with pytest.raises(TypeError, match=r"load_state_dict into Tiny: expected a dict .* got str"):
+        m.load_state_dict("weights.npz")
+    np.testing.assert_array_equal(m.conv1.bias.data, sd["conv1.bias"])  # nothing half-loaded
