@@ -336,3 +336,13 @@ def test_gradcheck_every_variant_at_the_default_padding(variant):
 def test_gradcheck_with_a_smaller_first_padding(variant, pad1):
     _gradcheck(VARIANTS[variant](n_class=2, width=TINY, pad1=pad1, learn_upsampling=True),
                (1, 3, 57, 59), seed=16)
+
+
+def test_width_above_the_bound_is_refused_before_building_anything():
+    from minifcn.models.vgg import MAX_WIDTH
+    assert MAX_WIDTH == 4.0
+    for value in (4.01, 100, float("inf"), float("nan")):
+        with pytest.raises(ValueError, match=r"FCN8s: width must be a number in \(0, 4\.0\]") as e:
+            fcn8s(n_class=2, width=value)  # width 100 would ask for 1.3 T parameters
+        assert "\n" not in str(e.value)
+    assert fcn32s(n_class=2, width=TINY).config["width"] == TINY  # inside the bound: built

@@ -34,6 +34,13 @@ PAD1, DROPOUT = 100, 0.5
 PIXEL_STD = 64.0
 
 
+# width scales channels, so parameters grow as width**2: width 1 (VGG16) is 134 M parameters
+# (fc6 alone 103 M), width 4 is 2.1 G (8.6 GB of float32, ~26 GB with gradients and momentum),
+# already more than most machines train. Beyond it a typo (--width 100: 1.3 T parameters) would
+# only die later, half-allocated, in MemoryError; width is for shrinking the net to learn fast.
+MAX_WIDTH = 4.0
+
+
 def _check_options(cls, n_class, width, pad1, dropout, learn_upsampling):
     name = cls.__name__
     for opt, value, lo in (("n_class", n_class, 1), ("pad1", pad1, 0)):
@@ -41,8 +48,10 @@ def _check_options(cls, n_class, width, pad1, dropout, learn_upsampling):
             raise TypeError(f"{name}: {opt} must be an int, got {value!r}")
         if value < lo:
             raise ValueError(f"{name}: {opt} must be >= {lo}, got {value}")
-    if not isinstance(width, numbers.Real) or isinstance(width, bool) or not width > 0:
-        raise ValueError(f"{name}: width must be a number > 0 (1.0 = VGG16), got {width!r}")
+    if (not isinstance(width, numbers.Real) or isinstance(width, bool)
+            or not 0 < width <= MAX_WIDTH):
+        raise ValueError(f"{name}: width must be a number in (0, {MAX_WIDTH}] (1.0 = VGG16; "
+                         f"parameters grow as width**2), got {width!r}")
     if not isinstance(dropout, numbers.Real) or not 0 <= dropout < 1:
         raise ValueError(f"{name}: dropout must be in [0, 1), got {dropout!r}")
     if not (learn_upsampling is False or learn_upsampling is True
