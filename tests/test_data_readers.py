@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from minifcn.data import (VOC_CLASSES, Digits, FolderSegmentation, Shapes, VOCSegmentation,
-                          get_dataset, voc_palette)
+from minifcn.data import (VOC_CLASSES, Digits, FolderSegmentation, Loader, Shapes,
+                          VOCSegmentation, get_dataset, voc_palette)
 
 from _helpers import check_interface
 
@@ -87,6 +87,68 @@ def test_voc_root_discovery(tmp_path):
     assert VOCSegmentation(both / "VOCdevkit").root.name == "VOC2012"  # 2012 preferred
 
 
+MIXED_VOC = ((40, 50), (30, 30), (40, 50), (24, 36), (30, 30), (40, 50), (17, 23))
+
+
+def test_group_by_size_loader_over_voc_of_mixed_sizes_batches_each_size_apart(tmp_path):
+    base, written = make_voc(tmp_path, sizes=MIXED_VOC)
+    names = list(written)
+    (base / "ImageSets/Segmentation/train.txt").write_text("\n".join(names) + "\n")
+    ds = VOCSegmentation(base, "train")
+    labels = [ds[i][1] for i in range(len(ds))]  # random, so they tell the images apart
+    for shuffle in (False, True):
+        loader = Loader(ds, batch_size=2, shuffle=shuffle, group_by_size=True)
+        batches = list(loader.epoch(0))
+        assert len(batches) == len(loader) == 5  # 40x50: 2 + 1, 30x30: 1, 24x36: 1, 17x23: 1
+        seen = []
+        for x, y in batches:
+            for j in range(len(x)):
+                (k,) = [i for i, lab in enumerate(labels)
+                        if lab.shape == y[j].shape and (lab == y[j]).all()]
+                seen.append(k)
+            assert y.shape[1:] == MIXED_VOC[seen[-1]] and x.shape[2:] == y.shape[1:]
+        assert sorted(seen) == list(range(len(MIXED_VOC)))  # every image exactly once
+    with pytest.raises(ValueError, match="mixes image sizes 40x50 .item 0. and 30x30 .item 1."):
+        list(Loader(ds, batch_size=2, shuffle=False).epoch(0))
+
+
+def test_image_size_is_the_loaded_image_size_for_every_dataset(tmp_path):
+    base, _ = make_voc(tmp_path / "v", sizes=MIXED_VOC)
+    make_folder(tmp_path / "f", n=3)
+    for ds in (VOCSegmentation(base, "train"), VOCSegmentation(base, "val"),
+               FolderSegmentation(tmp_path / "f"), Shapes("val", n=2, size=40),
+               Digits("val", n=2, size=24)):
+        for i in range(len(ds)):
+            size = ds.image_size(i)
+            assert size == ds[i][0].shape[:2] and all(type(s) is int for s in size)
+        assert ds.image_size(-1) == ds.image_size(len(ds) - 1)
+        with pytest.raises(IndexError):
+            ds.image_size(len(ds))
+
+
+def test_image_size_reads_the_file_header_only(tmp_path, monkeypatch):
+    base, written = make_voc(tmp_path / "v")
+    make_folder(tmp_path / "f", n=2)
+    voc, folder = VOCSegmentation(base, "train"), FolderSegmentation(tmp_path / "f")
+    from minifcn.data import folder as folder_module, voc as voc_module
+
+    def no_decoding(*args):
+        raise AssertionError("image_size decoded the image")
+
+    monkeypatch.setattr(voc_module, "read_pair", no_decoding)
+    monkeypatch.setattr(folder_module, "read_pair", no_decoding)
+    assert voc.image_size(0) == (40, 50) and folder.image_size(1) == (12, 16)
+    monkeypatch.undo()
+    # a corrupt or missing file: the error names it
+    name = list(written)[0]
+    (base / "JPEGImages" / f"{name}.jpg").write_bytes(b"not a jpeg at all")
+    with pytest.raises(ValueError, match=f"cannot decode image .*{name}.jpg"):
+        voc.image_size(0)
+    (base / "JPEGImages" / f"{name}.jpg").unlink()
+    with pytest.raises(FileNotFoundError, match=f"{name}.jpg"):
+        voc.image_size(0)
+
+
 def test_voc_errors(tmp_path):
     base, written = make_voc(tmp_path)
     with pytest.raises(FileNotFoundError, match="nowhere"):
@@ -164,6 +226,24 @@ def test_folder_loads_and_infers_n_class(tmp_path):
     assert FolderSegmentation(tmp_path).class_names == ["sky", "road", "car", "person"]
     with pytest.raises(ValueError, match="classes.txt"):
         FolderSegmentation(tmp_path, n_class=5)
+
+
+def test_folder_notice_says_when_the_number_of_classes_was_guessed(tmp_path):
+    make_folder(tmp_path, n=5, n_class=4)
+    mask = tmp_path / "masks" / "img002.png"
+    label = np.array(Image.open(mask))
+    label[3, 3] = 17  # one stray pixel, no classes.txt: an 18-class problem
+    Image.fromarray(label).save(mask)
+    ds = FolderSegmentation(tmp_path)
+    assert ds.n_class == 18
+    assert ds.notice == (f"folder:{tmp_path}: no classes.txt; 18 classes inferred from the "
+                         "largest label (17) in the masks")
+    assert FolderSegmentation(tmp_path, n_class=20).notice is None  # told, not guessed
+    (tmp_path / "classes.txt").write_text("\n".join(f"c{k}" for k in range(18)))
+    assert FolderSegmentation(tmp_path).notice is None
+    base, _ = make_voc(tmp_path / "v")
+    for other in (VOCSegmentation(base), Shapes("val", n=1), Digits("val", n=1)):
+        assert other.notice is None
 
 
 def test_folder_splits(tmp_path):

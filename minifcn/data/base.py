@@ -4,6 +4,12 @@
 255 meaning "ignore this pixel" (VOC marks object boundaries that way). Every dataset also has
 ``n_class`` (background included), ``class_names`` (``n_class`` strings), ``ignore_index`` (255)
 and a short ``name``. The trainer, the evaluator and the Loader rely on exactly this, nothing more.
+
+Two optional parts, which the base class provides: ``image_size(i) -> (H, W)``, the size of item
+``i`` without decoding it where the dataset can tell cheaply (a file header, a fixed size), so
+that ``Loader(group_by_size=True)`` can batch images by size; and ``notice``, None or a one-line
+message about a guess the dataset made that the user should know of (e.g. an inferred number of
+classes), which the training command prints.
 """
 import operator
 
@@ -14,12 +20,14 @@ from ..loss import IGNORE_INDEX
 
 class SegmentationDataset:
     """Base class: subclasses set ``n_class``, ``class_names``, ``name``, and define
-    ``__len__`` and ``_get(i)`` (i already checked to lie in 0..len-1)."""
+    ``__len__`` and ``_get(i)`` (i already checked to lie in 0..len-1); those that know an
+    item's size without loading it also define ``_image_size(i)``."""
 
     ignore_index = IGNORE_INDEX
     name = "dataset"
     n_class = 0
     class_names = ()
+    notice = None  # or a one-line message for the user: a guess made while reading the data
 
     def __len__(self):
         raise NotImplementedError
@@ -27,9 +35,22 @@ class SegmentationDataset:
     def _get(self, i):
         raise NotImplementedError
 
+    def _image_size(self, i):
+        return tuple(self._get(i)[0].shape[:2])  # the slow way: load the item
+
     def __getitem__(self, i):
         """(image (H, W, 3) uint8, label (H, W) int64) of item ``i``; negative i counts from
         the end, as for a list."""
+        return self._get(self._index(i))
+
+    def image_size(self, i):
+        """(H, W) of item ``i``'s image, read cheaply where the dataset can (see the module
+        docstring); ``ds.image_size(i) == ds[i][0].shape[:2]``."""
+        return self._image_size(self._index(i))
+
+    def _index(self, i):
+        """``i`` as an index in 0..len-1 (negative counts from the end); TypeError/IndexError
+        otherwise."""
         try:
             i = operator.index(i)
         except TypeError:
@@ -41,7 +62,7 @@ class SegmentationDataset:
             i += n
         if not 0 <= i < n:
             raise IndexError(f"{type(self).__name__} index {i} out of range for {n} items")
-        return self._get(i)
+        return i
 
     def __repr__(self):
         return f"{type(self).__name__}(name={self.name!r}, n={len(self)}, n_class={self.n_class})"

@@ -98,6 +98,9 @@ class Digits(SegmentationDataset):
     def __len__(self):
         return self.n
 
+    def _image_size(self, i):
+        return self.size, self.size
+
     def _get(self, i):
         size = self.size
         grids, digits = load_digits()

@@ -15,7 +15,8 @@ Which items a split holds:
 
 How many classes: ``n_class`` if given; else the length of classes.txt; else inferred as
 (largest label value other than 255) + 1 over ALL masks in ROOT/masks, read once when the
-dataset is built (slow for a big folder: pass n_class, or write classes.txt, to skip it).
+dataset is built (slow for a big folder: pass n_class, or write classes.txt, to skip it). A
+stray label 17 thus makes an 18-class problem: the dataset's ``notice`` says so when it guessed.
 """
 import zlib
 from pathlib import Path
@@ -23,7 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from .base import IGNORE_INDEX, SegmentationDataset
-from .readers import read_label, read_names, read_pair
+from .readers import read_image_size, read_label, read_names, read_pair
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
 VAL_EVERY = 10  # without split files, about 1 image in VAL_EVERY is val
@@ -125,6 +126,8 @@ class FolderSegmentation(SegmentationDataset):
             if top >= IGNORE_INDEX:
                 raise ValueError(f"{where}: masks hold label {top}; labels must be below 255")
             n_class = top + 1
+            self.notice = (f"folder:{self.root}: no classes.txt; {n_class} classes inferred "
+                           f"from the largest label ({top}) in the masks")
         return int(n_class), names if names is not None else [f"class{i}" for i in range(n_class)]
 
     def __len__(self):
@@ -133,3 +136,6 @@ class FolderSegmentation(SegmentationDataset):
     def _get(self, i):
         return read_pair(self.image_paths[i], self.mask_dir / f"{self.names[i]}.png",
                          self.n_class, "FolderSegmentation")
+
+    def _image_size(self, i):
+        return read_image_size(self.image_paths[i], "FolderSegmentation")

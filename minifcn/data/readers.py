@@ -29,6 +29,22 @@ def read_image(path, where):
         raise ValueError(f"{where}: cannot decode image {path}: {e}") from e
 
 
+def read_image_size(path, where):
+    """(H, W) of an image file from its header alone (Pillow decodes no pixels until asked).
+
+    Raises FileNotFoundError if the file is missing, ValueError if Pillow cannot identify it.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{where}: image file {path} not found")
+    try:
+        with Image.open(path) as im:
+            w, h = im.size
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
+        raise ValueError(f"{where}: cannot decode image {path}: {e}") from e
+    return h, w
+
+
 def read_label(path, n_class, where):
     """(H, W) int64 class indices from an index PNG; every value must be in 0..n_class-1 or be
     255 (ignore). Raises FileNotFoundError / ValueError naming ``path`` otherwise."""

@@ -100,6 +100,9 @@ class Shapes(SegmentationDataset):
     def __len__(self):
         return self.n
 
+    def _image_size(self, i):
+        return self.size, self.size
+
     def _get(self, i):
         size = self.size
         rng = np.random.default_rng([self.seed, SPLIT_STREAMS[self.split], i])

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from .base import SegmentationDataset
-from .readers import read_names, read_pair
+from .readers import read_image_size, read_names, read_pair
 
 VOC_CLASSES = (
     "background", "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat",
@@ -92,3 +92,6 @@ class VOCSegmentation(SegmentationDataset):
         return read_pair(self.root / "JPEGImages" / f"{name}.jpg",
                          self.root / "SegmentationClass" / f"{name}.png",
                          self.n_class, "VOCSegmentation")
+
+    def _image_size(self, i):
+        return read_image_size(self.root / "JPEGImages" / f"{self.names[i]}.jpg", "VOCSegmentation")
