@@ -4,6 +4,10 @@ Everything random about an epoch (the order, each item's flip and crop position)
 front from a generator seeded by (seed, epoch), so an epoch is a pure function of those two
 numbers. A run interrupted after batch k and resumed with ``epoch(e, start=k)`` gets exactly
 the batches an uninterrupted run would have had.
+
+Images of different sizes cannot share a batch. ``group_by_size=True`` batches each size apart
+(learning the sizes from ``dataset.image_size(i)``, a file header, once), which is how a whole
+VOC split is validated at full resolution with batches of more than one image.
 """
 import operator
 
@@ -30,11 +34,14 @@ class Loader:
     ``crop=(h, w)`` (or an int for a square) take a random h x w window of each item, padding
     images smaller than that (input with 0, label with 255).
 
-    Batches of more than one item need items of one size: give ``crop``, or use batch_size=1
-    (the paper's way: one image at its own size).
+    Batches of more than one item need items of one size: give ``crop``, use batch_size=1
+    (the paper's way: one image at its own size), or ``group_by_size=True``: then every batch
+    holds images of one (H, W), in the epoch's order within each size, the batches ordered by
+    their first image. With one size in the dataset (or a crop) that is the plain batching.
     """
 
-    def __init__(self, dataset, batch_size=1, shuffle=True, seed=0, flip=False, crop=None):
+    def __init__(self, dataset, batch_size=1, shuffle=True, seed=0, flip=False, crop=None,
+                 group_by_size=False):
         self.dataset = dataset
         self.batch_size = _nonneg_int(batch_size, "batch_size")
         if self.batch_size < 1:
@@ -50,10 +57,19 @@ class Loader:
         self.crop = crop
         if len(dataset) == 0:
             raise ValueError("Loader: the dataset is empty")
+        self.group_by_size = bool(group_by_size)
+        # (H, W) of every item, when batches must keep sizes apart (a crop makes all one size)
+        self.sizes = self._image_sizes() if self.group_by_size and crop is None else None
+
+    def _image_sizes(self):
+        ds = self.dataset
+        if hasattr(ds, "image_size"):  # cheap: a file header, or a size the dataset knows
+            return [tuple(int(s) for s in ds.image_size(i)) for i in range(len(ds))]
+        return [ds[i][0].shape[:2] for i in range(len(ds))]  # else decode every item once
 
     def __len__(self):
-        """Batches per epoch (the last, partial batch included)."""
-        return -(-len(self.dataset) // self.batch_size)
+        """Batches per epoch (the last, partial batch of each size included)."""
+        return len(self.batch_positions(range(len(self.dataset))))  # the same for any order
 
     def plan(self, epoch):
         """(order, flips, offsets) of an epoch: item indices (n,), flip flags (n,) bool and
@@ -74,20 +90,39 @@ class Loader:
             raise ValueError(f"Loader: start={start} but an epoch has only {len(self)} batches")
         return self._batches(e, start)
 
+    def batch_positions(self, order):
+        """The positions in ``order`` that make up each batch: consecutive runs of
+        ``batch_size``, or with group_by_size, runs of each size taken apart and then put in
+        the order of their first position."""
+        bs = self.batch_size
+        if self.sizes is None:
+            return [range(p, min(len(order), p + bs)) for p in range(0, len(order), bs)]
+        by_size = {}
+        for p, index in enumerate(order):
+            by_size.setdefault(self.sizes[index], []).append(p)
+        runs = [ps[k:k + bs] for ps in by_size.values() for k in range(0, len(ps), bs)]
+        return sorted(runs, key=lambda run: run[0])
+
     def _batches(self, e, start):
         order, flips, offsets = self.plan(e)
-        bs = self.batch_size
-        for b in range(start, len(self)):
-            items = [self._item(order[p], flips[p], offsets[p])
-                     for p in range(b * bs, min(len(order), (b + 1) * bs))]
-            sizes = sorted({x.shape[1:] for x, _ in items})
-            if len(sizes) > 1:
-                raise ValueError(
-                    f"Loader: batch {b} of epoch {e} mixes image sizes "
-                    f"{', '.join(f'{h}x{w}' for h, w in sizes)} (HxW); use batch_size=1 or "
-                    "crop=(h, w) to batch images of different sizes"
-                )
+        for b, positions in enumerate(self.batch_positions(order)[start:], start):
+            items = [self._item(order[p], flips[p], offsets[p]) for p in positions]
+            self._check_one_size(e, b, [order[p] for p in positions],
+                                 [x.shape[1:] for x, _ in items])
             yield (np.stack([x for x, _ in items]), np.stack([y for _, y in items]))
+
+    def _check_one_size(self, e, b, indices, sizes):
+        odd = next((k for k, size in enumerate(sizes) if size != sizes[0]), None)
+        if odd is None:
+            return
+        (h, w), (h2, w2) = sizes[0], sizes[odd]
+        what = (f"Loader: batch {b} of epoch {e} mixes image sizes {h}x{w} (item {indices[0]}) "
+                f"and {h2}x{w2} (item {indices[odd]}) (HxW)")
+        if self.group_by_size:  # only a dataset whose image_size() is wrong gets here
+            raise ValueError(f"{what}, though the dataset's image_size() gave them one size")
+        raise ValueError(f"{what}; a batch of {self.batch_size} without a crop needs one size: "
+                         "pass crop=(h, w) or batch_size=1 (python -m minifcn.train: --crop "
+                         "or --batch-size 1), or group_by_size=True")
 
     def _item(self, index, flip, offset):
         image, label = self.dataset[int(index)]
