@@ -1,28 +1,49 @@
 """``python -m minifcn.predict CKPT IMAGE... --out DIR``: segment images with a trained model.
 
-For each image writes DIR/NAME.png (the label map as a palette PNG: pixel values are class
-indices, coloured with the VOC palette) and DIR/NAME_overlay.png (the colours over the image).
+For each image it writes two new files, named after the image's whole file name:
+
+  DIR/SUB/NAME.label.png    the label map as a palette PNG: pixel values are class indices,
+                            coloured with the VOC palette
+  DIR/SUB/NAME.overlay.png  the colours over the image
+
+NAME keeps its extension (cat.jpg -> cat.jpg.label.png) and SUB is the image's folder relative
+to the deepest folder that holds all the images (none when they share one). Two images never
+share SUB/NAME and the two kinds end differently, so no two outputs can have the same name:
+a/x.jpg, b/x.jpg and b/x.png give a/x.jpg.*, b/x.jpg.* and b/x.png.*; dog.png's overlay is
+dog.png.overlay.png, dog_overlay.png's label map dog_overlay.png.label.png.
+
+Nothing is lost: unless --overwrite is given, predict refuses (before it loads the model, and
+writing nothing) an output that exists already, or one that would land in an input image's
+folder; even with --overwrite it never writes over an input image. Each file is written to a
+temporary name, then renamed. An image that cannot be read is reported, one line each, after
+the others are done; the exit status is then 1, as for a refusal.
 """
 import argparse
+import os
 import sys
+import tempfile
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from . import backend, viz
+from . import backend, io, viz
 from .training import build_model, load_model, predict_labels
 from .data import to_input
+
+KINDS = ("label", "overlay")
 
 
 def read_image(path):
     try:
         with Image.open(path) as im:
             return np.asarray(im.convert("RGB"))
-    except FileNotFoundError:
-        raise FileNotFoundError(f"predict: image {path} does not exist") from None
-    except (UnidentifiedImageError, OSError) as e:
-        raise ValueError(f"predict: cannot decode image {path}: {e}") from None
+    except UnidentifiedImageError:
+        raise ValueError("not an image Pillow can read") from None
+    except OSError as e:  # missing, a folder, not readable (strerror), or a truncated image
+        raise ValueError(e.strerror or f"cannot decode the image: {e}") from None
+    except (SyntaxError, ValueError) as e:
+        raise ValueError(f"cannot decode the image: {e}") from None
 
 
 def fit_padding(model, config, h, w, device):
@@ -40,33 +61,103 @@ def fit_padding(model, config, h, w, device):
     return bigger.to(device).eval()
 
 
+def entry(path):
+    """The folder entry ``path`` names, symbolic links in its folders followed."""
+    folder, name = os.path.split(os.path.abspath(path))
+    return os.path.join(os.path.realpath(folder), name)
+
+
+def plan(images, out, overwrite):
+    """{image: {kind: output path}} for ``images`` (one given twice is kept once), or ValueError
+    with a one-line reason if writing them could lose a file."""
+    if not out:
+        raise ValueError("--out is empty: give the folder to write into")
+    first = {}
+    for p in images:
+        first.setdefault(os.path.abspath(p), p)
+    top = os.path.commonpath([os.path.dirname(a) for a in first])
+    outputs = {p: {k: Path(out, os.path.relpath(os.path.dirname(a), top),
+                           f"{os.path.basename(a)}.{k}.png") for k in KINDS}
+               for a, p in first.items()}
+    inputs = {e for a in first for e in (entry(a), os.path.realpath(a))}
+    folders = {os.path.dirname(e) for e in inputs}
+    planned = [entry(q) for qs in outputs.values() for q in qs.values()]
+    if len(set(planned)) < len(planned):  # only through symbolic links under --out
+        raise ValueError(f"--out {out}: two outputs would be the same file (symbolic links?)")
+    for image, qs in outputs.items():
+        for q in qs.values():
+            if entry(q) in inputs:
+                raise ValueError(f"{image}: its output {q} is one of the input images, which "
+                                 "predict never replaces, even with --overwrite")
+            if not overwrite and os.path.dirname(entry(q)) in folders:
+                raise ValueError(f"--out {out} would put outputs next to the input image "
+                                 f"{image}: choose another folder, or pass --overwrite")
+            if not overwrite and os.path.lexists(q):
+                raise ValueError(f"--out {out}: {q} already exists: choose another folder, or "
+                                 "pass --overwrite to replace it")
+    return outputs
+
+
+def check_writable(out):
+    """ValueError unless ``out`` is, or could be created as, a folder that can be written to."""
+    probe = Path(out)
+    while not probe.exists():  # the folder is made later, by the first write
+        probe = probe.parent
+    if not probe.is_dir():
+        raise ValueError(f"--out {out}: {probe} is a file, not a folder")
+    try:
+        tempfile.TemporaryFile(dir=probe).close()
+    except OSError as e:
+        raise ValueError(f"--out {out}: folder {probe} is not writable ({e.strerror})") from None
+
+
+def write_png(path, save, overwrite):
+    """``save(name)`` writes a PNG to ``name``; it lands at ``path`` all or nothing."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if not overwrite and os.path.lexists(path):  # appeared since plan() looked
+        raise FileExistsError(f"{path} appeared meanwhile; left alone (see --overwrite)")
+    with io.atomic_path(path) as tmp:
+        save(tmp)
+
+
 def main(argv=None):
-    p = argparse.ArgumentParser(prog="python -m minifcn.predict", description=__doc__)
+    p = argparse.ArgumentParser(prog="python -m minifcn.predict", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("checkpoint", help="a checkpoint written by python -m minifcn.train")
     p.add_argument("images", nargs="+", help="image files (any size)")
     p.add_argument("--out", required=True, help="output folder (created if needed)")
+    p.add_argument("--overwrite", action="store_true", help="replace outputs that exist and "
+                   "allow writing next to the images (never over an image itself)")
     p.add_argument("--device", default="auto", choices=["cpu", "cuda", "auto"])
     args = p.parse_args(argv)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
     try:
+        outputs = plan(args.images, args.out, args.overwrite)
+        check_writable(args.out)
         model, config = load_model(args.checkpoint, args.device)
         device = backend.check_device(args.device)
-        for path in args.images:
+    except (FileNotFoundError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    failures = []
+    for path, out in outputs.items():
+        try:
             image = read_image(path)
             x = backend.to_device(to_input(image)[None], device)
             net = fit_padding(model, config, *image.shape[:2], device)
             label = predict_labels(net, x)[0].astype(np.uint8)
-            stem = Path(path).stem
-            viz.save_label_png(out / f"{stem}.png", label)
-            Image.fromarray(viz.overlay(image, label)).save(out / f"{stem}_overlay.png")
-            classes = np.unique(label)
-            print(f"{path}: {image.shape[1]}x{image.shape[0]}, classes {classes.tolist()} -> "
-                  f"{out / (stem + '.png')}, {out / (stem + '_overlay.png')}")
-    except (FileNotFoundError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
-    return 0
+            tinted = Image.fromarray(viz.overlay(image, label))
+            write_png(out["label"], lambda tmp: viz.save_label_png(tmp, label), args.overwrite)
+            write_png(out["overlay"], lambda tmp: tinted.save(tmp, format="PNG"), args.overwrite)
+        except (OSError, ValueError) as e:
+            failures.append(f"error: {path}: {e}")
+            continue
+        print(f"{path}: {image.shape[1]}x{image.shape[0]}, classes {np.unique(label).tolist()}"
+              f" -> {out['label']}, {out['overlay']}")
+    for line in failures:
+        print(line, file=sys.stderr)
+    if failures:
+        print(f"error: {len(failures)} of {len(outputs)} images failed", file=sys.stderr)
+    return 1 if failures else 0
 
 
 if __name__ == "__main__":
