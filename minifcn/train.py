@@ -20,6 +20,8 @@ import time
 from pathlib import Path
 
 from .training import DEFAULTS, FROM_SCRATCH, REFERENCE, fit, resolve
+from .training.config import resume_config
+from .training.runs import new_run_dir
 
 D, S, R = DEFAULTS, FROM_SCRATCH, REFERENCE  # the help texts quote them
 
@@ -65,45 +67,87 @@ def parser():
                                           "optim.first_layer_lr_mult)")
     a("--init-from", help="weights to start from: a minifcn checkpoint/.npz (staged training: "
                           "16s from 32s, 8s from 16s) or a PyTorch VGG16/FCN file")
-    a("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR from its last checkpoint")
+    a("--val-batch-size", type=int, help=f"validation batch (default {D['val_batch_size']}; "
+                                         "images of different sizes go in separate batches)")
+    a("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR from its last checkpoint; "
+                                         "--iters/--epochs extend it, and --lr, --momentum, "
+                                         "--weight-decay, --lr-schedule, --warmup, --device, "
+                                         "--checkpoint-every, --val-batch-size may change")
     a("--device", choices=["cpu", "cuda", "auto"], help="default auto (the GPU if CuPy finds one)")
     a("--seed", type=int, help=f"seed of initialisation, data order and dropout (default {D['seed']})")
-    a("--checkpoint-every", type=int, help="also checkpoint every N iterations (default: each epoch)")
-    a("--out", help="run folder (default runs/MODEL-DATA-TIME)")
+    a("--checkpoint-every", type=int, help="also checkpoint every N iterations (default 0: "
+                                           "only at each epoch's end)")
+    a("--out", help="run folder (default runs/MODEL-DATA-TIME, made unique)")
+    a("--overwrite", action="store_true", help="start a new run in an --out that already holds "
+                                               "one, replacing its run files")
     return p
 
 
+def given_options(args):
+    return {k: v for k, v in vars(args).items()
+            if v is not None and k not in ("resume", "out", "overwrite")}
+
+
 def make_config(args):
-    given = {k: v for k, v in vars(args).items() if v is not None and k not in ("resume", "out")}
+    given = given_options(args)
     config = {**DEFAULTS, **given}
     if "iters" in given:
         config["epochs"] = None
     return resolve(config)
 
 
+def read_config(run_dir):
+    """RUN_DIR/config.json, or SystemExit with a one-line message."""
+    path = Path(run_dir) / "config.json"
+    try:
+        config = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise SystemExit(f"error: --resume {run_dir}: no config.json there") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise SystemExit(f"error: --resume {run_dir}: config.json is damaged ({e})") from None
+    missing = [k for k in ("model", "data", "lr") if k not in config] if isinstance(config, dict) \
+        else ["a JSON object"]
+    if missing:
+        raise SystemExit(f"error: --resume {run_dir}: config.json lacks {', '.join(missing)}")
+    return config
+
+
 def main(argv=None):
     args = parser().parse_args(argv)
+    created = False
     if args.resume:
+        if args.out or args.overwrite:
+            raise SystemExit("error: --resume continues a run in its own folder: drop --out and "
+                             "--overwrite")
         run_dir = Path(args.resume)
-        cfg_path = run_dir / "config.json"
-        if not cfg_path.exists():
-            raise SystemExit(f"error: --resume {run_dir}: no config.json there")
-        config = json.loads(cfg_path.read_text())
-        if args.device:
-            config["device"] = args.device
+        config, changed = resume_config(read_config(run_dir), given_options(args), run_dir)
+        for key, (old, new) in changed.items():
+            print(f"resume: --{key.replace('_', '-')} {old} -> {new}")
     else:
         config = make_config(args)
-        stamp = time.strftime("%Y%m%d-%H%M%S")
-        name = config["data"].split(":")[0]
-        run_dir = Path(args.out or f"runs/{config['model']}-{name}-{stamp}")
+        if args.out is not None and not args.out.strip():
+            raise SystemExit("error: --out is empty; give a folder for the run")
+        run_dir = Path(args.out) if args.out else None
+        try:
+            if run_dir is None:  # a fresh folder, never one of another run started this second
+                name = f"{config['model']}-{config['data'].split(':')[0]}"
+                run_dir, created = new_run_dir(f"runs/{name}-{time.strftime('%Y%m%d-%H%M%S')}"), True
+            elif not run_dir.exists():
+                run_dir.mkdir(parents=True)
+                created = True
+        except OSError as e:
+            raise SystemExit(f"error: cannot create the run folder: {e}") from None
     print(f"run folder: {run_dir}")
     try:
-        fit(config, run_dir, resume=bool(args.resume))
+        fit(config, run_dir, resume=bool(args.resume), overwrite=args.overwrite)
     except KeyboardInterrupt:
         return 130
-    except (FloatingPointError, FileNotFoundError, ValueError) as e:
+    except (FloatingPointError, OSError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
+    finally:
+        if created and not any(run_dir.iterdir()):  # a run that could not start leaves nothing
+            run_dir.rmdir()
     return 0
 
 

@@ -24,14 +24,16 @@ def quiet(monkeypatch):
 
 
 def make_voc(root, n=6, size=(40, 52), n_bad=0):
-    """A VOC2012-layout folder with n random images and labels (classes 0..3, 255 borders)."""
+    """A VOC2012-layout folder with n random images and labels (classes 0..3, 255 borders);
+    ``size`` is one (h, w), or a list of them taken in turn (images of mixed sizes)."""
+    sizes = [size] if isinstance(size[0], int) else list(size)
     voc = root / "VOCdevkit" / "VOC2012"
     for sub in ("JPEGImages", "SegmentationClass", "ImageSets/Segmentation"):
         (voc / sub).mkdir(parents=True)
     rng = np.random.default_rng(0)
     names = [f"2007_{i:06d}" for i in range(n)]
-    for name in names:
-        h, w = size
+    for i, name in enumerate(names):
+        h, w = sizes[i % len(sizes)]
         label = np.zeros((h, w), np.uint8)
         label[h // 4: 3 * h // 4, w // 4: w // 2] = rng.integers(1, 4)
         label[h // 4, :] = 255
@@ -115,9 +117,9 @@ def test_evaluate_and_predict_on_a_checkpoint(tmp_path, capsys):
     Image.fromarray(np.random.default_rng(0).integers(0, 255, (45, 61, 3), dtype=np.uint8)).save(img)
     assert predict.main([str(run / training.BEST), str(img), "--out", str(tmp_path / "pred"),
                          "--device", "cpu"]) == 0
-    with Image.open(tmp_path / "pred" / "in.png") as label:
+    with Image.open(tmp_path / "pred" / "in.png.label.png") as label:
         assert label.mode == "P" and label.size == (61, 45)
-    with Image.open(tmp_path / "pred" / "in_overlay.png") as ov:
+    with Image.open(tmp_path / "pred" / "in.png.overlay.png") as ov:
         assert ov.mode == "RGB" and ov.size == (61, 45)
     assert predict.main([str(run / training.BEST), str(tmp_path / "nope.png"), "--out",
                          str(tmp_path / "pred")]) == 1

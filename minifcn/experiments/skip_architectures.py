@@ -68,11 +68,12 @@ def train_one(job, quiet=False):
     config, run_dir = job
     t0 = time.perf_counter()
     if not quiet:
-        return training.fit(config, run_dir), time.perf_counter() - t0
+        return training.fit(config, run_dir, overwrite=True), time.perf_counter() - t0
     Path(run_dir).mkdir(parents=True, exist_ok=True)
     with open(Path(run_dir) / "train.log", "w") as f:
         try:
-            best = training.fit(config, run_dir, log=lambda msg: print(msg, file=f, flush=True))
+            best = training.fit(config, run_dir, overwrite=True,  # main() checked --out
+                               log=lambda msg: print(msg, file=f, flush=True))
         except KeyboardInterrupt:  # the pool passes Exceptions back, not KeyboardInterrupt
             raise RuntimeError(f"stopped by Ctrl-C; resume with python -m minifcn.train "
                                f"--resume {run_dir}") from None
@@ -170,6 +171,8 @@ def main(argv=None):
     p.add_argument("--jobs", type=int, default=1, help="nets trained at a time, in worker "
                    "processes (default 1: in this process)")
     p.add_argument("--out", default="runs/skip-architectures")
+    p.add_argument("--overwrite", action="store_true", help="replace the runs of an earlier "
+                   "call in --out (without it, such runs are refused before anything trains)")
     p.add_argument("--device", default="auto", choices=["cpu", "cuda", "auto"])
     p.add_argument("--save-weights", metavar="DIR", help="also write each net's best learned "
                    "weights (of the first seed), in float16, to DIR/DATA-NET.npz (tutorial 06 "
@@ -190,6 +193,11 @@ def main(argv=None):
                 config.update(iters=args.iters, epochs=None)
             name = f"{args.data}-{variant}" + (f"-seed{seed}" if args.seeds > 1 else "")
             jobs.append((resolve(config), Path(args.out) / name))
+    taken = [str(d) for _, d in jobs if any((d / f).exists() for f in training.runs.RUN_FILES)]
+    if taken and not args.overwrite:
+        raise SystemExit(f"error: --out {args.out} already holds runs ({', '.join(taken[:3])}"
+                         f"{'...' if len(taken) > 3 else ''}); pass --overwrite to replace them, "
+                         f"or choose another --out")
     n_workers = min(args.jobs, len(jobs))
     print(f"{len(jobs)} runs (pad1 {pad1}), {n_workers} at a time")
     results = run_jobs(jobs, n_workers)

@@ -6,6 +6,12 @@ from ..data import get_dataset
 from .config import SYNTHETIC, option
 
 
+# --init-from must fill at least this share of the model's learned weights (counted in numbers):
+# staged training and the VGG16 trunk fill 99 % and more; below it, the run would train from
+# scratch while looking initialised
+MIN_INIT_SHARE = 0.5
+
+
 def build_model(config):
     """The model ``config`` names, with conv1_1's padding resolved ('auto', 'full' -> int)."""
     from ..models import build, geometry
@@ -56,9 +62,14 @@ def load_weights_into(model, path, log=print):
             state = {k[len("model/"):]: v for k, v in state.items() if k.startswith("model/")}
     own = dict(model.named_parameters())
     loaded = {k: v for k, v in state.items() if k in own and tuple(v.shape) == own[k].shape}
-    if not loaded:
-        raise ValueError(f"--init-from {path}: no layer of the file matches the model by name and "
-                         f"shape (file has {sorted(state)[:5]}...)")
+    learned = {k: p.data.size for k, p in own.items() if p.requires_grad}
+    share = sum(learned.get(k, 0) for k in loaded) / sum(learned.values())
+    if share < MIN_INIT_SHARE:  # e.g. a checkpoint of another --width: only a bias would match
+        raise ValueError(
+            f"--init-from {path}: only {len(loaded)} tensors ({share:.0%} of the model's learned "
+            f"weights) match the model by name and shape, less than {MIN_INIT_SHARE:.0%}; is it "
+            f"a net of another --model, --width or number of classes? (matching: "
+            f"{sorted(loaded)[:5] or 'none'}; the file has {sorted(state)[:5]}...)")
     model.load_state_dict({**model.state_dict(), **loaded})
     kept = [k for k in own if k not in loaded]
     ignored = [k for k in state if k not in loaded]

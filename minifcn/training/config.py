@@ -48,10 +48,38 @@ def resolve(config):
     for key in ("width", "lr"):
         if config[key] <= 0:
             raise SystemExit(f"error: --{key} must be positive, got {config[key]}")
-    for key in ("batch_size", "epochs", "iters"):
-        if config[key] is not None and config[key] < 1:
+    for key in ("batch_size", "val_batch_size", "epochs", "iters", "size", "n_train", "n_val",
+                "crop"):
+        if config.get(key) is not None and config[key] < 1:
             raise SystemExit(f"error: --{key.replace('_', '-')} must be >= 1, got {config[key]}")
+    if config["checkpoint_every"] < 0:
+        raise SystemExit(f"error: --checkpoint-every must be >= 0 (0: only at each epoch's "
+                         f"end), got {config['checkpoint_every']}")
     return config
+
+
+# What --resume may change in a run that has started: its length and its optimiser's numbers.
+# Everything else fixes the model, the data or their order, which the checkpoint depends on.
+RESUMABLE = ("iters", "epochs", "lr", "lr_schedule", "warmup", "momentum", "weight_decay",
+             "checkpoint_every", "val_batch_size", "device")
+
+
+def resume_config(config, given, where):
+    """The config of a resumed run with the options ``given`` on the command line laid over it;
+    raises SystemExit naming the options that cannot change. Returns (config, {key: (old, new)})."""
+    changed = {k: (config.get(k), v) for k, v in given.items() if config.get(k) != v}
+    fixed = [k for k in changed if k not in RESUMABLE]
+    if fixed:
+        names = ", ".join("--" + k.replace("_", "-") for k in fixed)
+        raise SystemExit(f"error: --resume {where}: {names} cannot change in a run that has "
+                         f"started (only --{', --'.join(k.replace('_', '-') for k in RESUMABLE)} "
+                         f"can); start a new run instead")
+    config = {**config, **{k: new for k, (_, new) in changed.items()}}
+    if "iters" in changed:
+        config["epochs"] = None
+    elif "epochs" in changed:
+        config["iters"] = None
+    return resolve(config), changed
 
 
 def option(config, key):

@@ -13,18 +13,19 @@ from .. import backend, optim, viz
 from ..data import Loader
 from .build import build_model, dataset, load_weights_into, make_optimizer
 from .config import option
-from .runs import BEST, LAST, Run, StopFlag, position, progress, restore, \
+from .runs import BEST, LAST, StopFlag, open_run, position, progress, restore, \
     save_training_checkpoint
 from .step import train_step, validate
 
 
-def fit(config, run_dir, resume=False, log=print, on_iteration=None):
+def fit(config, run_dir, resume=False, overwrite=False, log=print, on_iteration=None):
     """Train as ``config`` says (see ``training.config``), writing the run folder ``run_dir``.
     Returns the best validation record.
 
-    on_iteration(iteration) is called after every step; returning True asks the run to stop
-    as Ctrl-C does (write a checkpoint, raise KeyboardInterrupt)."""
-    run = Run(run_dir)
+    A new run refuses a folder that already holds one unless ``overwrite``; ``resume``
+    continues from its last checkpoint, with ``config`` (which may extend iters or epochs, or
+    change the lr). on_iteration(iteration) is called after every step; returning True asks the
+    run to stop as Ctrl-C does (write a checkpoint, raise KeyboardInterrupt)."""
     device = backend.check_device(config["device"])
     backend.manual_seed(config["seed"])
     train_set, val_set = dataset(config, "train"), dataset(config, "val")
@@ -33,20 +34,30 @@ def fit(config, run_dir, resume=False, log=print, on_iteration=None):
     opt = make_optimizer(model, config)
     loader = Loader(train_set, config["batch_size"], shuffle=True, seed=config["seed"],
                     flip=config["flip"], crop=config.get("crop"))
-    val_loader = Loader(val_set, config["val_batch_size"], shuffle=False)
+    # real images differ in size: each validation batch holds images of one size
+    val_loader = Loader(val_set, config["val_batch_size"], shuffle=False, group_by_size=True)
     per_epoch = len(loader)
     total = config["iters"] or config["epochs"] * per_epoch
     schedule = optim.make_schedule(config["lr_schedule"], total,
                                    warmup_iters=option(config, "warmup"))
+    run = open_run(run_dir, resume, overwrite)  # only now: a run that cannot start leaves no files
+    if getattr(train_set, "notice", None):
+        log(train_set.notice)
 
     epoch, batch, iteration, best = 0, 0, 0, None  # the position of the next batch to train on
     if resume:
         epoch, batch, iteration, best = restore(run, model, opt)
-        log(f"resumed {run.dir} at iteration {iteration} (epoch {epoch + 1}, batch {batch})")
-    else:
-        if config.get("init_from"):
-            load_weights_into(model, config["init_from"], log)
-        run.write_config(config)
+        if iteration > total:
+            raise ValueError(f"--resume {run.dir}: the run has done {iteration} iterations, "
+                             f"more than the {total} its options now ask for")
+        log(f"resumed {run.dir} at iteration {iteration} of {total} (epoch {epoch + 1}, "
+            f"batch {batch})")
+    elif config.get("init_from"):
+        load_weights_into(model, config["init_from"], log)
+    run.write_config(config)
+    records = [r for r in run.records() if r["iteration"] <= iteration]
+    validated = records[-1]["iteration"] if records else 0  # the last validated iteration
+    best = max(records, key=lambda r: r["mean_iu"], default=best)
 
     def checkpoint():
         save_training_checkpoint(run.path(LAST), model, opt,
@@ -54,8 +65,18 @@ def fit(config, run_dir, resume=False, log=print, on_iteration=None):
 
     n_epochs = math.ceil(total / per_epoch)
     model.train()
-    with StopFlag() as stop:  # Ctrl-C asks to stop at the next iteration boundary
-        while iteration < total and not stop.requested:
+    with StopFlag() as stop:  # Ctrl-C or SIGTERM asks to stop at the next iteration boundary
+        while True:
+            # validate at each epoch's end and at the very end, even when a stop came in the
+            # last step or the run stopped before it validated (then the resumed run does)
+            done = iteration >= total
+            if iteration > validated and (done or (batch == 0 and not stop.requested)):
+                best = _end_of_epoch(model, val_loader, val_set, config, run, device, epoch,
+                                     iteration, best, log)
+                validated = iteration
+                checkpoint()
+            if done or stop.requested:
+                break
             bar = progress(per_epoch, batch, f"epoch {epoch + 1}/{n_epochs}")
             t0, seen = time.perf_counter(), 0
             for x, y in loader.epoch(epoch, start=batch):
@@ -65,10 +86,12 @@ def fit(config, run_dir, resume=False, log=print, on_iteration=None):
                                       backend.to_device(y, device), config["loss_reduction"])
                 except FloatingPointError as e:
                     bar.close()
+                    last = (f"the last good checkpoint is {run.path(LAST)}"
+                            if run.path(LAST).exists() else "no checkpoint was written yet")
                     raise FloatingPointError(
-                        f"{e} at iteration {iteration + 1} (epoch {epoch + 1}); the last good "
-                        f"checkpoint is {run.path(LAST)}. Lower --lr (a summed loss needs an "
-                        f"lr about 1/pixels-per-batch of a mean one)") from None
+                        f"{e} at iteration {iteration + 1} (epoch {epoch + 1}); {last}. Lower "
+                        f"--lr (a summed loss needs an lr about 1/pixels-per-batch of a mean "
+                        f"one)") from None
                 iteration, batch, seen = iteration + 1, batch + 1, seen + len(x)
                 bar.update(1)
                 bar.set_postfix(loss=f"{loss:.4f}",
@@ -80,15 +103,10 @@ def fit(config, run_dir, resume=False, log=print, on_iteration=None):
                 if config["checkpoint_every"] and iteration % config["checkpoint_every"] == 0:
                     checkpoint()
             bar.close()
-            if stop.requested:
-                break
             if batch >= per_epoch:
                 epoch, batch = epoch + 1, 0
-            best = _end_of_epoch(model, val_loader, val_set, config, run, device, epoch,
-                                 iteration, best, log)
-            checkpoint()
-    if stop.requested:
-        checkpoint()
+            checkpoint()  # before validating: a failure there loses no training
+    if iteration < total:  # stopped early
         log(f"\nstopped at iteration {iteration}: checkpoint written to {run.path(LAST)}; "
             f"continue with: python -m minifcn.train --resume {run.dir}")
         raise KeyboardInterrupt

@@ -11,13 +11,49 @@ so a kill at any moment leaves the previous one whole. With the position (epoch,
 iteration) and the random state, ``resume`` continues exactly where the run stopped: the data
 order is a pure function of (seed, epoch), and the dropout generator's state travels too.
 """
+import itertools
 import json
 import os
+import signal
 from pathlib import Path
 
 from .. import backend, io
 
 LAST, BEST = "checkpoint_last.npz", "checkpoint_best.npz"
+RUN_FILES = ("config.json", "metrics.jsonl", LAST, BEST, "history.png", "predictions.png")
+
+
+def new_run_dir(base):
+    """Create and return the folder ``base``, or ``base-2``, ``base-3``, ... if it exists: two
+    runs started in the same second never share a folder (mkdir is atomic)."""
+    for k in itertools.count(1):
+        path = Path(base if k == 1 else f"{base}-{k}")
+        try:
+            path.mkdir(parents=True)
+            return path
+        except FileExistsError:
+            continue
+
+
+def open_run(folder, resume=False, overwrite=False):
+    """The Run in ``folder``, checked: a resumed run must have its last checkpoint; a new run
+    refuses a folder that already holds a run unless ``overwrite`` (then its run files, and
+    only those, are removed first)."""
+    folder = Path(folder)
+    if folder.exists() and not folder.is_dir():
+        raise ValueError(f"run folder {folder} is a file, not a folder")
+    if resume:
+        if not (folder / LAST).is_file():
+            raise FileNotFoundError(f"--resume {folder}: no {LAST} there to continue from")
+        return Run(folder)
+    existing = [name for name in RUN_FILES if (folder / name).exists()]
+    if existing and not overwrite:
+        raise FileExistsError(f"run folder {folder} already holds a run ({', '.join(existing)}); "
+                              f"continue it with --resume {folder}, or start it again with "
+                              f"--overwrite")
+    for name in existing:
+        (folder / name).unlink()
+    return Run(folder)
 
 
 class Run:
@@ -73,19 +109,18 @@ def restore(run, model, opt):
 
 
 class StopFlag:
-    """While active, the first SIGINT (Ctrl-C) only sets ``requested``, so the loop can finish
-    its step and write a checkpoint; a second one interrupts at once."""
+    """While active, the first SIGINT (Ctrl-C) or SIGTERM (how ``kill`` and job schedulers stop
+    a job) only sets ``requested``, so the loop can finish its step and write a checkpoint; a
+    second one interrupts at once."""
 
     requested = False
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
     def __enter__(self):
-        import signal
-
-        self._signal = signal
         try:
-            self._previous = signal.signal(signal.SIGINT, self._handle)
-        except ValueError:  # not the main thread: leave Ctrl-C alone
-            self._previous = None
+            self._previous = {s: signal.signal(s, self._handle) for s in self.SIGNALS}
+        except ValueError:  # not the main thread: leave the signals alone
+            self._previous = {}
         return self
 
     def _handle(self, signum, frame):
@@ -97,8 +132,8 @@ class StopFlag:
         self.requested = True
 
     def __exit__(self, *exc):
-        if self._previous is not None:
-            self._signal.signal(self._signal.SIGINT, self._previous)
+        for s, previous in self._previous.items():
+            signal.signal(s, previous)
         return False
 
 
