@@ -4,8 +4,9 @@ A state_dict here is ``{name: ndarray}`` with the reference Caffe layer names (`
 ... ``fc7.bias``, ``score_fr.*``, ``upscore.weight``...). On disk it is an ``.npz``: a zip holding
 one ``<name>.npy`` per array, readable by ``np.load`` anywhere, with no pickled code.
 
-Every file is written atomically (to a temporary file in the same folder, then renamed over the
-target), so a run killed mid-save leaves the previous file intact.
+Every file is written atomically (:mod:`minifcn.atomic`: to a temporary file in the same folder,
+then renamed over the target), so a run killed mid-save leaves the previous file intact. Files
+are read with every record checked first (:mod:`minifcn.npzfile`), never unpickled.
 
 PyTorch files are read by :mod:`minifcn.torchfile` (no PyTorch needed, no code run); the
 importers below rename and reshape torchvision's VGG16 and the PyTorch FCN port's weights into
@@ -14,15 +15,16 @@ ours (paper section 3.1: fully connected layers become convolutions).
 import contextlib
 import json
 import os
-import secrets
 import warnings
 import zipfile
 from collections.abc import Mapping
 
 import numpy as np
 
+from .atomic import atomic_path, atomic_write_bytes, atomic_write_text
 from .backend import as_numpy
 from .data.transforms import MEAN_RGB  # minifcn's input: RGB 0..255 minus this mean
+from .npzfile import read_npz
 from .torchfile import read_torch_file, read_torch_state_dict
 
 __all__ = [
@@ -41,52 +43,6 @@ _TORCHVISION_CONV_INDEX = (0, 2, 5, 7, 10, 12, 14, 17, 19, 21, 24, 26, 28)
 # torchvision's input: RGB scaled to 0..1, then (x - mean) / std per channel
 TORCHVISION_MEAN = (0.485, 0.456, 0.406)
 TORCHVISION_STD = (0.229, 0.224, 0.225)
-
-
-# --- atomic writes --------------------------------------------------------------------------
-
-@contextlib.contextmanager
-def atomic_path(path):
-    """Write a file all-or-nothing: ``with atomic_path(p) as tmp: <write to tmp>``.
-
-    Yields the name of a new empty file in the same folder as ``path``; if the block finishes,
-    that file is flushed to disk and renamed over ``path`` (``os.replace`` is atomic on one file
-    system); if it raises, the temporary file is deleted and ``path`` is untouched. A process
-    killed outright can leave a stray ``.<name>.*.tmp`` behind, never a half-written ``path``.
-    Write to exactly the yielded name (``np.save`` would append ``.npy``: give it an open file).
-    """
-    path = os.fspath(path)
-    folder, name = os.path.split(os.path.abspath(path))
-    if not os.path.isdir(folder):
-        raise FileNotFoundError(f"cannot write {path}: folder {folder} does not exist")
-    while True:
-        tmp = os.path.join(folder, f".{name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
-        try:
-            # O_EXCL: never reuse someone else's file; mode 0o666 minus the umask, as open() would
-            os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
-            break
-        except FileExistsError:
-            continue
-    try:
-        yield tmp
-        with open(tmp, "rb+") as f:
-            os.fsync(f.fileno())  # the bytes are on disk before the name points at them
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.remove(tmp)
-        raise
-
-
-def atomic_write_bytes(path, data):
-    """Write ``data`` (bytes) to ``path`` atomically (see :func:`atomic_path`)."""
-    with atomic_path(path) as tmp, open(tmp, "wb") as f:
-        f.write(data)
-
-
-def atomic_write_text(path, text):
-    """Write ``text`` (str, UTF-8) to ``path`` atomically (see :func:`atomic_path`)."""
-    atomic_write_bytes(path, text.encode("utf-8"))
 
 
 # --- .npz files and checkpoints -------------------------------------------------------------
@@ -124,30 +80,6 @@ def _write_npz(path, arrays):
                 np.lib.format.write_array(f, array, allow_pickle=False)
 
 
-def _read_npz(path, where):
-    path = os.fspath(path)
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"{where}: no such file {path!r}")
-    if not zipfile.is_zipfile(path):
-        raise ValueError(f"{where}: {path} is not an .npz file (a zip of .npy arrays)")
-    with zipfile.ZipFile(path) as zf:
-        members = zf.namelist()
-    if any(m.endswith("/data.pkl") for m in members):
-        raise ValueError(f"{where}: {path} is a PyTorch file, not an .npz; read it with "
-                         "minifcn.io.import_weights or read_torch_state_dict")
-    others = [m for m in members if not m.endswith(".npy")]
-    if others:
-        raise ValueError(f"{where}: {path} is a zip but not an .npz "
-                         f"(members {others[:5]} are not .npy)")
-    try:
-        with np.load(path, allow_pickle=False) as npz:
-            return {name: npz[name] for name in npz.files}
-    except ValueError as e:  # object arrays need pickle, which we never allow
-        raise ValueError(f"{where}: cannot read {path}: {e}") from None
-    except zipfile.BadZipFile as e:
-        raise ValueError(f"{where}: {path} is a damaged .npz: {e}") from None
-
-
 def save(model_or_state, path):
     """Save a model's ``state_dict()`` (or a ``{name: array}`` dict) to ``path`` as an .npz.
 
@@ -167,7 +99,7 @@ def load(path):
     Never unpickles. The metadata record of a checkpoint, if any, is left out (see
     :func:`load_checkpoint`).
     """
-    arrays = _read_npz(path, "minifcn.io.load")
+    arrays = read_npz(path, "minifcn.io.load")
     arrays.pop(META_KEY, None)
     return arrays
 
@@ -191,11 +123,17 @@ def save_checkpoint(path, arrays, meta):
 
 def load_checkpoint(path):
     """Read a file written by :func:`save_checkpoint`: ``(arrays, meta)``."""
-    arrays = _read_npz(path, "minifcn.io.load_checkpoint")
+    arrays = read_npz(path, "minifcn.io.load_checkpoint")
     if META_KEY not in arrays:
         raise ValueError(f"minifcn.io.load_checkpoint: {path} has no {META_KEY!r} record; it is a "
                          "plain weights file (read it with minifcn.io.load)")
-    meta = json.loads(str(arrays.pop(META_KEY)[()]))
+    record, meta = arrays.pop(META_KEY), None
+    if record.ndim == 0 and record.dtype.kind == "U":
+        with contextlib.suppress(ValueError):
+            meta = json.loads(str(record[()]))
+    if not isinstance(meta, dict):
+        raise ValueError(f"minifcn.io.load_checkpoint: {path}: its {META_KEY!r} record is not the "
+                         "JSON text of a dict, as save_checkpoint writes")
     return arrays, meta
 
 
@@ -330,8 +268,10 @@ def import_weights(path_or_state, kind="auto", fold_normalisation=True, bgr_to_r
             raise FileNotFoundError(f"import_weights: no such file {path!r}")
         is_npz = False
         if zipfile.is_zipfile(path):
-            with zipfile.ZipFile(path) as zf:
-                is_npz = not any(m.endswith("/data.pkl") for m in zf.namelist())
+            with contextlib.suppress(zipfile.BadZipFile, ValueError, OSError):  # the torch
+                # reader, next, says what is wrong with it
+                with zipfile.ZipFile(path) as zf:
+                    is_npz = not any(m.endswith("/data.pkl") for m in zf.namelist())
         state = load(path) if is_npz else read_torch_state_dict(path)
     else:
         path, is_npz = None, False

@@ -98,7 +98,7 @@ def test_load_errors_name_the_file(tmp_path):
         io.load(pickled)
 
 
-# --- atomic writes -------------------------------------------------------------------------
+# --- atomic writes of .npz (atomic_path itself: tests/test_atomic.py) --------------------
 
 def test_failed_save_leaves_the_old_file_and_no_temp(tmp_path, monkeypatch):
     path = tmp_path / "w.npz"
@@ -121,24 +121,6 @@ def test_failed_save_leaves_the_old_file_and_no_temp(tmp_path, monkeypatch):
     assert os.listdir(tmp_path) == ["w.npz"]
     assert_same(io.load(path)["a"], old["a"])
 
-
-@pytest.mark.parametrize("error", [RuntimeError, KeyboardInterrupt])
-def test_atomic_path_cleans_up_on_any_error(tmp_path, error):
-    path = tmp_path / "metrics.json"
-    io.atomic_write_text(path, "old")
-    with pytest.raises(error):
-        with io.atomic_path(path) as tmp:
-            assert os.path.dirname(tmp) == str(tmp_path) and tmp != str(path)
-            with open(tmp, "w") as f:
-                f.write("new but unfinish")
-            raise error()
-    assert os.listdir(tmp_path) == ["metrics.json"]
-    assert path.read_text() == "old"
-    io.atomic_write_bytes(path, b"new")
-    assert path.read_bytes() == b"new" and os.listdir(tmp_path) == ["metrics.json"]
-
-
-# --- checkpoints ---------------------------------------------------------------------------
 
 def test_checkpoint_round_trip(tmp_path):
     path = tmp_path / "ckpt.npz"

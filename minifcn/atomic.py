@@ -1,0 +1,111 @@
+"""Write files all-or-nothing, and clean up after saves that were killed.
+
+Every file minifcn writes (weights, checkpoints, a run's config and metrics, predictions) goes
+through :func:`atomic_path`: written to a temporary file in the same folder, then renamed over
+the target, so a run killed mid-save leaves the previous file intact. A process killed outright
+cannot delete its temporary file; the next save to the same target does (only files named
+exactly as this module names that target's temporaries, whose writer has exited).
+Re-exported by :mod:`minifcn.io`.
+"""
+import contextlib
+import os
+import re
+import secrets
+import stat
+
+__all__ = ["atomic_path", "atomic_write_bytes", "atomic_write_text"]
+
+_IN_FLIGHT = set()  # this process's temporary files being written now: never orphans
+
+
+def _tmp_pattern(name):
+    """The exact names ``atomic_path`` gives the temporaries of target ``name``."""
+    return re.compile(rf"\.{re.escape(name)}\.([0-9]{{1,20}})\.[0-9a-f]{{8}}\.tmp")
+
+
+def _writer_gone(pid):
+    """Whether the process that made a temporary file has exited (so the file is an orphan)."""
+    if pid == os.getpid():
+        return True  # ours but not in flight: an earlier process that had our pid
+    if os.name != "posix":
+        return False  # no safe probe there (os.kill would end the process): leave it
+    try:
+        os.kill(pid, 0)  # signal 0: nothing is sent, only whether the pid exists
+    except ProcessLookupError:
+        return True
+    except (OverflowError, ValueError):
+        return True  # no process can have such a pid
+    except OSError:
+        return False  # it exists (another user's): leave its file alone
+    return False
+
+
+def _remove_orphans(folder, name):
+    """Delete the temporaries of target ``name`` left by saves that were killed: regular files
+    named exactly as :func:`atomic_path` names them, whose writer has exited (this process's own
+    saves in flight are kept). Best effort: what cannot be deleted is left. A save from another
+    machine on a shared folder whose pid is not running here would be taken for an orphan; it
+    then fails at its rename, loudly, and its target keeps the previous file."""
+    pattern = _tmp_pattern(name)
+    try:
+        entries = os.listdir(folder)
+    except OSError:
+        return
+    for entry in entries:
+        match = pattern.fullmatch(entry)
+        full = os.path.join(folder, entry)
+        if not match or full in _IN_FLIGHT or not _writer_gone(int(match.group(1))):
+            continue
+        with contextlib.suppress(OSError):
+            if stat.S_ISREG(os.lstat(full).st_mode):
+                os.remove(full)
+
+
+@contextlib.contextmanager
+def atomic_path(path):
+    """Write a file all-or-nothing: ``with atomic_path(p) as tmp: <write to tmp>``.
+
+    Yields the name of a new empty file in the same folder as ``path``; if the block finishes,
+    that file is flushed to disk and renamed over ``path`` (``os.replace`` is atomic on one file
+    system); if it raises, the temporary file is deleted and ``path`` is untouched. A process
+    killed outright leaves a stray ``.<name>.<pid>.<8 hex digits>.tmp`` behind, never a
+    half-written ``path``; the next save to ``path`` deletes such strays (see
+    :func:`_remove_orphans`). Write to exactly the yielded name (``np.save`` would append
+    ``.npy``: give it an open file).
+    """
+    path = os.fspath(path)
+    folder, name = os.path.split(os.path.abspath(path))
+    if not os.path.isdir(folder):
+        raise FileNotFoundError(f"cannot write {path}: folder {folder} does not exist")
+    _remove_orphans(folder, name)
+    while True:
+        tmp = os.path.join(folder, f".{name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
+        try:
+            # O_EXCL: never reuse someone else's file; mode 0o666 minus the umask, as open() would
+            os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
+            break
+        except FileExistsError:
+            continue
+    _IN_FLIGHT.add(tmp)
+    try:
+        yield tmp
+        with open(tmp, "rb+") as f:
+            os.fsync(f.fileno())  # the bytes are on disk before the name points at them
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(tmp)
+        raise
+    finally:
+        _IN_FLIGHT.discard(tmp)
+
+
+def atomic_write_bytes(path, data):
+    """Write ``data`` (bytes) to ``path`` atomically (see :func:`atomic_path`)."""
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        f.write(data)
+
+
+def atomic_write_text(path, text):
+    """Write ``text`` (str, UTF-8) to ``path`` atomically (see :func:`atomic_path`)."""
+    atomic_write_bytes(path, text.encode("utf-8"))
