@@ -44,7 +44,7 @@ import zipfile
 import numpy as np
 
 from .torchpickle import (REFUSED_HINT, Pending, Storage, TensorUnpickler, TorchFileError,
-                          is_int, one_line, prescan, short)
+                          described, is_int, one_line, prescan, short)
 
 __all__ = ["read_torch_state_dict", "read_torch_file", "TorchFileError"]
 
@@ -248,7 +248,7 @@ def read_torch_file(path):
         raise
     except Exception as e:  # zipfile, zlib, struct, pickle...: no code of the file's has run
         raise TorchFileError(one_line(
-            f"{path}: cannot be read as a torch.save file ({type(e).__name__}: {e}); expected "
+            f"{path}: cannot be read as a torch.save file ({described(e)}); expected "
             "an intact zip of data.pkl and tensor storages")) from e
 
 

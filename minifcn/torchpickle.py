@@ -86,6 +86,13 @@ def one_line(text):
     return " ".join(str(text).split())
 
 
+def described(e):
+    """``zlib.error: Error -3 ...``: an exception as a message names it (module unless builtin)."""
+    kind = type(e).__name__ if type(e).__module__ == "builtins" else \
+        f"{type(e).__module__}.{type(e).__name__}"
+    return f"{kind}: {e}"
+
+
 def prescan(pkl, fail):
     """Walk data.pkl's opcodes without running them (``pickletools.genops``) and call
     ``fail(message)`` for what CPython's unpickler would allocate blindly: a counted length past
