@@ -15,7 +15,7 @@ import stat
 
 __all__ = ["atomic_path", "atomic_write_bytes", "atomic_write_text"]
 
-_IN_FLIGHT = set()  # this process's temporary files being written now: never orphans
+_IN_FLIGHT = set()  # names of this process's temporary files being written now: never orphans
 
 
 def _tmp_pattern(name):
@@ -44,8 +44,8 @@ def _remove_orphans(folder, name):
     """Delete the temporaries of target ``name`` left by saves that were killed: regular files
     named exactly as :func:`atomic_path` names them, whose writer has exited (this process's own
     saves in flight are kept). Best effort: what cannot be deleted is left. A save from another
-    machine on a shared folder whose pid is not running here would be taken for an orphan; it
-    then fails at its rename, loudly, and its target keeps the previous file."""
+    machine (or container) on a shared folder, whose pid is not running here, would be taken
+    for an orphan; it then fails at its rename, loudly, and its target keeps its previous file."""
     pattern = _tmp_pattern(name)
     try:
         entries = os.listdir(folder)
@@ -54,7 +54,8 @@ def _remove_orphans(folder, name):
     for entry in entries:
         match = pattern.fullmatch(entry)
         full = os.path.join(folder, entry)
-        if not match or full in _IN_FLIGHT or not _writer_gone(int(match.group(1))):
+        # by name, not path: one folder can be reached by two paths (a symlink)
+        if not match or entry in _IN_FLIGHT or not _writer_gone(int(match.group(1))):
             continue
         with contextlib.suppress(OSError):
             if stat.S_ISREG(os.lstat(full).st_mode):
@@ -86,7 +87,7 @@ def atomic_path(path):
             break
         except FileExistsError:
             continue
-    _IN_FLIGHT.add(tmp)
+    _IN_FLIGHT.add(os.path.basename(tmp))
     try:
         yield tmp
         with open(tmp, "rb+") as f:
@@ -97,7 +98,7 @@ def atomic_path(path):
             os.remove(tmp)
         raise
     finally:
-        _IN_FLIGHT.discard(tmp)
+        _IN_FLIGHT.discard(os.path.basename(tmp))
 
 
 def atomic_write_bytes(path, data):

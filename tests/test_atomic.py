@@ -85,3 +85,8 @@ def test_a_save_in_flight_in_this_process_is_not_an_orphan(tmp_path):
         io.atomic_write_text(path, "inner")  # another save of the same target meanwhile
         assert os.path.exists(tmp)
     assert path.read_text() == "outer" and os.listdir(tmp_path) == ["metrics.json"]
+    (tmp_path / "real").mkdir()
+    os.symlink(tmp_path / "real", tmp_path / "link")  # one folder by two paths
+    with io.atomic_path(tmp_path / "real" / "m.json") as tmp:
+        io.atomic_write_text(tmp_path / "link" / "m.json", "inner")
+        assert os.path.exists(tmp)
