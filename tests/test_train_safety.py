@@ -160,3 +160,11 @@ def test_a_guessed_number_of_classes_is_said_in_the_log(tmp_path):
     lines = []
     training.fit(config, tmp_path / "run", log=lines.append)
     assert any("18 classes" in line and "classes.txt" in line for line in lines)
+
+
+def test_an_out_that_is_a_file_is_a_one_line_error_and_the_file_is_kept(tmp_path, capsys):
+    out = tmp_path / "notes.txt"
+    out.write_text("mine")
+    assert train_cli.main(TINY + ["--iters", "1", "--out", str(out)]) == 1
+    assert "is a file, not a folder" in capsys.readouterr().err
+    assert out.read_text() == "mine"
