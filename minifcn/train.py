@@ -67,6 +67,20 @@ def parser():
                                           "optim.first_layer_lr_mult)")
     a("--init-from", help="weights to start from: a minifcn checkpoint/.npz (staged training: "
                           "16s from 32s, 8s from 16s) or a PyTorch VGG16/FCN file")
+    a("--loss-sampling", type=float, metavar="P", help="keep the loss of each cell of the net's "
+                                                         "final coarse grid with probability P "
+                                                         "(the paper's patch sampling; default 1)")
+    a("--sampling-batch", choices=["scaled", "same"], help="with --loss-sampling P < 1: 'scaled' "
+                                                           "(default, the paper's) takes 1/P "
+                                                           "times the images per step, 'same' "
+                                                           "keeps --batch-size")
+    a("--freeze-trunk", action="store_const", const=True, help="only the score layers learn "
+                                                                "(the paper's FCN-32s-fixed)")
+    a("--class-weights", choices=["none", "balanced"], help="'balanced' weighs each pixel by "
+                                                            "the inverse frequency of its class "
+                                                            "(default none, as the paper)")
+    a("--learn-upsampling", choices=["fixed", "intermediate", "all"],
+      help="which upsampling layers learn (default fixed: all bilinear, as the reference code)")
     a("--val-batch-size", type=int, help=f"validation batch (default {D['val_batch_size']}; "
                                          "images of different sizes go in separate batches)")
     a("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR from its last checkpoint; "

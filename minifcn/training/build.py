@@ -1,9 +1,12 @@
 """What a run's config builds: the model, the optimiser, the datasets; and models rebuilt from
 a checkpoint (``load_model``, for evaluate and predict) or initialised from weight files
 (``load_weights_into``, for ``--init-from``)."""
+import numpy as np
+
 from .. import backend, io, optim
 from ..data import get_dataset
-from .config import SYNTHETIC, option
+from ..loss import IGNORE_INDEX
+from .config import LEARN_UPSAMPLING, SYNTHETIC, option
 
 
 # --init-from must fill at least this share of the model's learned weights (counted in numbers):
@@ -21,14 +24,51 @@ def build_model(config):
         pad1 = config["pad1"] = geometry.min_pad1(config["model"], config.get("size"))
     elif pad1 == "full":  # the smallest at which the coarse scores reach every pixel in full
         pad1 = config["pad1"] = geometry.full_cover_pad1(config["model"], config["size"])
-    return build(config["model"], n_class=config["n_class"], width=config["width"], pad1=pad1,
-                 dropout=option(config, "dropout"))
+    model = build(config["model"], n_class=config["n_class"], width=config["width"], pad1=pad1,
+                  dropout=option(config, "dropout"),
+                  learn_upsampling=LEARN_UPSAMPLING[option(config, "learn_upsampling")])
+    if option(config, "freeze_trunk"):
+        freeze_trunk(model)
+    return model
+
+
+def freeze_trunk(model):
+    """The paper's "FCN-32s-fixed" (Table 2): only the score layers (score_fr and the skips'
+    score_pool4/3) learn; the trunk conv1_1 ... fc7 keeps its weights (requires_grad False, so
+    the optimiser skips it and backward computes no gradient for it)."""
+    for name, p in model.named_parameters():
+        if not name.startswith("score"):
+            p.requires_grad = False
+    return model
+
+
+def final_stride(model):
+    """The stride of the net's last coarse map, the one its final upsampling enlarges: 32 for
+    FCN-32s, 16 for FCN-16s, 8 for FCN-8s (the cells that --loss-sampling keeps or drops)."""
+    for name in ("upscore8", "upscore16", "upscore"):
+        if hasattr(model, name):
+            return getattr(model, name).stride[0]
+    raise ValueError(f"final_stride: {type(model).__name__} has no final upsampling layer")
+
+
+def balanced_class_weights(data, n_class, max_images=500):
+    """Class balancing (paper section 4.3): weight_c = pixels / (n_class * pixels of class c),
+    counted over the first ``max_images`` images of ``data``, so every class carries the same
+    total weight; a class never seen gets 0."""
+    counts = np.zeros(n_class)
+    for i in range(min(len(data), max_images)):
+        label = data[i][1]
+        counts += np.bincount(label[label != IGNORE_INDEX].ravel(), minlength=n_class)[:n_class]
+    with np.errstate(divide="ignore"):
+        return np.where(counts > 0, counts.sum() / (n_class * counts), 0.0)
 
 
 def make_optimizer(model, config):
     """Caffe's SGD with the reference groups (biases lr x2, no decay) and, when the config asks,
     conv1_1's weight on an lr of its own (``optim.first_layer_lr_mult``)."""
     mult = option(config, "conv1_lr_mult")
+    if not model.conv1_1.weight.requires_grad:  # a frozen trunk: nothing of conv1_1 learns
+        mult = 1
     groups = optim.param_groups(model, lr_mults={"conv1_1.weight": mult} if mult != 1 else None)
     return optim.SGD(groups, lr=config["lr"], momentum=config["momentum"],
                      weight_decay=config["weight_decay"])

@@ -15,7 +15,8 @@ DEFAULTS = dict(
     pad1=None, epochs=5, iters=None, batch_size=8, val_batch_size=16, lr=None, momentum=0.9,
     weight_decay=5e-4, lr_schedule="poly", warmup=None, loss_reduction="mean", flip=True,
     crop=None, dropout=None, conv1_lr_mult=None, init_from=None, device="auto", seed=0,
-    checkpoint_every=0,
+    checkpoint_every=0, loss_sampling=1.0, sampling_batch="scaled", freeze_trunk=False,
+    class_weights="none", learn_upsampling="fixed",
 )
 SYNTHETIC = ("shapes", "digits")  # the embedded sets; the nets trained on them start from scratch
 
@@ -30,7 +31,11 @@ FROM_SCRATCH = dict(pad1="auto", lr=0.08, warmup=50, dropout=0.0,
 # On real data (voc:, folder:): the reference's choices, meant for fine-tuning ImageNet weights.
 REFERENCE = dict(pad1=vgg.PAD1, lr=0.01, warmup=0, dropout=vgg.DROPOUT, conv1_lr_mult=1.0)
 # What a config.json written before these options existed was trained with.
-BEFORE_OPTIONS = dict(warmup=0, dropout=vgg.DROPOUT, conv1_lr_mult=1.0)
+BEFORE_OPTIONS = dict(warmup=0, dropout=vgg.DROPOUT, conv1_lr_mult=1.0, loss_sampling=1.0,
+                      sampling_batch="scaled", freeze_trunk=False, class_weights="none",
+                      learn_upsampling="fixed")
+# --learn-upsampling's names for the models' learn_upsampling option
+LEARN_UPSAMPLING = {"fixed": False, "intermediate": "intermediate", "all": True}
 
 
 def resolve(config):
@@ -52,6 +57,15 @@ def resolve(config):
                 "crop"):
         if config.get(key) is not None and config[key] < 1:
             raise SystemExit(f"error: --{key.replace('_', '-')} must be >= 1, got {config[key]}")
+    if not 0 < option(config, "loss_sampling") <= 1:
+        raise SystemExit(f"error: --loss-sampling must be in (0, 1] (the share of the coarse "
+                         f"grid's cells whose loss counts), got {config['loss_sampling']}")
+    for key, allowed in (("class_weights", ("none", "balanced")),
+                         ("sampling_batch", ("scaled", "same")),
+                         ("learn_upsampling", tuple(LEARN_UPSAMPLING))):
+        if option(config, key) not in allowed:
+            raise SystemExit(f"error: --{key.replace('_', '-')} must be one of "
+                             f"{', '.join(allowed)}, got {config[key]!r}")
     if config["checkpoint_every"] < 0:
         raise SystemExit(f"error: --checkpoint-every must be >= 0 (0: only at each epoch's "
                          f"end), got {config['checkpoint_every']}")

@@ -11,11 +11,12 @@ import time
 
 from .. import backend, optim, viz
 from ..data import Loader
-from .build import build_model, dataset, load_weights_into, make_optimizer
+from .build import (balanced_class_weights, build_model, dataset, final_stride,
+                    load_weights_into, make_optimizer)
 from .config import option
 from .runs import BEST, LAST, StopFlag, open_run, position, progress, restore, \
     save_training_checkpoint
-from .step import train_step, validate
+from .step import sample_loss_cells, train_step, validate
 
 
 def fit(config, run_dir, resume=False, overwrite=False, log=print, on_iteration=None):
@@ -32,7 +33,16 @@ def fit(config, run_dir, resume=False, overwrite=False, log=print, on_iteration=
     config["n_class"] = train_set.n_class
     model = build_model(config).to(device)
     opt = make_optimizer(model, config)
-    loader = Loader(train_set, config["batch_size"], shuffle=True, seed=config["seed"],
+    # loss sampling keeps a share p of the coarse cells; the paper keeps the effective batch by
+    # taking 1/p times the images (--sampling-batch scaled, the default), or not (same)
+    p = option(config, "loss_sampling")
+    images_per_step = config["batch_size"]
+    if p < 1 and option(config, "sampling_batch") == "scaled":
+        images_per_step = math.ceil(config["batch_size"] / p)
+    cell = final_stride(model)
+    class_weights = (balanced_class_weights(train_set, train_set.n_class)
+                     if option(config, "class_weights") == "balanced" else None)
+    loader = Loader(train_set, images_per_step, shuffle=True, seed=config["seed"],
                     flip=config["flip"], crop=config.get("crop"))
     # real images differ in size: each validation batch holds images of one size
     val_loader = Loader(val_set, config["val_batch_size"], shuffle=False, group_by_size=True)
@@ -81,9 +91,12 @@ def fit(config, run_dir, resume=False, overwrite=False, log=print, on_iteration=
             t0, seen = time.perf_counter(), 0
             for x, y in loader.epoch(epoch, start=batch):
                 opt.lr = config["lr"] * schedule(iteration)
+                if p < 1:
+                    y = sample_loss_cells(y, p, cell, backend.rng())
                 try:
                     loss = train_step(model, opt, backend.to_device(x, device),
-                                      backend.to_device(y, device), config["loss_reduction"])
+                                      backend.to_device(y, device), config["loss_reduction"],
+                                      class_weights)
                 except FloatingPointError as e:
                     bar.close()
                     last = (f"the last good checkpoint is {run.path(LAST)}"

@@ -14,17 +14,18 @@ from .. import backend
 from .. import functional as F
 from ..autograd import Tensor, no_grad
 from ..data import from_input
+from ..loss import IGNORE_INDEX
 from ..metrics import RunningScore
 
 
-def train_step(model, optimizer, images, labels, loss_reduction="mean"):
+def train_step(model, optimizer, images, labels, loss_reduction="mean", class_weights=None):
     """One SGD step on one batch; returns the loss as a float.
 
     images: (N, 3, H, W) float32 and labels: (N, H, W) int64 (255 = ignore), NumPy or CuPy
     arrays on the model's device. A loss that is not finite raises FloatingPointError before
     any weight changes, so the last checkpoint stays good."""
     scores = model(Tensor(images))                                   # (N, n_class, H, W)
-    loss = F.softmax_cross_entropy(scores, labels, reduction=loss_reduction)
+    loss = segmentation_loss(scores, labels, loss_reduction, class_weights)
     value = loss.item()
     if not math.isfinite(value):
         raise FloatingPointError(f"loss is {value}")
@@ -32,6 +33,31 @@ def train_step(model, optimizer, images, labels, loss_reduction="mean"):
     loss.backward()         # d loss / d every parameter, by the reverse walk of autograd
     optimizer.step()        # momentum SGD with weight decay (minifcn.optim.SGD)
     return value
+
+
+def segmentation_loss(scores, labels, reduction="mean", class_weights=None):
+    """FCN's loss: softmax cross-entropy summed or averaged over the counted pixels.
+
+    class_weights: None, or an (n_class,) array weighting each pixel's term by its true class
+    (class balancing, paper section 4.3); the mean then divides by the sum of the weights."""
+    if class_weights is None:
+        return F.softmax_cross_entropy(scores, labels, reduction=reduction)
+    xp = backend.get_array_module(scores.data)
+    counted = labels != IGNORE_INDEX
+    weight = xp.asarray(class_weights, scores.dtype)[xp.where(counted, labels, 0)] * counted
+    total = (F.softmax_cross_entropy(scores, labels, reduction="none") * Tensor(weight)).sum()
+    return total if reduction == "sum" else total / max(float(weight.sum()), 1e-12)
+
+
+def sample_loss_cells(labels, p, cell, rng):
+    """The paper's loss sampling (sections 3.4, 4.3): each cell x cell block of the label map,
+    one per cell of the net's final coarse grid counted from the top-left corner, keeps its
+    pixels with probability p; the others become IGNORE_INDEX and so get no loss and no
+    gradient. labels: NumPy (N, H, W); returns a new array."""
+    n, h, w = labels.shape
+    keep = rng.random((n, -(-h // cell), -(-w // cell))) < p     # (N, ceil(H/c), ceil(W/c))
+    keep = keep.repeat(cell, axis=1).repeat(cell, axis=2)[:, :h, :w]
+    return np.where(keep, labels, IGNORE_INDEX)
 
 
 def predict_labels(model, x):
