@@ -287,15 +287,15 @@ def test_skip_architecture_table_averages_the_seeds_that_finished():
     def run(iu, seconds):
         return {"pixel_acc": iu + 0.5, "mean_acc": iu + 0.1, "mean_iu": iu, "fw_iu": iu + 0.3}, seconds
 
-    text = skip.table([("fcn16s", [run(0.50, 60), None, run(0.40, 180), run(0.30, 120)]),
-                       ("fcn8s", [None] * 4)], 4)
+    text = skip.table([("FCN-16s", [run(0.50, 60), None, run(0.40, 180), run(0.30, 120)]),
+                       ("FCN-8s", [None] * 4)], 4)
     lines = text.splitlines()
     assert lines[0].count("|") == lines[2].count("|") == lines[3].count("|") == 8
     # means, sample standard deviation (0.1) and the per-seed column, by hand
     assert lines[2] == ("| FCN-16s | 90.0 | 50.0 | 40.0 ± 10.0 | 70.0 | 50.0 / failed / 40.0 / "
                         "30.0 | 2.0 min |")
     assert lines[3] == "| FCN-8s | - | - | - | - | - | - |"
-    single = skip.table([("fcn32s", [run(0.25, 30)])], 1).splitlines()
+    single = skip.table([("FCN-32s", [run(0.25, 30)])], 1).splitlines()
     assert single[2] == "| FCN-32s | 75.0 | 35.0 | 25.0 | 55.0 | 0.5 min |"
 
 

@@ -80,16 +80,17 @@ def train_one(job, quiet=False):
     return best, time.perf_counter() - t0
 
 
-def run_jobs(jobs, n_workers):
+def run_jobs(jobs, n_workers, worker=train_one):
     """(best record, seconds) of every job, in order, or None for a run that failed (its error
     printed); n_workers > 1 trains them side by side in fresh processes (spawned, so that a GPU
     context is never copied by fork), each with its share of the CPU's threads and no progress
-    bar. Ctrl-C stops every run after its current step, with a checkpoint."""
+    bar. Ctrl-C stops every run after its current step, with a checkpoint. ``worker(job,
+    quiet)`` trains one job (a top-level function, so that a spawned worker can import it)."""
     if n_workers == 1:  # one after the other, each run's log on the terminal
         results = []
         for config, run_dir in jobs:
             print(f"\n== {config['model']} seed {config['seed']} ==")
-            results.append(train_one((config, run_dir)))
+            results.append(worker((config, run_dir)))
         return results
     threads = str(max(1, len(os.sched_getaffinity(0)) // n_workers))
     worker_env = {"OPENBLAS_NUM_THREADS": threads, "OMP_NUM_THREADS": threads,
@@ -99,7 +100,7 @@ def run_jobs(jobs, n_workers):
     pool = ProcessPoolExecutor(n_workers, mp_context=multiprocessing.get_context("spawn"))
     try:
         os.environ.update(worker_env)  # read by each worker's imports; workers start on submit
-        futures = [pool.submit(train_one, job, True) for job in jobs]
+        futures = [pool.submit(worker, job, True) for job in jobs]
     finally:
         for k, v in saved.items():
             if v is None:
@@ -127,16 +128,16 @@ def run_jobs(jobs, n_workers):
     return results
 
 
-def table(rows, n_seeds):
-    """Markdown table of rows (variant, [(best, seconds) or None per seed]): the metrics are
+def table(rows, n_seeds, first="net"):
+    """Markdown table of rows (label, [(best, seconds) or None per seed]): the metrics are
     means over the seeds that finished; with several seeds, also the standard deviation of mean
     IU and every seed's mean IU ("failed" for a run that did not finish)."""
-    columns = ["net", "pixel acc.", "mean acc.", "mean IU", "f.w. IU"]
+    columns = [first, "pixel acc.", "mean acc.", "mean IU", "f.w. IU"]
     columns += ["mean IU per seed"] if n_seeds > 1 else []
     lines = ["| " + " | ".join(columns + ["train time"]) + " |", "|---" * (len(columns) + 1) + "|"]
-    for variant, runs in rows:
+    for label, runs in rows:
         done = [run for run in runs if run is not None]
-        cells = [f"FCN-{variant[3:]}"]
+        cells = [label]
         if not done:
             cells += ["-"] * (len(columns) - 1) + ["-"]
             lines.append("| " + " | ".join(cells) + " |")
@@ -214,7 +215,7 @@ def main(argv=None):
             else f"seed {seeds[0]}")
     print(f"\n{args.data}, width {args.width}, {args.size}x{args.size}, conv1_1 padding {pad1}, "
           f"{budget} each, {runs} (best validation):\n")
-    print(table(per_variant, len(seeds)))
+    print(table([(f"FCN-{v[3:]}", runs) for v, runs in per_variant], len(seeds)))
     Path(args.out).mkdir(parents=True, exist_ok=True)
     (Path(args.out) / f"{args.data}-table.json").write_text(json.dumps(
         [{"net": v, **run[0], "seed": seed, "seconds": run[1]}

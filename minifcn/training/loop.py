@@ -19,14 +19,16 @@ from .runs import BEST, LAST, StopFlag, open_run, position, progress, restore, \
 from .step import sample_loss_cells, train_step, validate
 
 
-def fit(config, run_dir, resume=False, overwrite=False, log=print, on_iteration=None):
+def fit(config, run_dir, resume=False, overwrite=False, log=print, on_iteration=None,
+        on_step=None):
     """Train as ``config`` says (see ``training.config``), writing the run folder ``run_dir``.
     Returns the best validation record.
 
     A new run refuses a folder that already holds one unless ``overwrite``; ``resume``
     continues from its last checkpoint, with ``config`` (which may extend iters or epochs, or
     change the lr). on_iteration(iteration) is called after every step; returning True asks the
-    run to stop as Ctrl-C does (write a checkpoint, raise KeyboardInterrupt)."""
+    run to stop as Ctrl-C does (write a checkpoint, raise KeyboardInterrupt). on_step(iteration,
+    loss, images) is told each step's training loss and batch size (the experiments plot them)."""
     device = backend.check_device(config["device"])
     backend.manual_seed(config["seed"])
     train_set, val_set = dataset(config, "train"), dataset(config, "val")
@@ -106,6 +108,8 @@ def fit(config, run_dir, resume=False, overwrite=False, log=print, on_iteration=
                         f"--lr (a summed loss needs an lr about 1/pixels-per-batch of a mean "
                         f"one)") from None
                 iteration, batch, seen = iteration + 1, batch + 1, seen + len(x)
+                if on_step is not None:
+                    on_step(iteration, loss, len(x))
                 bar.update(1)
                 bar.set_postfix(loss=f"{loss:.4f}",
                                 img_s=f"{seen / (time.perf_counter() - t0):.1f}")
