@@ -23,6 +23,7 @@ import numpy as np
 
 from .atomic import atomic_path, atomic_write_bytes, atomic_write_text
 from .backend import as_numpy
+from .caffemodel import from_caffe, looks_like_caffemodel, read_caffemodel
 from .data.transforms import MEAN_RGB  # minifcn's input: RGB 0..255 minus this mean
 from .npzfile import read_npz
 from .torchfile import read_torch_file, read_torch_state_dict
@@ -31,6 +32,7 @@ __all__ = [
     "atomic_path", "atomic_write_bytes", "atomic_write_text", "save", "load", "save_checkpoint",
     "load_checkpoint", "read_torch_state_dict", "read_torch_file", "from_torchvision_vgg16",
     "from_fcn_port", "import_weights", "merge_state", "VGG16_CONV_NAMES", "MEAN_RGB",
+    "read_caffemodel",
 ]
 
 META_KEY = "__meta__"  # reserved name of the checkpoint's JSON record inside the .npz
@@ -251,7 +253,13 @@ def from_fcn_port(state, bgr_to_rgb=True):
 
 
 def import_weights(path_or_state, kind="auto", fold_normalisation=True, bgr_to_rgb=True):
-    """Read PyTorch weights (a torch.save file or a dict) and rename them to ours.
+    """Read PyTorch weights (a torch.save file or a dict), or a Caffe .caffemodel, and rename
+    them to ours.
+
+    A .caffemodel (known by its suffix or its first bytes; never a zip) goes to
+    :func:`minifcn.caffemodel.from_caffe`: the authors' FCN nets or their VGG16, conv1_1's
+    input channels reversed from Caffe's BGR to minifcn's RGB unless ``bgr_to_rgb=False``
+    (:func:`read_caffemodel` gives the raw blobs); ``kind`` must then be 'auto'.
 
     kind: 'torchvision_vgg16', 'fcn_port', or 'auto' (torchvision if any key starts with
     'features.', else the FCN port's names). Options go to :func:`from_torchvision_vgg16` /
@@ -266,6 +274,12 @@ def import_weights(path_or_state, kind="auto", fold_normalisation=True, bgr_to_r
         path = os.fspath(path_or_state)
         if not os.path.isfile(path):
             raise FileNotFoundError(f"import_weights: no such file {path!r}")
+        if not zipfile.is_zipfile(path) and (path.lower().endswith(".caffemodel")
+                                             or looks_like_caffemodel(path)):
+            if kind != "auto":
+                raise ValueError(f"import_weights: {path} is a caffemodel; kind={kind!r} names "
+                                 "PyTorch layouts (pass kind='auto')")
+            return from_caffe(read_caffemodel(path), bgr_to_rgb=bgr_to_rgb)
         is_npz = False
         if zipfile.is_zipfile(path):
             with contextlib.suppress(zipfile.BadZipFile, ValueError, OSError):  # the torch
