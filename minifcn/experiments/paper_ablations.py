@@ -12,7 +12,8 @@
 * fixed: FCN-32s against "FCN-32s-fixed", whose trunk is frozen (``--freeze-trunk``).
 * balance: no class weights against balanced ones (``--class-weights balanced``).
 
-Every run is FCN-32s (the net of the paper's Figure 5 and its "fixed" row) trained from scratch
+Every run is FCN-32s by default (the net of the paper's Figure 5 and its "fixed" row; --model
+picks another), trained from scratch
 with the from-scratch recipe and the conv1_1 padding at which the coarse scores cover the whole
 image (``geometry.full_cover_pad1``); only the switch under study differs. Each run's
 folder, with its training losses (train_loss.npy: iteration, loss, images), is under --out.
@@ -91,6 +92,9 @@ def main(argv=None):
                                 description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--study", default="all", choices=[*STUDIES, "all"])
+    p.add_argument("--model", default="fcn32s", choices=["fcn32s", "fcn16s", "fcn8s"],
+                   help="the net every run trains (default fcn32s, the paper's; from scratch in "
+                        "a CPU budget it stays all-background, so docs/experiments.md uses fcn16s)")
     p.add_argument("--data", default="shapes", choices=["shapes", "digits"])
     p.add_argument("--iters", type=int, default=300, help="iterations per run (default 300)")
     p.add_argument("--width", type=float, default=DEFAULTS["width"])
@@ -108,13 +112,13 @@ def main(argv=None):
         if getattr(args, name) < 1:
             p.error(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
     studies = list(STUDIES) if args.study == "all" else [args.study]
-    pad1 = geometry.full_cover_pad1("fcn32s", args.size)  # the coarse scores cover every pixel
+    pad1 = geometry.full_cover_pad1(args.model, args.size)  # the coarse scores cover every pixel
     seeds = list(range(args.seeds))
     jobs, labels = [], []
     for study in studies:
         for i, (label, options) in enumerate(STUDIES[study]):
             for seed in seeds:
-                config = {**DEFAULTS, "model": "fcn32s", "data": args.data, "width": args.width,
+                config = {**DEFAULTS, "model": args.model, "data": args.data, "width": args.width,
                           "size": args.size, "n_train": args.n_train, "n_val": args.n_val,
                           "batch_size": args.batch_size, "iters": args.iters, "epochs": None,
                           "seed": seed, "pad1": pad1, "device": args.device, **options}
@@ -124,7 +128,7 @@ def main(argv=None):
     if taken and not args.overwrite:
         raise SystemExit(f"error: --out {args.out} already holds runs ({taken[0]}...); pass "
                          f"--overwrite to replace them, or choose another --out")
-    print(f"{len(jobs)} runs of FCN-32s (pad1 {pad1}, {args.iters} steps each), "
+    print(f"{len(jobs)} runs of {args.model} (pad1 {pad1}, {args.iters} steps each), "
           f"{min(args.jobs, len(jobs))} at a time")
     results = run_jobs(jobs, min(args.jobs, len(jobs)), worker=train_logging_losses)
     out, summary = Path(args.out), {}
