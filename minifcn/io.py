@@ -26,6 +26,7 @@ from .backend import as_numpy
 from .caffemodel import from_caffe, looks_like_caffemodel, read_caffemodel
 from .data.transforms import MEAN_RGB  # minifcn's input: RGB 0..255 minus this mean
 from .npzfile import read_npz
+from .safetensors import load_safetensors, save_safetensors
 from .torchfile import read_torch_file, read_torch_state_dict
 
 __all__ = [
@@ -82,13 +83,21 @@ def _write_npz(path, arrays):
                 np.lib.format.write_array(f, array, allow_pickle=False)
 
 
+def _is_safetensors(path):
+    return str(path).lower().endswith(".safetensors")
+
+
 def save(model_or_state, path):
-    """Save a model's ``state_dict()`` (or a ``{name: array}`` dict) to ``path`` as an .npz.
+    """Save a model's ``state_dict()`` (or a ``{name: array}`` dict) to ``path``: a
+    .safetensors file (Hugging Face's format, ``minifcn.safetensors``) when the name ends so,
+    else an .npz.
 
     Arrays are copied to the CPU; dtypes and shapes are kept exactly. ``path`` is used as given
-    (no ``.npz`` is appended). The write is atomic.
+    (no suffix is appended). The write is atomic.
     """
     arrays = _state_of(model_or_state, "minifcn.io.save")
+    if _is_safetensors(path):
+        return save_safetensors(arrays, path, where="minifcn.io.save")
     if META_KEY in arrays:
         raise ValueError(f"minifcn.io.save: the name {META_KEY!r} is reserved for checkpoint "
                          "metadata")
@@ -96,11 +105,14 @@ def save(model_or_state, path):
 
 
 def load(path):
-    """Read an .npz written by :func:`save` (or ``np.savez``): ``{name: ndarray}`` in file order.
+    """Read an .npz written by :func:`save` (or ``np.savez``), or a .safetensors file (by its
+    name): ``{name: ndarray}`` in file order.
 
     Never unpickles. The metadata record of a checkpoint, if any, is left out (see
     :func:`load_checkpoint`).
     """
+    if _is_safetensors(path):
+        return load_safetensors(path, where="minifcn.io.load")
     arrays = read_npz(path, "minifcn.io.load")
     arrays.pop(META_KEY, None)
     return arrays

@@ -324,3 +324,21 @@ def test_our_mean_is_the_data_pipelines_mean():
 
     assert io.MEAN_RGB == tuple(MEAN_RGB)
     np.testing.assert_allclose(io.MEAN_RGB, OUR_MEAN_RGB)
+
+
+def test_io_save_and_load_choose_safetensors_by_the_file_name(tmp_path):
+    import minifcn
+
+    minifcn.manual_seed(0)
+    model = minifcn.models.fcn8s(n_class=3, width=0.0625)
+    path = tmp_path / "net.safetensors"
+    io.save(model, path)
+    assert path.read_bytes()[8:9] == b"{"  # an 8-byte header length, then the JSON header
+    back = io.load(path)
+    state = model.state_dict()
+    assert list(back) == list(state)
+    for k in state:
+        np.testing.assert_array_equal(back[k], state[k], err_msg=k)
+    safetensors = pytest.importorskip("safetensors.numpy")
+    theirs = safetensors.load_file(str(path))
+    assert all(np.array_equal(theirs[k], state[k]) for k in state)
