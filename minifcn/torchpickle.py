@@ -1,5 +1,6 @@
-"""The restricted unpickler for the ``data.pkl`` inside a ``torch.save`` zip (used by
-:mod:`minifcn.torchfile`, which reads the zip, checks the limits and builds the arrays).
+"""The restricted unpickler for the object pickle of a ``torch.save`` file: the ``data.pkl``
+inside a zip, or the third pickle of a legacy stream (used by :mod:`minifcn.torchfile` and
+:mod:`minifcn.torchlegacy`, which read the file, check the limits and build the arrays).
 
 A pickle is a small program: it names Python globals (``module.name``) and calls them. Loading
 one with plain ``pickle.load`` runs whatever the file's author put there (``os.system`` included),
@@ -93,20 +94,36 @@ def described(e):
     return f"{kind}: {e}"
 
 
+def refusal(module, name, path):
+    """The error for a global the file asks for that is not on the allow-list."""
+    return TorchFileError(one_line(f"refusing to load {short.repr(module)[1:-1]}."
+                                   f"{short.repr(name)[1:-1]} from {path}: {REFUSED_HINT}"))
+
+
 def prescan(pkl, fail):
-    """Walk data.pkl's opcodes without running them (``pickletools.genops``) and call
+    """Walk data.pkl's opcodes without running them; see :func:`scan_pickle`."""
+    scan_pickle(io.BytesIO(pkl), fail, "data.pkl")
+
+
+def scan_pickle(f, fail, what):
+    """Walk the pickle at ``f``'s position to its STOP without running it
+    (``pickletools.genops``), leave ``f`` just after it and return its length. Calls
     ``fail(message)`` for what CPython's unpickler would allocate blindly: a counted length past
     the end (it allocates the length first), a memo index beyond the pickle's length (it sizes
-    its memo table by the largest)."""
+    its memo table by the largest). ``f`` must be an io.BytesIO: its read(n) returns what
+    remains, where a real file's may allocate n bytes first."""
+    start, top = f.tell(), -1
     try:
-        for op, arg, _ in pickletools.genops(pkl):
-            if op.name in _PUT_OPS and arg > len(pkl):
-                fail(f"data.pkl asks for memo slot {arg}, beyond its own length "
-                     f"({len(pkl)} bytes): not a pickle torch wrote")
-    except TorchFileError:
-        raise
+        for op, arg, _ in pickletools.genops(f):
+            if op.name in _PUT_OPS:
+                top = max(top, arg)
     except (ValueError, TypeError) as e:  # genops: a length past the end, a bad opcode
-        fail(f"data.pkl is damaged ({one_line(e)}); expected a tensor state_dict pickle")
+        fail(f"{what} is damaged ({one_line(e)}); expected a pickle as torch.save writes it")
+    length = f.tell() - start
+    if top > length:
+        fail(f"{what} asks for memo slot {top}, beyond its own length ({length} bytes): not a "
+             "pickle torch wrote")
+    return length
 
 
 class TensorUnpickler(pickle.Unpickler):
@@ -116,10 +133,12 @@ class TensorUnpickler(pickle.Unpickler):
     this object (a fresh bound method cannot be modified by the file) or refuses. ``reader`` is
     minifcn.torchfile's: its ``path``, ``zf`` and ``prefix`` (the zip and its archive folder),
     ``fail(message)`` and ``read_member(info)`` (which counts the bytes against its budget).
+    The legacy stream's unpickler (:mod:`minifcn.torchlegacy`) replaces ``persistent_load``.
     """
 
     def __init__(self, reader, pkl):
-        super().__init__(io.BytesIO(pkl))
+        # utf-8 as torch.load: Python 2 wrote str as bytes (legacy files of 2017 did)
+        super().__init__(io.BytesIO(pkl), encoding="utf-8")
         self._reader = reader
         self._storages = {}  # key -> Storage; several tensors may view one storage
 
@@ -137,13 +156,12 @@ class TensorUnpickler(pickle.Unpickler):
             if name in allowed:
                 return allowed[name]
         storage_names = (*STORAGE_DTYPES, "UntypedStorage")
-        if module in ("torch", "torch.storage") and name in storage_names:
+        # torch.cuda.FloatStorage...: a legacy file saved from a GPU (the bytes are the same)
+        if module in ("torch", "torch.storage", "torch.cuda") and name in storage_names:
             return StorageType(name)
         if module == "torch" and name in TORCH_DTYPES:
             return DType(name)
-        raise TorchFileError(one_line(f"refusing to load {short.repr(module)[1:-1]}."
-                                      f"{short.repr(name)[1:-1]} from {self._reader.path}: "
-                                      f"{REFUSED_HINT}"))
+        raise refusal(module, name, self._reader.path)
 
     def persistent_load(self, pid):
         # a tensor's storage is pickled as ('storage', storage_type, key, location, numel)
