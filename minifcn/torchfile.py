@@ -8,6 +8,10 @@ What is inside such a file (the zip format, the default since torch 1.6)::
     archive/byteorder     b"little" or b"big"
     archive/version ...   bookkeeping we do not need
 
+Files written before torch 1.6 (and with ``_use_new_zipfile_serialization=False`` since) are one
+stream of pickles then storages instead, read by :mod:`minifcn.torchlegacy` into the same
+tensors; which format a file is in is told by its first bytes (``PK`` or a pickle), as torch does.
+
 A pickle is a small program that can call any Python global (``os.system`` included): data.pkl
 is run by :mod:`minifcn.torchpickle`'s restricted unpickler, which refuses every global but the
 few a tensor state_dict needs, and only notes each tensor's storage and geometry; the arrays are
@@ -16,9 +20,10 @@ built here after the pickle has run, when each tensor's key is known, so every e
 Limits: a damaged or hostile file cannot make the reader exhaust memory. Everything it allocates
 is counted, before allocating, against a budget of ``BUDGET_FACTOR`` (4) x the file's size on
 disk + ``BUDGET_SLACK`` (64 MiB), in all: data.pkl, each storage record (its declared size, which
-must match the storage's numel) and each array built. A file torch wrote needs at most about 3x
-its size (the storages, then one C-contiguous copy of each tensor, bfloat16 widened to float32),
-so it always fits. What does not fit is a tensor bigger than the bytes behind it: an
+must match the storage's numel) and each array built (of a legacy stream: the file, read once,
+whose storages are slices of it, its object pickle and each array built). A file torch wrote
+needs at most about 3x its size (the storages, then one C-contiguous copy of each tensor,
+bfloat16 widened to float32), so it always fits. What does not fit is a tensor bigger than the bytes behind it: an
 ``expand()``ed view, which torch saves as its stride-0 geometry over the 1-element storage (a
 1.5 kB file that asks for 37 GiB), or many tensors built from one storage. Small ones are built
 (a bias expanded to 4096 channels is 16 kB, inside the slack); beyond the budget the file is
@@ -43,6 +48,7 @@ import zipfile
 
 import numpy as np
 
+from .torchlegacy import is_legacy_stream, load_stream
 from .torchpickle import (REFUSED_HINT, Pending, Storage, TensorUnpickler, TorchFileError,
                           described, is_int, one_line, prescan, short)
 
@@ -98,24 +104,11 @@ class _Reader:
                                    f"{_human(info.file_size)}")
         return self.zf.read(info)
 
-    def open(self):
+    def open_zip(self):
         """Check the file is a torch zip; set zf, prefix (the archive's folder), endian."""
         path = self.path
         if not zipfile.is_zipfile(path):
-            with open(path, "rb") as f:
-                head = f.read(2)
-            if head == b"PK":
-                self.fail("looks like a damaged or truncated zip archive (expected a torch.save "
-                          "file)")
-            # torch's legacy formats: a bare pickle stream (torch < 1.6), or a tar (torch < 0.4)
-            if head[:1] == b"\x80" or tarfile.is_tarfile(path):
-                raise TorchFileError(
-                    f"read_torch_state_dict: {path} is in torch's legacy (pre-1.6, non-zip) "
-                    "format, which is not supported; re-save it once with a recent torch: "
-                    f"torch.save(torch.load({path!r}, weights_only=True), 'resaved.pt') (a "
-                    ".tar-era file needs weights_only=False: do that only for a file you trust)")
-            raise TorchFileError(f"read_torch_state_dict: {path} is not a file written by "
-                                 "torch.save (expected a zip archive holding data.pkl)")
+            self.fail("looks like a damaged or truncated zip archive (expected a torch.save file)")
         self.zf = zipfile.ZipFile(path)
         pickles = [n for n in self.zf.namelist() if n.endswith("/data.pkl") and n.count("/") == 1]
         if len(pickles) != 1:
@@ -134,12 +127,29 @@ class _Reader:
         self.endian = "<" if byteorder == "little" else ">"
 
     def load(self):
+        """The file's object, tensors as arrays. The format is told by the first bytes, as
+        torch.load tells it, never by the file's name."""
         self.zf = None
+        with open(self.path, "rb") as f:
+            head = f.read(4)
         try:
-            self.open()
-            pkl = self.read_member(self.zf.getinfo(f"{self.prefix}/data.pkl"))
-            prescan(pkl, self.fail)
-            obj = TensorUnpickler(self, pkl).load()
+            if head[:2] == b"PK":  # a zip's local header, PK\x03\x04 (torch >= 1.6)
+                self.open_zip()
+                pkl = self.read_member(self.zf.getinfo(f"{self.prefix}/data.pkl"))
+                prescan(pkl, self.fail)
+                obj = TensorUnpickler(self, pkl).load()
+            elif is_legacy_stream(head):  # a bare pickle stream (torch 0.1.10 to 1.5)
+                obj = load_stream(self)
+            elif tarfile.is_tarfile(self.path):
+                raise TorchFileError(
+                    f"read_torch_state_dict: {self.path} is in torch's legacy tar format (torch "
+                    "< 0.1.10), which is not supported; re-save it once with torch 1.x or 2.x: "
+                    f"torch.save(torch.load({self.path!r}, weights_only=False), 'resaved.pt') "
+                    "(weights_only=False runs the file's code: do that only for a file you trust)")
+            else:
+                raise TorchFileError(
+                    f"read_torch_state_dict: {self.path} is not a file written by torch.save "
+                    "(expected a zip archive holding data.pkl, or torch's legacy pickle stream)")
             return self.resolve(obj, "", 0, {})
         finally:
             if self.zf is not None:
@@ -232,7 +242,7 @@ class _Reader:
 
 
 def read_torch_file(path):
-    """Unpickle a ``torch.save`` zip file with tensors replaced by NumPy arrays.
+    """Unpickle a ``torch.save`` file (zip, or the legacy stream) with tensors as NumPy arrays.
 
     Returns whatever was saved (dicts, lists, numbers, strings, arrays). Raises
     :class:`TorchFileError` (a ValueError) naming the file, and the global, record or tensor at
@@ -249,7 +259,7 @@ def read_torch_file(path):
     except Exception as e:  # zipfile, zlib, struct, pickle...: no code of the file's has run
         raise TorchFileError(one_line(
             f"{path}: cannot be read as a torch.save file ({described(e)}); expected "
-            "an intact zip of data.pkl and tensor storages")) from e
+            "an intact zip of data.pkl and tensor storages, or torch's legacy stream")) from e
 
 
 def read_torch_state_dict(path):

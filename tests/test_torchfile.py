@@ -146,11 +146,11 @@ def test_not_torch_files(tmp_path):
         read_torch_state_dict(tmp_path / "nothing.pt")
     legacy = tmp_path / "legacy.pt"
     legacy.write_bytes(pickle.dumps(0x1950A86A20F9469CFC6C, protocol=2) + b"rest")  # legacy magic
-    with pytest.raises(ValueError, match="legacy.*re-save"):
+    with pytest.raises(ValueError, match="legacy.pt: the protocol version pickle is damaged"):
         read_torch_state_dict(legacy)
     with tarfile.open(tmp_path / "old.tar", "w") as tf:
         tf.add(legacy, arcname="sys_info")
-    with pytest.raises(ValueError, match="legacy"):
+    with pytest.raises(ValueError, match=r"old.tar is in torch's legacy tar format .*re-save"):
         read_torch_state_dict(tmp_path / "old.tar")
     junk = tmp_path / "junk.pt"
     junk.write_bytes(b"hello")
@@ -198,9 +198,6 @@ def test_fresh_torch_save_round_trip(tmp_path):
     # DataParallel prefix and a checkpoint wrapper, and a file without the byteorder record
     torch.save({"epoch": 1, "state_dict": {"module.w": base}}, path, _disable_byteorder_record=True)
     assert list(read_torch_state_dict(path)) == ["w"]
-    torch.save(state, path, _use_new_zipfile_serialization=False)
-    with pytest.raises(ValueError, match="legacy"):
-        read_torch_state_dict(path)
 
 
 def test_hand_built_big_endian_file_agrees_with_torch(tmp_path):
