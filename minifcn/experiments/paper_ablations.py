@@ -35,7 +35,8 @@ from .skip_architectures import run_jobs, table
 STUDIES = {  # study -> [(label, options that differ from the plain FCN-32s run)]
     "sampling": [("P = 1 (whole images)", {}), ("P = 0.5", {"loss_sampling": 0.5}),
                  ("P = 0.25", {"loss_sampling": 0.25})],
-    "fixed": [("FCN-32s", {}), ("FCN-32s-fixed (frozen trunk)", {"freeze_trunk": True})],
+    "fixed": [("every layer learns", {}),
+              ("frozen trunk (the paper's FCN-32s-fixed)", {"freeze_trunk": True})],
     "balance": [("no class weights", {}), ("balanced", {"class_weights": "balanced"})],
 }
 
