@@ -23,8 +23,9 @@ import numpy as np
 
 from .atomic import atomic_path, atomic_write_bytes, atomic_write_text
 from .backend import as_numpy
-from .caffemodel import from_caffe, looks_like_caffemodel, read_caffemodel
+from .caffemodel import looks_like_caffemodel, read_caffemodel
 from .data.transforms import MEAN_RGB  # minifcn's input: RGB 0..255 minus this mean
+from .fromcaffe import from_caffe
 from .npzfile import read_npz
 from .safetensors import load_safetensors, save_safetensors
 from .torchfile import read_torch_file, read_torch_state_dict
@@ -269,7 +270,7 @@ def import_weights(path_or_state, kind="auto", fold_normalisation=True, bgr_to_r
     them to ours.
 
     A .caffemodel (known by its suffix or its first bytes; never a zip) goes to
-    :func:`minifcn.caffemodel.from_caffe`: the authors' FCN nets or their VGG16, conv1_1's
+    :func:`minifcn.fromcaffe.from_caffe`: the authors' FCN nets or their VGG16, conv1_1's
     input channels reversed from Caffe's BGR to minifcn's RGB unless ``bgr_to_rgb=False``
     (:func:`read_caffemodel` gives the raw blobs); ``kind`` must then be 'auto'.
 
@@ -291,7 +292,7 @@ def import_weights(path_or_state, kind="auto", fold_normalisation=True, bgr_to_r
             if kind != "auto":
                 raise ValueError(f"import_weights: {path} is a caffemodel; kind={kind!r} names "
                                  "PyTorch layouts (pass kind='auto')")
-            return from_caffe(read_caffemodel(path), bgr_to_rgb=bgr_to_rgb)
+            return from_caffe(read_caffemodel(path), bgr_to_rgb=bgr_to_rgb, source=path)
         is_npz = False
         if zipfile.is_zipfile(path):
             with contextlib.suppress(zipfile.BadZipFile, ValueError, OSError):  # the torch

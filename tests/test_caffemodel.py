@@ -1,4 +1,5 @@
-"""minifcn.caffemodel / io.read_caffemodel / io.import_weights on .caffemodel files.
+"""minifcn.caffemodel (io.read_caffemodel), minifcn.fromcaffe and io.import_weights on .caffemodel
+files.
 
 The fixtures are written by a protobuf encoder in this file (varints and length-delimited
 fields by hand, after caffe.proto's field numbers), independent of the reader under test.
@@ -11,7 +12,8 @@ import pytest
 
 from minifcn import Tensor, io, models
 from minifcn import functional as F
-from minifcn.caffemodel import AT_ONCE_SCALES, TRUNK, from_caffe, looks_like_caffemodel
+from minifcn.caffemodel import looks_like_caffemodel
+from minifcn.fromcaffe import AT_ONCE_SCALES, TRUNK, from_caffe
 
 from _helpers import TINY
 
@@ -346,6 +348,10 @@ def test_import_refuses_what_it_cannot_convert(tmp_path, rng):
         change(changed)
         with pytest.raises(ValueError, match=fault.replace("(", r"\(").replace(")", r"\)")):
             from_caffe(changed)
+    del layers["fc7"]  # through import_weights, the error names the file
+    path = write(tmp_path, net([layer(n, "Convolution", bl) for n, bl in layers.items()]))
+    with pytest.raises(ValueError, match=f"from_caffe: {path}: missing layers: fc7"):
+        io.import_weights(path)
 
 
 def test_caffemodel_found_by_content_and_torch_files_left_alone(tmp_path, rng):
