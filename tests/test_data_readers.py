@@ -289,3 +289,29 @@ def test_get_dataset(tmp_path):
         get_dataset("cityscapes", "train")
     with pytest.raises(ValueError, match="needs a folder"):
         get_dataset("voc:", "train")
+
+
+def test_voc_split_file_anywhere_and_ids_checked_up_front(tmp_path):
+    base, written = make_voc(tmp_path, sizes=((40, 50), (30, 30), (24, 36), (20, 20)))
+    names = list(written)
+    listed = tmp_path / "seg11valid.txt"  # the authors' list, outside the VOC tree
+    listed.write_text(f"{names[3]}\n\n  {names[1]}  \n")
+    ds = get_dataset(f"voc:{tmp_path / 'VOCdevkit'}", "val", split_file=listed)
+    assert ds.names == [names[3], names[1]] and ds.split == "seg11valid"
+    np.testing.assert_array_equal(ds[0][1], written[names[3]][1])
+    with pytest.raises(FileNotFoundError, match="split file .*nowhere.txt not found"):
+        VOCSegmentation(base, split_file=tmp_path / "nowhere.txt")
+    # ids of another year, or typos: one line naming the list and the first id missing
+    listed.write_text(f"{names[0]}\n2011_999999\n{names[2]}\n2011_888888\n")
+    for split_file, split in ((listed, None), (None, "extra")):
+        if split:
+            (base / "ImageSets/Segmentation/extra.txt").write_text(listed.read_text())
+        with pytest.raises(FileNotFoundError) as e:
+            VOCSegmentation(base, split or "val", split_file=split_file)
+        msg = str(e.value)
+        assert "\n" not in msg and "'2011_999999'" in msg and "lists 2 of its 4 ids" in msg, msg
+        assert str(split_file or base / "ImageSets/Segmentation/extra.txt") in msg
+    (base / "SegmentationClass" / f"{names[0]}.png").unlink()  # an image without its label
+    listed.write_text(f"{names[1]}\n{names[0]}\n")
+    with pytest.raises(FileNotFoundError, match=f"first is '{names[0]}' .*{names[0]}.png"):
+        VOCSegmentation(base, split_file=listed)

@@ -59,16 +59,26 @@ class VOCSegmentation(SegmentationDataset):
 
     ``split``: "train", "val", "trainval", or the name of any other list present as
     ImageSets/Segmentation/NAME.txt (e.g. the paper's "seg11valid" if you put it there).
-    Each item is checked when loaded: decodable image, label of the same size, label values in
-    0..20 or 255; errors name the file.
+    ``split_file``: instead, the path of a list of image ids anywhere (one per line), such as
+    the authors' seg11valid.txt; ``split`` is then its name without the suffix.
+    Every listed id must have its image and label (else FileNotFoundError naming the list and
+    the first id missing). Each item is checked when loaded: decodable image, label of the same
+    size, label values in 0..20 or 255; errors name the file.
     """
 
     name = "voc"
     class_names = list(VOC_CLASSES)
     n_class = len(VOC_CLASSES)
 
-    def __init__(self, root, split="train"):
+    def __init__(self, root, split="train", split_file=None):
         self.root = find_voc_root(root)
+        if split_file is not None:
+            split_file = Path(split_file)
+            if not split_file.is_file():
+                raise FileNotFoundError(f"VOCSegmentation: split file {split_file} not found")
+            self.split, self.names = split_file.stem, read_names(split_file, "VOCSegmentation")
+            self._check_listed(split_file)
+            return
         if not isinstance(split, str) or not split or "/" in split or "\\" in split:
             raise ValueError(f"VOCSegmentation: split must be a plain name like 'train', got {split!r}")
         self.split = split
@@ -83,6 +93,21 @@ class VOCSegmentation(SegmentationDataset):
                 f"{', '.join(VOC_SPLITS)} or a list in {sets} (found: {', '.join(present) or 'none'})"
             )
         self.names = read_names(split_file, "VOCSegmentation")
+        self._check_listed(split_file)
+
+    def _check_listed(self, split_file):
+        """Every listed id has JPEGImages/ID.jpg and SegmentationClass/ID.png (a list meant for
+        another year or a typo is found now, not hours into a run)."""
+        for name in self.names:
+            for path in (self.root / "JPEGImages" / f"{name}.jpg",
+                         self.root / "SegmentationClass" / f"{name}.png"):
+                if not path.is_file():
+                    missing = sum(not (self.root / "JPEGImages" / f"{n}.jpg").is_file()
+                                  or not (self.root / "SegmentationClass" / f"{n}.png").is_file()
+                                  for n in self.names)
+                    raise FileNotFoundError(
+                        f"VOCSegmentation: {split_file} lists {missing} of its {len(self.names)} "
+                        f"ids that are not in {self.root}; the first is {name!r} (no {path})")
 
     def __len__(self):
         return len(self.names)
