@@ -3,6 +3,13 @@ model on a dataset split.
 
     python -m minifcn.evaluate runs/fcn8s-shapes-.../checkpoint_best.npz
     python -m minifcn.evaluate CKPT --data voc:/data/VOCdevkit --split val --json scores.json
+    python -m minifcn.evaluate fcn8s-heavy-pascal.caffemodel --model fcn8s \
+        --data voc:/data/VOCdevkit/VOC2011 --split-file seg11valid.txt
+
+With --model the file is a weights file, not a run checkpoint: a .caffemodel, a PyTorch file
+(.pth, .pt, .bin) or an .npz, imported as ``--init-from`` does (minifcn.io.import_weights),
+into the net --model names at --width, with the number of classes of --data. Every learned
+layer must be in the file.
 
 Every image is scored at its own size: a batch holds images of one size (``Loader`` with
 ``group_by_size``), so --batch-size changes the speed, not the metrics.
@@ -16,8 +23,10 @@ from pathlib import Path
 import numpy as np
 
 from . import backend, io
+from .data import Loader, get_dataset
+from .models import MODELS, build
 from .training import dataset, load_model, validate
-from .data import Loader
+from .training.build import read_weights
 
 
 def format_table(scores, class_names):
@@ -47,12 +56,51 @@ def check_writable(path, option):
                          f"({e.strerror or e})") from None
 
 
+def load_weights_model(path, name, width, n_class, device):
+    """The --model net (``models.build``, conv1_1 padding 100 as the reference nets) with the
+    weights of ``path`` (``read_weights``), in eval mode. Every learned layer must be in the
+    file, and nothing the net lacks; fixed layers absent from it (bilinear upsampling) keep
+    their initialisation. Errors are one line naming the file and what does not fit."""
+    model = build(name, n_class=n_class, width=width)
+    state, own = read_weights(path), model.state_dict()
+    hint = f"is it another --model or --width? (given {name} at --width {width:g})"
+    missing = [k for k, p in model.named_parameters() if p.requires_grad and k not in state]
+    extra = [k for k in state if k not in own]
+    for what, keys in (("has no weights for", missing), ("has weights the model lacks:", extra)):
+        if keys:
+            more = f" and {len(keys) - 4} more" if len(keys) > 4 else ""
+            raise ValueError(f"{path} {what} {', '.join(keys[:4])}{more}; {hint}")
+    for k, v in state.items():
+        if v.shape != own[k].shape:
+            raise ValueError(f"{path}: {k} has shape {v.shape}, the {name} model at --width "
+                             f"{width:g} with {n_class} classes {own[k].shape}; {hint}")
+    model.load_state_dict(io.merge_state(own, state))
+    return model.to(backend.check_device(device)).eval()
+
+
+def load_data(spec, split, split_file, config):
+    """The dataset to score: ``split`` of ``spec`` (as the run made it when ``config``), or the
+    ids listed in ``split_file`` (VOC only)."""
+    if split_file:
+        if not spec.startswith("voc:"):
+            raise ValueError(f"--split-file works with --data voc:ROOT, not {spec}")
+        return get_dataset(spec, split, split_file=split_file)
+    return dataset(config, split, spec) if config else get_dataset(spec, split)
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(prog="python -m minifcn.evaluate", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("checkpoint", help="a checkpoint written by python -m minifcn.train")
+    p.add_argument("checkpoint", help="a checkpoint written by python -m minifcn.train, or "
+                                      "with --model a weights file")
+    p.add_argument("--model", choices=list(MODELS), help="the net a weights file (.caffemodel, "
+                                                         ".pth, .npz...) holds; needs --data")
+    p.add_argument("--width", type=float, help="with --model: the net's width (default 1, VGG16)")
     p.add_argument("--data", help="dataset (default: the one the model was trained on)")
-    p.add_argument("--split", default="val", help="default val")
+    p.add_argument("--split", help="default val; for voc:ROOT any "
+                                   "ROOT/ImageSets/Segmentation/NAME.txt")
+    p.add_argument("--split-file", metavar="FILE", help="voc: score the image ids listed in FILE "
+                                                        "(one a line), e.g. seg11valid.txt")
     p.add_argument("--batch-size", type=int, default=1)
     p.add_argument("--device", default="auto", choices=["cpu", "cuda", "auto"])
     p.add_argument("--json", metavar="FILE", help="also write the scores as JSON")
@@ -62,11 +110,29 @@ def main(argv=None):
             raise ValueError(f"--batch-size must be >= 1, got {args.batch_size}")
         if args.json:
             check_writable(args.json, "--json")
-        model, config = load_model(args.checkpoint, args.device)
-        spec = args.data or config["data"]
-        data = dataset(config, args.split, spec)
-        if data.n_class != config["n_class"]:
-            raise ValueError(f"{spec} has {data.n_class} classes, the model {config['n_class']}")
+        if args.split and args.split_file:
+            raise ValueError("--split and --split-file: give one of them")
+        split = args.split or "val"
+        if args.model:
+            if not args.data:
+                raise ValueError("--model needs --data (a weights file does not say its data), "
+                                 "e.g. --data voc:/data/VOCdevkit")
+            width = 1.0 if args.width is None else args.width
+            spec, data = args.data, load_data(args.data, split, args.split_file, None)
+            model = load_weights_model(args.checkpoint, args.model, width, data.n_class,
+                                       args.device)
+        else:
+            if args.width is not None:
+                raise ValueError("--width goes with --model (a run checkpoint knows its width)")
+            if args.checkpoint.lower().endswith((".caffemodel", ".pth", ".pt", ".bin")):
+                raise ValueError(f"{args.checkpoint} is a weights file, not a run checkpoint: "
+                                 f"say which net it holds with --model ({', '.join(MODELS)})")
+            model, config = load_model(args.checkpoint, args.device)
+            spec = args.data or config["data"]
+            data = load_data(spec, split, args.split_file, config)
+            if data.n_class != config["n_class"]:
+                raise ValueError(f"{spec} has {data.n_class} classes, the model "
+                                 f"{config['n_class']}")
         if data.notice:
             print(f"note: {data.notice}")
         loader = Loader(data, args.batch_size, shuffle=False, group_by_size=True)
@@ -75,7 +141,7 @@ def main(argv=None):
     except (FileNotFoundError, ValueError) as e:  # a file or an option at fault, named in e
         print(f"error: {e}", file=sys.stderr)
         return 1
-    print(f"{spec} {args.split}: {len(data)} images, mean loss {loss:.4f}\n")
+    print(f"{spec} {args.split_file or split}: {len(data)} images, mean loss {loss:.4f}\n")
     print(format_table(scores, data.class_names))
     if args.json:
         out = {k: float(scores[k]) for k in ("pixel_acc", "mean_acc", "mean_iu", "fw_iu")}

@@ -85,3 +85,137 @@ def test_evaluate_refuses_an_unwritable_json_before_evaluating(checkpoint, voc, 
         assert err.startswith(f"error: --json {bad}: "), err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["VOCdevkit", "file.txt", "folder"]
     assert list((tmp_path / "folder").iterdir()) == []
+
+
+# ---------------------------------------------------------------- weights files (--model)
+
+W = 1 / 32
+
+
+@pytest.fixture(scope="module")
+def fcn8s_files(tmp_path_factory):
+    """A tiny FCN-8s with every learned layer random (score layers too, so the predictions
+    and the loss depend on each of them), as a run checkpoint and as a caffemodel in the
+    authors' layout (conv1_1 reading BGR), encoded by tests/test_caffemodel.py's encoder."""
+    from test_caffemodel import caffe_layers, layer, net
+
+    folder = tmp_path_factory.mktemp("fcn8s")
+    config = training.resolve({**training.DEFAULTS, "model": "fcn8s", "width": W, "pad1": 100,
+                               "data": "voc:unused", "device": "cpu"})
+    config["n_class"] = 21
+    model = training.build_model(config)
+    rng = np.random.default_rng(5)
+    state = model.state_dict()
+    for k, p in model.named_parameters():
+        if p.requires_grad:
+            fan_in = np.prod(p.shape[1:]) if p.data.ndim > 1 else 10
+            scale = np.sqrt(2 / fan_in) / (64 if k.startswith("conv1_1") else 1)
+            state[k] = (rng.standard_normal(p.shape) * scale).astype(np.float32)
+    model.load_state_dict(state)
+    ckpt = folder / "checkpoint.npz"
+    io.save_checkpoint(ckpt, {f"model/{k}": v for k, v in state.items()}, {"config": config})
+    layers = caffe_layers(state)
+    msgs = [layer("data", "Input", [])]
+    for name, blobs in layers.items():
+        msgs.append(layer(name, "Deconvolution" if name.startswith("upscore") else
+                          "Convolution", blobs))
+        if not name.startswith(("upscore", "score")):
+            msgs.append(layer(name.replace("conv", "relu"), "ReLU", []))
+    caffemodel = folder / "fcn8s-tiny.caffemodel"
+    caffemodel.write_bytes(net(msgs))
+    without = folder / "no-score-pool3.caffemodel"  # a learned layer missing
+    without.write_bytes(net([layer(n, "Convolution", b) for n, b in layers.items()
+                             if n != "score_pool3"]))
+    rgb = folder / "rgb.caffemodel"  # conv1_1 left in minifcn's RGB: a wrong caffemodel
+    rgb.write_bytes(net([layer(n, "Convolution", [state[f"{n}.weight"], *b[1:]])
+                         for n, b in layers.items()]))
+    return {"state": state, "checkpoint": ckpt, "caffemodel": caffemodel, "without": without,
+            "rgb": rgb}
+
+
+def scores_of(capsys, tmp_path, *argv):
+    out = tmp_path / "scores.json"
+    rc, _, err = run(capsys, *argv, "--json", out)
+    assert rc == 0, err
+    return json.loads(out.read_text())
+
+
+def test_a_caffemodel_scores_as_the_model_it_was_made_from(fcn8s_files, voc, tmp_path, capsys):
+    data = ("--data", f"voc:{voc}")
+    original = scores_of(capsys, tmp_path, fcn8s_files["checkpoint"], *data)
+    imported = scores_of(capsys, tmp_path, fcn8s_files["caffemodel"], "--model", "fcn8s",
+                         "--width", W, *data)
+    assert imported == original  # the same weights bit for bit: the same numbers exactly
+    assert 0 < original["mean_iu"] < 1 and original["loss"] > 0
+    # the comparison sees the channel order: a caffemodel whose conv1_1 reads RGB scores apart
+    wrong = scores_of(capsys, tmp_path, fcn8s_files["rgb"], "--model", "fcn8s", "--width", W,
+                      *data)
+    assert wrong["loss"] != pytest.approx(original["loss"], rel=1e-4)
+
+
+def test_init_from_a_caffemodel_loads_every_learned_layer(fcn8s_files, tmp_path, capsys):
+    from minifcn import train as train_cli
+
+    base, _ = make_voc(tmp_path, sizes=SIZES)
+    config = training.resolve({**training.DEFAULTS, "model": "fcn8s", "width": W, "pad1": 100,
+                               "data": f"voc:{base}", "device": "cpu"})
+    config["n_class"] = 21
+    model, logged = training.build_model(config), []
+    training.load_weights_into(model, fcn8s_files["caffemodel"], log=logged.append)
+    assert "kept at init: none" in logged[0] and "ignored from file: none" in logged[0]
+    for k, v in model.state_dict().items():
+        np.testing.assert_array_equal(v, fcn8s_files["state"][k], err_msg=k)
+    rc = train_cli.main(["--data", f"voc:{base}", "--model", "fcn8s", "--width", str(W),
+                         "--pad1", "100", "--iters", "1", "--batch-size", "1", "--device", "cpu",
+                         "--init-from", str(fcn8s_files["caffemodel"]),
+                         "--out", str(tmp_path / "run")])
+    out, err = capsys.readouterr()
+    assert rc == 0, err
+    assert f"init from {fcn8s_files['caffemodel']}: loaded 39 tensors; kept at init: none" in out
+
+
+def test_split_file_scores_exactly_the_listed_images(fcn8s_files, voc, tmp_path, capsys):
+    listed = tmp_path / "seg11valid.txt"
+    listed.write_text("2007_000003\n2007_000001\n")
+    (voc / "ImageSets/Segmentation/two.txt").write_text(listed.read_text())
+    weights = (fcn8s_files["caffemodel"], "--model", "fcn8s", "--width", W, "--data", f"voc:{voc}")
+    by_file = scores_of(capsys, tmp_path, *weights, "--split-file", listed)
+    by_name = scores_of(capsys, tmp_path, *weights, "--split", "two")
+    every = scores_of(capsys, tmp_path, *weights)
+    assert by_file == by_name and by_file != every
+    rc, out, err = run(capsys, *weights, "--split-file", listed)
+    assert rc == 0 and f"voc:{voc} {listed}: 2 images" in out
+    listed.write_text("2007_000001\n2011_003019\n")  # an id of another year
+    rc, out, err = run(capsys, *weights, "--split-file", listed)
+    assert rc == 1 and err.count("\n") == 1 and str(listed) in err and "'2011_003019'" in err
+    rc, out, err = run(capsys, fcn8s_files["checkpoint"], "--data", f"voc:{voc}",
+                       "--split-file", tmp_path / "none.txt")
+    assert rc == 1 and err.count("\n") == 1 and "none.txt not found" in err
+
+
+@pytest.mark.parametrize("argv, fault", [
+    (("without", "--model", "fcn8s", "--width", W), "has no weights for score_pool3.weight, "
+                                                     "score_pool3.bias"),
+    (("caffemodel", "--model", "fcn16s", "--width", W), "has weights the model lacks: "
+                                                         "score_pool3.weight, score_pool3.bias"),
+    (("caffemodel", "--model", "fcn8s"), "conv1_1.weight has shape (2, 3, 3, 3), the fcn8s "
+                                         "model at --width 1 with 21 classes (64, 3, 3, 3)"),
+    (("caffemodel",), "is a weights file, not a run checkpoint: say which net it holds with "
+                      "--model"),
+    (("checkpoint", "--width", W), "--width goes with --model"),
+    (("caffemodel", "--model", "fcn8s", "--split", "val", "--split-file", "x.txt"),
+     "--split and --split-file: give one of them"),
+    (("checkpoint", "--data", "shapes", "--split-file", "x.txt"), "--split-file works with"),
+])
+def test_weights_file_errors_are_one_line(fcn8s_files, voc, capsys, argv, fault):
+    path, *rest = argv
+    data = () if "--data" in rest else ("--data", f"voc:{voc}")
+    rc, out, err = run(capsys, fcn8s_files[path], *rest, *data)
+    assert rc == 1 and err.count("\n") == 1 and fault in err, err
+    if "has" in fault:
+        assert str(fcn8s_files[path]) in err
+
+
+def test_model_needs_data(fcn8s_files, capsys):
+    rc, out, err = run(capsys, fcn8s_files["caffemodel"], "--model", "fcn8s")
+    assert rc == 1 and err.count("\n") == 1 and "--model needs --data" in err

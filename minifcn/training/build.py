@@ -88,18 +88,28 @@ def dataset(config, split, spec=None):
     return get_dataset(spec, split, **kw)
 
 
-def load_weights_into(model, path, log=print):
-    """Initialise ``model`` from a checkpoint, an .npz of weights, or a PyTorch file (torchvision
-    VGG16 or the FCN port), matching by layer name: the staged training of the paper (16s from
-    32s, 8s from 16s) and fine-tuning. Layers absent from the file, or of another shape (a score
-    layer with another number of classes), keep their initialisation; both are reported."""
+def read_weights(path):
+    """``{name: array}`` in minifcn's names from a weights file: a PyTorch file (.pt, .pth,
+    .bin: torchvision VGG16 or the FCN port) or a Caffe .caffemodel (the authors' FCN nets or
+    VGG16) through ``io.import_weights`` (renamed and reshaped, conv1_1 turned to RGB); else a
+    minifcn checkpoint (its model/ arrays) or .npz of weights."""
     path = str(path)
-    if path.endswith((".pt", ".pth", ".bin")):
-        state = io.import_weights(path)
-    else:
-        state = io.load(path)
-        if any(k.startswith("model/") for k in state):
-            state = {k[len("model/"):]: v for k, v in state.items() if k.startswith("model/")}
+    if path.lower().endswith((".pt", ".pth", ".bin", ".caffemodel")):
+        return io.import_weights(path)
+    state = io.load(path)
+    if any(k.startswith("model/") for k in state):
+        state = {k[len("model/"):]: v for k, v in state.items() if k.startswith("model/")}
+    return state
+
+
+def load_weights_into(model, path, log=print):
+    """Initialise ``model`` from a checkpoint, an .npz of weights, a PyTorch file (torchvision
+    VGG16 or the FCN port) or a Caffe .caffemodel (``read_weights``), matching by layer name:
+    the staged training of the paper (16s from 32s, 8s from 16s) and fine-tuning. Layers absent
+    from the file, or of another shape (a score layer with another number of classes), keep
+    their initialisation; both are reported."""
+    path = str(path)
+    state = read_weights(path)
     own = dict(model.named_parameters())
     loaded = {k: v for k, v in state.items() if k in own and tuple(v.shape) == own[k].shape}
     learned = {k: p.data.size for k, p in own.items() if p.requires_grad}
