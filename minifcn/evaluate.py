@@ -61,8 +61,9 @@ def load_weights_model(path, name, width, n_class, device):
     weights of ``path`` (``read_weights``), in eval mode. Every learned layer must be in the
     file, and nothing the net lacks; fixed layers absent from it (bilinear upsampling) keep
     their initialisation. Errors are one line naming the file and what does not fit."""
+    state = read_weights(path)  # first: a bad file is found before a big net is built
     model = build(name, n_class=n_class, width=width)
-    state, own = read_weights(path), model.state_dict()
+    own = model.state_dict()
     hint = f"is it another --model or --width? (given {name} at --width {width:g})"
     missing = [k for k, p in model.named_parameters() if p.requires_grad and k not in state]
     extra = [k for k in state if k not in own]
