@@ -66,7 +66,8 @@ def parser():
                                           "the synthetic sets, 1 on real data; see "
                                           "optim.first_layer_lr_mult)")
     a("--init-from", help="weights to start from: a minifcn checkpoint/.npz (staged training: "
-                          "16s from 32s, 8s from 16s) or a PyTorch VGG16/FCN file")
+                          "16s from 32s, 8s from 16s), a PyTorch VGG16/FCN file (.pth, either "
+                          "format) or a Caffe .caffemodel (docs/weights.md)")
     a("--loss-sampling", type=float, metavar="P", help="keep the loss of each cell of the net's "
                                                          "final coarse grid with probability P "
                                                          "(the paper's patch sampling; default 1)")
