@@ -1,0 +1,172 @@
+"""An FCN as an ONNX graph for inference, built by walking the model's own forward.
+
+``to_onnx`` runs ``model.forward`` with every layer replaced by a stand-in that, instead of
+computing, appends the ONNX node(s) for that layer and returns the name of its output (the same
+trick as ``minifcn.models.geometry.trace``). So the graph is whatever the forward does, for
+FCN-32s, 16s, 8s and 8s at-once alike, and each layer becomes:
+
+    Conv2d           Conv (kernel_shape, strides, pads), weight and bias as initializers
+    ConvTranspose2d  ConvTranspose (the upscore layers: no bias, as in the reference nets)
+    MaxPool2d        MaxPool with ceil_mode=1 (Caffe's pooling rounds up)
+    ReLU             Relu
+    Dropout          nothing (inference: the identity)
+    Scale            Mul by a float32 scalar (FCN-8s at-once: 0.01 and 0.0001)
+    Sum              Add
+    Crop             Shape(like, start=2, end=4) -> (H, W); Add(offsets, H W) -> ends;
+                     Slice(x, offsets, ends, axes=[2, 3]): the offsets are the model's derived
+                     ones (``model.offsets``), the sizes the reference tensor's at run time
+
+Input "image" (N, 3, H, W) float32, RGB 0..255 minus ``MEAN_RGB``; output "scores"
+(N, n_class, H, W); N, H and W are free (any H, W the model accepts). Weights are written as
+float32 whatever the model's dtype. Opset 17, IR version 8 (onnxruntime 1.13 and later).
+A single .onnx file holds at most 2 GB (protobuf's limit): widths above about 1.9 are refused.
+"""
+import copy
+import json
+
+import numpy as np
+
+from . import nn
+from .atomic import atomic_path
+from .data.transforms import MEAN_RGB
+from .models.layers import Crop, Scale, Sum
+
+__all__ = ["to_onnx", "require_onnx", "OPSET", "IR_VERSION", "INPUT", "OUTPUT"]
+
+OPSET, IR_VERSION = 17, 8
+INPUT, OUTPUT = "image", "scores"
+MAX_BYTES = 2**31 - 2**24  # protobuf's 2 GB, less room for the graph itself
+
+
+def require_onnx(where="to_onnx"):
+    """The onnx module, or ImportError in one line naming the extra that installs it."""
+    try:
+        import onnx
+    except ImportError:
+        raise ImportError(f'{where} needs the onnx package: pip install -e ".[export]" (or pip '
+                          'install "onnx>=1.14")') from None
+    return onnx
+
+
+class _Graph:
+    """The nodes and initializers being collected, with unique value names."""
+
+    def __init__(self, helper, numpy_helper):
+        self.helper, self.numpy_helper = helper, numpy_helper
+        self.nodes, self.inits, self.names = [], [], {INPUT}
+
+    def fresh(self, name):
+        out, i = name, 1
+        while out in self.names:
+            out, i = f"{name}_{i}", i + 1
+        self.names.add(out)
+        return out
+
+    def const(self, name, array):
+        name = self.fresh(name)
+        self.inits.append(self.numpy_helper.from_array(np.asarray(array), name))
+        return name
+
+    def node(self, op, inputs, name, **attrs):
+        out = self.fresh(name)
+        self.nodes.append(self.helper.make_node(op, list(inputs), [out], name=out, **attrs))
+        return out
+
+
+def _square(pair):
+    return list(pair) if isinstance(pair, (tuple, list)) else [pair, pair]
+
+
+class _Stand:
+    """Stands in for layer ``name`` in the walk: takes value names, emits nodes, returns the
+    output's value name."""
+
+    def __init__(self, name, module, graph):
+        self.name, self.module, self.g = name, module, graph
+
+    def __call__(self, *inputs):
+        m, g, name = self.module, self.g, self.name
+        x = inputs[0]
+        if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d)):
+            args = [x, g.const(f"{name}.weight", m.weight.numpy().astype(np.float32))]
+            if m.bias is not None:
+                args.append(g.const(f"{name}.bias", m.bias.numpy().astype(np.float32)))
+            ph, pw = _square(m.padding)
+            op = "Conv" if isinstance(m, nn.Conv2d) else "ConvTranspose"
+            return g.node(op, args, name, kernel_shape=_square(m.kernel_size),
+                          strides=_square(m.stride), pads=[ph, pw, ph, pw])
+        if isinstance(m, nn.MaxPool2d):
+            ph, pw = _square(m.padding)
+            return g.node("MaxPool", [x], name, kernel_shape=_square(m.kernel_size),
+                          strides=_square(m.kernel_size if m.stride is None else m.stride),
+                          pads=[ph, pw, ph, pw], ceil_mode=int(bool(m.ceil_mode)))
+        if isinstance(m, nn.ReLU):
+            return g.node("Relu", [x], name)
+        if isinstance(m, nn.Dropout):
+            return x  # inference: dropout is the identity
+        if isinstance(m, Scale):
+            return g.node("Mul", [x, g.const(f"{name}.factor", np.float32(m.factor))], name)
+        if isinstance(m, Sum):
+            return g.node("Add", [x, inputs[1]], name)
+        if isinstance(m, Crop):
+            if m.offset is None:
+                raise ValueError(f"to_onnx: crop {name} has no offset (the model derives it)")
+            size = g.node("Shape", [inputs[1]], f"{name}.size", start=2, end=4)  # like's H, W
+            starts = g.const(f"{name}.starts", np.array([m.offset, m.offset], np.int64))
+            ends = g.node("Add", [starts, size], f"{name}.ends")
+            axes = g.const(f"{name}.axes", np.array([2, 3], np.int64))
+            return g.node("Slice", [x, starts, ends, axes], name)
+        raise ValueError(f"to_onnx: layer {name} of type {type(m).__name__} has no ONNX rule")
+
+
+def build_onnx(model, opset=OPSET):
+    """The ``onnx.ModelProto`` of ``model`` (an FCN) for inference; see the module docstring."""
+    onnx = require_onnx()
+    from onnx import TensorProto, helper, numpy_helper
+
+    where = "to_onnx"
+    if not hasattr(model, "conv1_1") or not callable(getattr(model, "forward", None)):
+        raise TypeError(f"{where}: expected a minifcn FCN model, got {type(model).__name__}")
+    size = sum(p.data.size * 4 for p in model.parameters())
+    if size > MAX_BYTES:
+        raise ValueError(f"{where}: the weights are {size / 2**30:.1f} GiB as float32; one .onnx "
+                         "file holds at most 2 GB (protobuf's limit): export a smaller --width")
+    g = _Graph(helper, numpy_helper)
+    ghost = copy.copy(model)  # shares the layers; only its attributes get swapped
+    for name, layer in model.children():
+        setattr(ghost, name, _Stand(name, layer, g))
+    out = ghost.forward(INPUT)
+    if out == INPUT:
+        raise ValueError(f"{where}: the model's forward computes nothing")
+    last = next(n for n in g.nodes if n.output[0] == out)
+    last.output[0] = OUTPUT
+    n_class = model.config["n_class"] if isinstance(getattr(model, "config", None), dict) \
+        else None
+    graph = helper.make_graph(
+        g.nodes, f"minifcn.{type(model).__name__}",
+        [helper.make_tensor_value_info(INPUT, TensorProto.FLOAT,
+                                       ["N", model.conv1_1.in_channels, "H", "W"])],
+        [helper.make_tensor_value_info(OUTPUT, TensorProto.FLOAT, ["N", n_class, "H", "W"])],
+        initializer=g.inits)
+    proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)],
+                              ir_version=IR_VERSION, producer_name="minifcn",
+                              doc_string=f"{type(model).__name__}: scores (N, n_class, H, W) "
+                                         f"from an RGB image minus the mean {MEAN_RGB}")
+    meta = {"model": type(model).__name__, "input": f"RGB 0..255 minus mean {list(MEAN_RGB)}",
+            "offsets": json.dumps(getattr(model, "offsets", {}))}
+    if isinstance(getattr(model, "config", None), dict):
+        meta["config"] = json.dumps(model.config)
+    helper.set_model_props(proto, meta)
+    onnx.checker.check_model(proto)
+    return proto
+
+
+def to_onnx(model, path, opset=OPSET):
+    """Write ``model`` (an FCN) at ``path`` as an ONNX model for inference, atomically.
+
+    Ops: Conv, Relu, MaxPool (ceil_mode=1), ConvTranspose, Shape, Add, Slice (the crops, sized
+    at run time), Add (the skips), Mul (8s at-once's scales); dropout is left out. Needs the
+    onnx package: pip install -e ".[export]"."""
+    data = build_onnx(model, opset).SerializeToString()
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        f.write(data)
