@@ -15,7 +15,7 @@ def __getattr__(name):
     # heavier layers load on first use, so `import minifcn` stays light
     import importlib
 
-    if name in ("models", "optim", "metrics", "data", "io", "viz", "simple", "training"):
+    if name in ("models", "optim", "metrics", "data", "io", "viz", "simple", "training", "export"):
         return importlib.import_module(f"minifcn.{name}")
     if name == "summary":
         from .models import summary
