@@ -4,10 +4,11 @@
 // Shapes (all arrays C-contiguous):
 //   x, gx        (N, C, h, w)      input and its gradient
 //   y, gy        (N, C, oh, ow)    output and its gradient
-//   argmax       (N, C, oh, ow)    int32: the winner's offset i*kw + j inside its window
-// Window (oy, ox) covers the padded input's rows oy*sh .. oy*sh + kh - 1 and columns
-// ox*sw .. ox*sw + kw - 1, i.e. the input's rows from oy*sh - ph. The caller computes oh and ow
-// (with ceil rounding for Caffe's pooling, when the last window may hang over the edge).
+//   argmax       (N, C, oh, ow)    int32: the winner's tap i*kw + j inside its window
+// Tap (i, j) of window (oy, ox) reads the padded input's pixel (oy*sh + i*dh, ox*sw + j*dw),
+// i.e. the input's pixel (oy*sh + i*dh - ph, ox*sw + j*dw - pw); dh, dw are the dilation
+// (1 = a plain window of kh x kw neighbours). The caller computes oh and ow (with ceil rounding
+// for Caffe's pooling, when the last window may hang over the edge).
 //
 // Every kernel takes `long long total` first: the number of threads with work.
 
@@ -31,7 +32,7 @@ __device__ double minus_infinity<double>() {
 template <typename T>
 __device__ void maxpool_forward(long long total, const T *__restrict__ x, T *__restrict__ y,
                                 int *__restrict__ argmax, int h, int w, int kh, int kw, int sh,
-                                int sw, int ph, int pw, int oh, int ow) {
+                                int sw, int ph, int pw, int dh, int dw, int oh, int ow) {
     long long idx = (long long)blockIdx.x * blockDim.x + threadIdx.x;
     if (idx >= total) return;
     // unravel idx over y's shape (N*C, oh, ow)
@@ -45,10 +46,11 @@ __device__ void maxpool_forward(long long total, const T *__restrict__ x, T *__r
     int best_offset = 0;
     for (int i = 0; i < kh; ++i) {
         for (int j = 0; j < kw; ++j) {
-            // NumPy: cand = xpad[:, :, i : i + sh * oh : sh, j : j + sw * ow : sw]
-            //        i.e. xpad[.., oy*sh + i, ox*sw + j] = x[.., oy*sh + i - ph, ox*sw + j - pw]
-            int yy = oy * sh + i - ph;
-            int xx = ox * sw + j - pw;
+            // NumPy: cand = xpad[:, :, y0 : y0 + sh * oh : sh, x0 : x0 + sw * ow : sw]
+            //        (y0, x0 = i * dh, j * dw), i.e. xpad[.., oy*sh + i*dh, ox*sw + j*dw]
+            //        = x[.., oy*sh + i*dh - ph, ox*sw + j*dw - pw]
+            int yy = oy * sh + i * dh - ph;
+            int xx = ox * sw + j * dw - pw;
             // NumPy's xpad holds -inf outside x (padding, and the overhang of a ceil-mode
             // window), and -inf never beats best: skipping those elements is the same
             if (yy < 0 || yy >= h || xx < 0 || xx >= w) continue;
@@ -70,7 +72,8 @@ __device__ void maxpool_forward(long long total, const T *__restrict__ x, T *__r
 template <typename T>
 __device__ void maxpool_backward(long long total, const T *__restrict__ gy,
                                  const int *__restrict__ argmax, T *__restrict__ gx, int h, int w,
-                                 int kh, int kw, int sh, int sw, int ph, int pw, int oh, int ow) {
+                                 int kh, int kw, int sh, int sw, int ph, int pw, int dh, int dw,
+                                 int oh, int ow) {
     long long idx = (long long)blockIdx.x * blockDim.x + threadIdx.x;
     if (idx >= total) return;
     // unravel idx over gx's shape (N*C, h, w)
@@ -78,23 +81,29 @@ __device__ void maxpool_backward(long long total, const T *__restrict__ gy,
     long long rest = idx / w;
     int y = (int)(rest % h);
     long long nc = rest / h;
-    // NumPy: gpad[:, :, i : i + sh * oh : sh, j : j + sw * ow : sw] += np.where(
+    // NumPy: gpad[:, :, y0 : y0 + sh * oh : sh, x0 : x0 + sw * ow : sw] += np.where(
     //            argmax == i * kw + j, gy, 0)
-    //        padded row yp = y + ph gets window row oy's gradient at offset i = yp - oy * sh, for
-    //        every oy with 0 <= i < kh (as in col2im), and only if that offset won the window
+    //        padded row yp = y + ph gets window row oy's gradient at tap i, yp = oy*sh + i*dh,
+    //        for every oy with 0 <= i < kh (as in col2im), and only if that tap won the window
     int yp = y + ph;
     int xp = xx + pw;
-    int oy_first = yp >= kh ? (yp - kh) / sh + 1 : 0;
+    int eh = dh * (kh - 1) + 1;  // rows a window spans (its extent)
+    int ew = dw * (kw - 1) + 1;
+    int oy_first = yp >= eh ? (yp - eh) / sh + 1 : 0;
     int oy_last = min(yp / sh, oh - 1);
-    int ox_first = xp >= kw ? (xp - kw) / sw + 1 : 0;
+    int ox_first = xp >= ew ? (xp - ew) / sw + 1 : 0;
     int ox_last = min(xp / sw, ow - 1);
     long long plane = nc * oh * ow;  // start of image n, channel c in gy and argmax
     T sum = T(0);
     // oy downwards = i upwards: NumPy's order of additions, so the sums match bit for bit
     for (int oy = oy_last; oy >= oy_first; --oy) {
-        int i = yp - oy * sh;
+        int di = yp - oy * sh;  // = i * dh when window oy has a tap on row yp
+        if (dh != 1 && di % dh != 0) continue;  // between two taps (as in col2im)
+        int i = dh == 1 ? di : di / dh;
         for (int ox = ox_last; ox >= ox_first; --ox) {
-            int j = xp - ox * sw;
+            int dj = xp - ox * sw;
+            if (dw != 1 && dj % dw != 0) continue;
+            int j = dw == 1 ? dj : dj / dw;
             long long o = plane + (long long)oy * ow + ox;
             if (argmax[o] == i * kw + j) sum += gy[o];
         }
@@ -106,25 +115,27 @@ __device__ void maxpool_backward(long long total, const T *__restrict__ gy,
 // The names CuPy and the emulator launch: one instance per floating type.
 extern "C" __global__ void maxpool_forward_f32(long long total, const float *x, float *y,
                                                int *argmax, int h, int w, int kh, int kw, int sh,
-                                               int sw, int ph, int pw, int oh, int ow) {
-    maxpool_forward(total, x, y, argmax, h, w, kh, kw, sh, sw, ph, pw, oh, ow);
+                                               int sw, int ph, int pw, int dh, int dw, int oh,
+                                               int ow) {
+    maxpool_forward(total, x, y, argmax, h, w, kh, kw, sh, sw, ph, pw, dh, dw, oh, ow);
 }
 extern "C" __global__ void maxpool_forward_f64(long long total, const double *x, double *y,
                                                int *argmax, int h, int w, int kh, int kw, int sh,
-                                               int sw, int ph, int pw, int oh, int ow) {
-    maxpool_forward(total, x, y, argmax, h, w, kh, kw, sh, sw, ph, pw, oh, ow);
+                                               int sw, int ph, int pw, int dh, int dw, int oh,
+                                               int ow) {
+    maxpool_forward(total, x, y, argmax, h, w, kh, kw, sh, sw, ph, pw, dh, dw, oh, ow);
 }
 extern "C" __global__ void maxpool_backward_f32(long long total, const float *gy,
                                                 const int *argmax, float *gx, int h, int w,
                                                 int kh, int kw, int sh, int sw, int ph, int pw,
-                                                int oh, int ow) {
-    maxpool_backward(total, gy, argmax, gx, h, w, kh, kw, sh, sw, ph, pw, oh, ow);
+                                                int dh, int dw, int oh, int ow) {
+    maxpool_backward(total, gy, argmax, gx, h, w, kh, kw, sh, sw, ph, pw, dh, dw, oh, ow);
 }
 extern "C" __global__ void maxpool_backward_f64(long long total, const double *gy,
                                                 const int *argmax, double *gx, int h, int w,
                                                 int kh, int kw, int sh, int sw, int ph, int pw,
-                                                int oh, int ow) {
-    maxpool_backward(total, gy, argmax, gx, h, w, kh, kw, sh, sw, ph, pw, oh, ow);
+                                                int dh, int dw, int oh, int ow) {
+    maxpool_backward(total, gy, argmax, gx, h, w, kh, kw, sh, sw, ph, pw, dh, dw, oh, ow);
 }
 
 EMULATOR_ENTRY(maxpool_forward_f32)

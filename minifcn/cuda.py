@@ -33,13 +33,15 @@ def _ndim(op, name, a, ndim, axes):
                          f"{tuple(a.shape)}")
 
 
-def _geometry(h, w, kh, kw, sh, sw, ph, pw, oh, ow):
-    return dict(h=h, w=w, kh=kh, kw=kw, sh=sh, sw=sw, ph=ph, pw=pw, oh=oh, ow=ow)
+def _geometry(h, w, kh, kw, sh, sw, ph, pw, oh, ow, dh, dw):
+    if dh < 1 or dw < 1:  # the kernels divide by the dilation: refuse before launching
+        raise ValueError(f"minifcn.cuda: dilation must be >= 1, got ({dh}, {dw})")
+    return dict(h=h, w=w, kh=kh, kw=kw, sh=sh, sw=sw, ph=ph, pw=pw, dh=dh, dw=dw, oh=oh, ow=ow)
 
 
-def im2col(x, kh, kw, sh, sw, ph, pw, oh, ow):
-    """x (N, C, H, W) -> col (N, C, kh, kw, oh, ow); oh, ow computed by the caller.
-    One thread per element of col."""
+def im2col(x, kh, kw, sh, sw, ph, pw, oh, ow, dh=1, dw=1):
+    """x (N, C, H, W) -> col (N, C, kh, kw, oh, ow); oh, ow computed by the caller; dh, dw the
+    dilation. One thread per element of col."""
     _ndim("im2col", "x", x, 4, "(N, C, H, W)")
     xp = get_array_module(x)
     n, c, h, w = x.shape
@@ -47,11 +49,12 @@ def im2col(x, kh, kw, sh, sw, ph, pw, oh, ow):
         return x.reshape(n, c, 1, 1, h, w)  # as in NumPy: a 1x1 conv's columns are the image
     x = _floating("im2col", "x", x)
     col = xp.empty((n, c, kh, kw, oh, ow), dtype=x.dtype)
-    launch("im2col", col.size, x=x, col=col, **_geometry(h, w, kh, kw, sh, sw, ph, pw, oh, ow))
+    launch("im2col", col.size, x=x, col=col,
+           **_geometry(h, w, kh, kw, sh, sw, ph, pw, oh, ow, dh, dw))
     return col
 
 
-def col2im(col, h, w, sh, sw, ph, pw):
+def col2im(col, h, w, sh, sw, ph, pw, dh=1, dw=1):
     """col (N, C, kh, kw, oh, ow) -> image (N, C, h, w), overlaps summed, padding dropped.
     One thread per image pixel, gathering from the windows that cover it."""
     _ndim("col2im", "col", col, 6, "(N, C, kh, kw, oh, ow)")
@@ -60,13 +63,13 @@ def col2im(col, h, w, sh, sw, ph, pw):
     n, c, kh, kw, oh, ow = col.shape
     img = xp.empty((n, c, h, w), dtype=col.dtype)
     launch("col2im", img.size, col=col, img=img,
-           **_geometry(h, w, kh, kw, sh, sw, ph, pw, oh, ow))
+           **_geometry(h, w, kh, kw, sh, sw, ph, pw, oh, ow, dh, dw))
     return img
 
 
-def maxpool_forward(x, kh, kw, sh, sw, ph, pw, oh, ow):
+def maxpool_forward(x, kh, kw, sh, sw, ph, pw, oh, ow, dh=1, dw=1):
     """x (N, C, H, W) -> (y, argmax), both (N, C, oh, ow); argmax is int32, the winner's
-    offset i*kw + j in its window. One thread per output element."""
+    tap i*kw + j in its window. One thread per output element."""
     _ndim("maxpool_forward", "x", x, 4, "(N, C, H, W)")
     xp = get_array_module(x)
     x = _floating("maxpool_forward", "x", x)
@@ -74,11 +77,11 @@ def maxpool_forward(x, kh, kw, sh, sw, ph, pw, oh, ow):
     y = xp.empty((n, c, oh, ow), dtype=x.dtype)
     argmax = xp.empty((n, c, oh, ow), dtype=np.int32)
     launch("maxpool_forward", y.size, x=x, y=y, argmax=argmax,
-           **_geometry(h, w, kh, kw, sh, sw, ph, pw, oh, ow))
+           **_geometry(h, w, kh, kw, sh, sw, ph, pw, oh, ow, dh, dw))
     return y, argmax
 
 
-def maxpool_backward(gy, argmax, h, w, kh, kw, sh, sw, ph, pw):
+def maxpool_backward(gy, argmax, h, w, kh, kw, sh, sw, ph, pw, dh=1, dw=1):
     """gy, argmax (N, C, oh, ow) -> gx (N, C, h, w). One thread per input pixel, gathering
     the gradients of the windows it won."""
     _ndim("maxpool_backward", "gy", gy, 4, "(N, C, oh, ow)")
@@ -91,7 +94,7 @@ def maxpool_backward(gy, argmax, h, w, kh, kw, sh, sw, ph, pw):
     n, c, oh, ow = gy.shape
     gx = xp.empty((n, c, h, w), dtype=gy.dtype)
     launch("maxpool_backward", gx.size, gy=gy, argmax=argmax, gx=gx,
-           **_geometry(h, w, kh, kw, sh, sw, ph, pw, oh, ow))
+           **_geometry(h, w, kh, kw, sh, sw, ph, pw, oh, ow, dh, dw))
     return gx
 
 

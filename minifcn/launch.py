@@ -34,7 +34,8 @@ Kernel = namedtuple("Kernel", "source params")
 # double). These must match the extern "C" signatures in the .cu files; tests/test_kernels.py
 # checks that they do.
 _IMAGE_GEOMETRY = (("h", "int"), ("w", "int"), ("kh", "int"), ("kw", "int"), ("sh", "int"),
-                   ("sw", "int"), ("ph", "int"), ("pw", "int"), ("oh", "int"), ("ow", "int"))
+                   ("sw", "int"), ("ph", "int"), ("pw", "int"), ("dh", "int"), ("dw", "int"),
+                   ("oh", "int"), ("ow", "int"))
 _TOTAL = (("total", "long long"),)
 KERNELS = {
     "im2col": Kernel("im2col.cu", _TOTAL + (("x", "const T*"), ("col", "T*")) + _IMAGE_GEOMETRY),

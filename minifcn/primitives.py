@@ -13,6 +13,10 @@ the loop runs over (k/s)^2 blocks of s x s offsets instead (``_stride_blocks``).
 Shapes: x is (N, C, H, W); a column array is (N, C, kH, kW, outH, outW), which reshapes for free
 into the (N, C*kH*kW, outH*outW) matrix of Caffe's im2col.
 
+Dilation (PyTorch's meaning): kernel tap i sits i*d rows below the window's first row, so a
+k-tap window spans d*(k-1) + 1 rows (its "extent"). Every function takes dh, dw (default 1);
+with d = 1 each line below is the undilated loop it always was.
+
 The plain versions to read first, without the threads, workspaces and stride blocks, are in
 ``minifcn.simple``.
 """
@@ -59,8 +63,14 @@ def workspace(name, shape, dtype):
     return buf[:size].reshape(shape)
 
 
-def conv_out_size(size, k, s, p, ceil_mode=False):
-    """Output length of a window of k, stride s, padding p over ``size`` input elements.
+def extent(k, d):
+    """How many input rows a k-tap window with dilation d spans: d*(k-1) + 1."""
+    return d * (k - 1) + 1
+
+
+def conv_out_size(size, k, s, p, ceil_mode=False, d=1):
+    """Output length of a window of k taps, stride s, padding p, dilation d over ``size`` input
+    elements: floor((size + 2p - d*(k-1) - 1) / s) + 1 (PyTorch's formula).
 
     Floor rounding is convolution's (and PyTorch's default pooling). Ceil rounding is Caffe's
     pooling: the last window may hang over the padded edge. As in PyTorch, a last window that
@@ -68,6 +78,7 @@ def conv_out_size(size, k, s, p, ceil_mode=False):
     one real input element. (Caffe drops it only when p > 0, which leaves an empty window when
     k < s; FCN's nets, k = s = 2, are the same either way.)
     """
+    k = extent(k, d)  # only the span matters for the count, not the gaps between taps
     if ceil_mode:
         out = -(-(size + 2 * p - k) // s) + 1
         if (out - 1) * s >= size + p:
@@ -85,37 +96,40 @@ def _gpu(xp):
     return cuda
 
 
-def _stride_blocks(kh, kw, sh, sw):
+def _stride_blocks(kh, kw, sh, sw, dh=1, dw=1):
     """The (r, q) block offsets of a kernel that is a whole number of strides in each direction
-    (and a stride above 1), else an empty list.
+    (and a stride above 1, no dilation), else an empty list.
 
     Offset i = r*s + i' of such a kernel reads input row (y + r)*s + i': for one block r, the
     s x s offsets i' of all the windows tile a band of the input without gaps or overlap, so the
-    whole block moves in one reshape. FCN's upscore (k 16, s 8) needs 4 moves instead of 256."""
-    if (sh == 1 and sw == 1) or kh % sh or kw % sw:
+    whole block moves in one reshape. FCN's upscore (k 16, s 8) needs 4 moves instead of 256.
+    A dilated kernel's taps have gaps between them, so its s consecutive offsets do not tile a
+    band: d > 1 takes the general loop over taps."""
+    if dh != 1 or dw != 1 or (sh == 1 and sw == 1) or kh % sh or kw % sw:
         return []
     return [(r, q) for r in range(kh // sh) for q in range(kw // sw)]
 
 
-def im2col(x, kh, kw, sh, sw, ph, pw, out=None):
+def im2col(x, kh, kw, sh, sw, ph, pw, dh=1, dw=1, out=None):
     """Unfold the sliding windows of x (N, C, H, W) into columns (N, C, kh, kw, oh, ow).
 
-    col[n, c, i, j, y, x] = x_padded[n, c, y*sh + i, x*sw + j]  (zero padding).
+    col[n, c, i, j, y, x] = x_padded[n, c, y*sh + i*dh, x*sw + j*dw]  (zero padding).
     out: an array of that shape to write into (the conv ops pass a workspace); CPU only.
     The plain version to read first is ``minifcn.simple.im2col_simple``.
     """
     xp = get_array_module(x)
     n, c, h, w = x.shape
-    oh = conv_out_size(h, kh, sh, ph)
-    ow = conv_out_size(w, kw, sw, pw)
+    oh = conv_out_size(h, kh, sh, ph, d=dh)
+    ow = conv_out_size(w, kw, sw, pw, d=dw)
     gpu = _gpu(xp)
     if gpu is not None:
-        return gpu.im2col(x, kh, kw, sh, sw, ph, pw, oh, ow)
+        return gpu.im2col(x, kh, kw, sh, sw, ph, pw, oh, ow, dh, dw)
+    # (a 1x1 kernel has one tap: its dilation changes nothing)
     if kh == kw == sh == sw == 1 and ph == pw == 0:
         return x.reshape(n, c, 1, 1, h, w)  # a 1x1 conv needs no copy: the image is its columns
     xpad = np.pad(x, ((0, 0), (0, 0), (ph, ph), (pw, pw))) if (ph or pw) else x
     col = np.empty((n, c, kh, kw, oh, ow), dtype=x.dtype) if out is None else out
-    blocks = _stride_blocks(kh, kw, sh, sw)
+    blocks = _stride_blocks(kh, kw, sh, sw, dh, dw)
 
     def work(c0, c1):
         if blocks:
@@ -126,13 +140,14 @@ def im2col(x, kh, kw, sh, sw, ph, pw, out=None):
             return
         for i in range(kh):
             for j in range(kw):
-                col[:, c0:c1, i, j] = xpad[:, c0:c1, i : i + sh * oh : sh, j : j + sw * ow : sw]
+                y0, x0 = i * dh, j * dw  # where tap (i, j) of the first window sits
+                col[:, c0:c1, i, j] = xpad[:, c0:c1, y0 : y0 + sh * oh : sh, x0 : x0 + sw * ow : sw]
 
     _over_channels(work, c, col.nbytes)
     return col
 
 
-def col2im(col, h, w, sh, sw, ph, pw):
+def col2im(col, h, w, sh, sw, ph, pw, dh=1, dw=1):
     """Fold columns (N, C, kh, kw, oh, ow) back into an image (N, C, h, w), summing overlaps.
 
     The adjoint of im2col: <im2col(x), col> == <x, col2im(col)>. Values that land in the padding
@@ -142,12 +157,12 @@ def col2im(col, h, w, sh, sw, ph, pw):
     n, c, kh, kw, oh, ow = col.shape
     gpu = _gpu(xp)
     if gpu is not None:
-        return gpu.col2im(col, h, w, sh, sw, ph, pw)
+        return gpu.col2im(col, h, w, sh, sw, ph, pw, dh, dw)
     # the padded canvas must hold every window, even ones that end past h + 2p (stride leftovers)
-    hp = max(h + 2 * ph, sh * (oh - 1) + kh)
-    wp = max(w + 2 * pw, sw * (ow - 1) + kw)
+    hp = max(h + 2 * ph, sh * (oh - 1) + extent(kh, dh))
+    wp = max(w + 2 * pw, sw * (ow - 1) + extent(kw, dw))
     img = np.zeros((n, c, hp, wp), dtype=col.dtype)
-    blocks = _stride_blocks(kh, kw, sh, sw)
+    blocks = _stride_blocks(kh, kw, sh, sw, dh, dw)
 
     def work(c0, c1):
         if blocks:
@@ -159,28 +174,30 @@ def col2im(col, h, w, sh, sw, ph, pw):
             return
         for i in range(kh):
             for j in range(kw):
-                img[:, c0:c1, i : i + sh * oh : sh, j : j + sw * ow : sw] += col[:, c0:c1, i, j]
+                y0, x0 = i * dh, j * dw
+                img[:, c0:c1, y0 : y0 + sh * oh : sh, x0 : x0 + sw * ow : sw] += col[:, c0:c1, i, j]
 
     _over_channels(work, c, col.nbytes)
     return img[:, :, ph : ph + h, pw : pw + w]
 
 
-def maxpool_forward(x, kh, kw, sh, sw, ph, pw, ceil_mode):
+def maxpool_forward(x, kh, kw, sh, sw, ph, pw, ceil_mode, dh=1, dw=1):
     """Max pooling of x (N, C, H, W) -> (y, argmax), both (N, C, oh, ow).
 
-    argmax is the winner's offset inside its window, i*kw + j (int32), first one on ties.
+    argmax is the winner's tap inside its window, i*kw + j (int32), first one on ties; tap
+    (i, j) reads padded pixel (y*sh + i*dh, x*sw + j*dw).
     Padding and the part of a ceil-mode window past the edge hold -inf, so they never win.
     The plain version to read first is ``minifcn.simple.max_pool2d_simple`` (values only).
     """
     xp = get_array_module(x)
     n, c, h, w = x.shape
-    oh = conv_out_size(h, kh, sh, ph, ceil_mode)
-    ow = conv_out_size(w, kw, sw, pw, ceil_mode)
+    oh = conv_out_size(h, kh, sh, ph, ceil_mode, dh)
+    ow = conv_out_size(w, kw, sw, pw, ceil_mode, dw)
     gpu = _gpu(xp)
     if gpu is not None:
-        return gpu.maxpool_forward(x, kh, kw, sh, sw, ph, pw, oh, ow)
-    hp = sh * (oh - 1) + kh
-    wp = sw * (ow - 1) + kw
+        return gpu.maxpool_forward(x, kh, kw, sh, sw, ph, pw, oh, ow, dh, dw)
+    hp = sh * (oh - 1) + extent(kh, dh)
+    wp = sw * (ow - 1) + extent(kw, dw)
     if (hp, wp, ph, pw) == (h, w, 0, 0):  # no padding, no window past the edge (FCN: even sizes)
         xpad = x
     else:
@@ -193,7 +210,8 @@ def maxpool_forward(x, kh, kw, sh, sw, ph, pw, ceil_mode):
     def work(c0, c1):
         for i in range(kh):
             for j in range(kw):
-                cand = xpad[:, c0:c1, i : i + sh * oh : sh, j : j + sw * ow : sw]
+                y0, x0 = i * dh, j * dw
+                cand = xpad[:, c0:c1, y0 : y0 + sh * oh : sh, x0 : x0 + sw * ow : sw]
                 better = cand > y[:, c0:c1]  # strict: an earlier offset keeps a tie
                 np.copyto(y[:, c0:c1], cand, where=better)
                 np.copyto(argmax[:, c0:c1], i * kw + j, where=better)
@@ -202,21 +220,22 @@ def maxpool_forward(x, kh, kw, sh, sw, ph, pw, ceil_mode):
     return y, argmax
 
 
-def maxpool_backward(gy, argmax, h, w, kh, kw, sh, sw, ph, pw):
+def maxpool_backward(gy, argmax, h, w, kh, kw, sh, sw, ph, pw, dh=1, dw=1):
     """Route each output gradient gy (N, C, oh, ow) to its window's winner -> gx (N, C, h, w)."""
     xp = get_array_module(gy)
     n, c, oh, ow = gy.shape
     gpu = _gpu(xp)
     if gpu is not None:
-        return gpu.maxpool_backward(gy, argmax, h, w, kh, kw, sh, sw, ph, pw)
-    hp = max(sh * (oh - 1) + kh, h + 2 * ph)
-    wp = max(sw * (ow - 1) + kw, w + 2 * pw)
+        return gpu.maxpool_backward(gy, argmax, h, w, kh, kw, sh, sw, ph, pw, dh, dw)
+    hp = max(sh * (oh - 1) + extent(kh, dh), h + 2 * ph)
+    wp = max(sw * (ow - 1) + extent(kw, dw), w + 2 * pw)
     gpad = np.zeros((n, c, hp, wp), dtype=gy.dtype)
 
     def work(c0, c1):
         for i in range(kh):
             for j in range(kw):
-                gpad[:, c0:c1, i : i + sh * oh : sh, j : j + sw * ow : sw] += np.where(
+                y0, x0 = i * dh, j * dw
+                gpad[:, c0:c1, y0 : y0 + sh * oh : sh, x0 : x0 + sw * ow : sw] += np.where(
                     argmax[:, c0:c1] == i * kw + j, gy[:, c0:c1], 0
                 )
 

@@ -33,40 +33,46 @@ def gpu(a):
 
 # ---------------------------------------------------------------- kernels against NumPy
 
-GEOMETRIES = [  # kh, kw, sh, sw, ph, pw, h, w
-    (3, 3, 1, 1, 1, 1, 9, 7), (2, 3, 2, 1, 0, 2, 8, 11), (4, 4, 2, 2, 1, 1, 13, 9),
-    (1, 1, 2, 2, 0, 0, 7, 6), (7, 7, 1, 1, 0, 0, 7, 8), (16, 16, 8, 8, 0, 0, 30, 22),
+GEOMETRIES = [  # kh, kw, sh, sw, ph, pw, h, w, dh, dw
+    (3, 3, 1, 1, 1, 1, 9, 7, 1, 1), (2, 3, 2, 1, 0, 2, 8, 11, 1, 1),
+    (4, 4, 2, 2, 1, 1, 13, 9, 1, 1), (1, 1, 2, 2, 0, 0, 7, 6, 1, 1),
+    (7, 7, 1, 1, 0, 0, 7, 8, 1, 1), (16, 16, 8, 8, 0, 0, 30, 22, 1, 1),
+    (3, 3, 1, 1, 2, 2, 9, 7, 2, 2), (3, 2, 2, 1, 1, 0, 11, 9, 3, 2),  # dilated (rarefied filters)
+    (7, 7, 1, 1, 0, 0, 15, 16, 2, 2),  # fc6 after rarefying pool5
 ]
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("geom", GEOMETRIES)
 def test_im2col_col2im_match_numpy(geom, dtype, rng):
-    kh, kw, sh, sw, ph, pw, h, w = geom
+    kh, kw, sh, sw, ph, pw, h, w, dh, dw = geom
     x = rng.standard_normal((2, 3, h, w)).astype(dtype)
-    want = P.im2col(x, kh, kw, sh, sw, ph, pw)
-    got = P.im2col(gpu(x), kh, kw, sh, sw, ph, pw)  # dispatches to minifcn.cuda
+    want = P.im2col(x, kh, kw, sh, sw, ph, pw, dh, dw)
+    got = P.im2col(gpu(x), kh, kw, sh, sw, ph, pw, dh, dw)  # dispatches to minifcn.cuda
     assert isinstance(got, cp.ndarray)
     np.testing.assert_array_equal(cp.asnumpy(got), want)
     col = rng.standard_normal(want.shape).astype(dtype)
-    np.testing.assert_array_equal(cp.asnumpy(P.col2im(gpu(col), h, w, sh, sw, ph, pw)),
-                                  P.col2im(col, h, w, sh, sw, ph, pw))
+    np.testing.assert_array_equal(cp.asnumpy(P.col2im(gpu(col), h, w, sh, sw, ph, pw, dh, dw)),
+                                  P.col2im(col, h, w, sh, sw, ph, pw, dh, dw))
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-@pytest.mark.parametrize("geom", [(2, 2, 2, 2, 0, 0, 7, 9, True), (3, 3, 2, 2, 1, 1, 13, 11, True),
-                                  (3, 2, 1, 2, 1, 0, 6, 7, False)])
+@pytest.mark.parametrize("geom", [(2, 2, 2, 2, 0, 0, 7, 9, True, 1, 1),
+                                  (3, 3, 2, 2, 1, 1, 13, 11, True, 1, 1),
+                                  (3, 2, 1, 2, 1, 0, 6, 7, False, 1, 1),
+                                  (2, 2, 1, 1, 0, 0, 9, 8, True, 2, 2),  # a rarefied pool5
+                                  (3, 2, 2, 1, 2, 1, 13, 11, True, 2, 3)])
 def test_maxpool_matches_numpy(geom, dtype, rng):
-    kh, kw, sh, sw, ph, pw, h, w, ceil = geom
+    kh, kw, sh, sw, ph, pw, h, w, ceil, dh, dw = geom
     x = rng.integers(-3, 3, size=(2, 3, h, w)).astype(dtype) - 10  # ties, all negative
-    want_y, want_arg = P.maxpool_forward(x, kh, kw, sh, sw, ph, pw, ceil)
-    y, arg = P.maxpool_forward(gpu(x), kh, kw, sh, sw, ph, pw, ceil)
+    want_y, want_arg = P.maxpool_forward(x, kh, kw, sh, sw, ph, pw, ceil, dh, dw)
+    y, arg = P.maxpool_forward(gpu(x), kh, kw, sh, sw, ph, pw, ceil, dh, dw)
     np.testing.assert_array_equal(cp.asnumpy(y), want_y)
     np.testing.assert_array_equal(cp.asnumpy(arg), want_arg)
     gy = rng.standard_normal(want_y.shape).astype(dtype)
     np.testing.assert_array_equal(
-        cp.asnumpy(P.maxpool_backward(gpu(gy), arg, h, w, kh, kw, sh, sw, ph, pw)),
-        P.maxpool_backward(gy, want_arg, h, w, kh, kw, sh, sw, ph, pw))
+        cp.asnumpy(P.maxpool_backward(gpu(gy), arg, h, w, kh, kw, sh, sw, ph, pw, dh, dw)),
+        P.maxpool_backward(gy, want_arg, h, w, kh, kw, sh, sw, ph, pw, dh, dw))
 
 
 @pytest.mark.parametrize("dtype, tol", [(np.float32, 1e-5), (np.float64, 1e-12)])

@@ -5,7 +5,8 @@ kernels/emulator.h, run every GPU thread on the CPU, through the same Python glu
 allocation, argument types, grid size) as on a GPU. Only CuPy's final launch call is not run
 here (tests/test_gpu.py runs it where there is a GPU).
 
-im2col, col2im and max pooling must match NumPy bit for bit: the kernels add in NumPy's order.
+im2col, col2im and max pooling must match NumPy bit for bit: the kernels add in NumPy's order,
+with and without dilation (the strategies draw dh, dw in 1..3).
 The softmax loss matches to rounding (exp and log differ in the last bits between libraries).
 """
 import shutil
@@ -37,17 +38,19 @@ def built():
 
 @st.composite
 def windows(draw, pool=False):
-    """(kh, kw, sh, sw, ph, pw, h, w) with the padded input at least one window big.
-    Pooling pads at most half a window (as F.max_pool2d requires)."""
+    """(kh, kw, sh, sw, ph, pw, h, w, dh, dw) with the padded input at least one (dilated)
+    window big. Pooling pads at most half a window's extent (as F.max_pool2d requires)."""
     kh, kw = draw(st.integers(1, 4)), draw(st.integers(1, 4))
     sh, sw = draw(st.integers(1, 3)), draw(st.integers(1, 3))
+    dh, dw = draw(st.integers(1, 3)), draw(st.integers(1, 3))
+    eh, ew = P.extent(kh, dh), P.extent(kw, dw)
     if pool:
-        ph, pw = draw(st.integers(0, kh // 2)), draw(st.integers(0, kw // 2))
+        ph, pw = draw(st.integers(0, eh // 2)), draw(st.integers(0, ew // 2))
     else:
         ph, pw = draw(st.integers(0, 2)), draw(st.integers(0, 2))
-    h = draw(st.integers(max(1, kh - 2 * ph), 9))
-    w = draw(st.integers(max(1, kw - 2 * pw), 9))
-    return kh, kw, sh, sw, ph, pw, h, w
+    h = draw(st.integers(max(1, eh - 2 * ph), 11))
+    w = draw(st.integers(max(1, ew - 2 * pw), 11))
+    return kh, kw, sh, sw, ph, pw, h, w, dh, dw
 
 
 def _random(rng, shape, dtype):
@@ -57,20 +60,21 @@ def _random(rng, shape, dtype):
 # ---------------------------------------------------------------- an independent reference
 
 
-def naive_im2col(x, kh, kw, sh, sw, ph, pw):
+def naive_im2col(x, kh, kw, sh, sw, ph, pw, dh=1, dw=1):
     """Element by element, straight from the definition (slow; tiny shapes only)."""
     n, c, h, w = x.shape
-    oh, ow = (h + 2 * ph - kh) // sh + 1, (w + 2 * pw - kw) // sw + 1
+    oh = (h + 2 * ph - dh * (kh - 1) - 1) // sh + 1
+    ow = (w + 2 * pw - dw * (kw - 1) - 1) // sw + 1
     col = np.zeros((n, c, kh, kw, oh, ow), x.dtype)
     for idx in np.ndindex(col.shape):
         b, ch, i, j, y, xx = idx
-        r, s = y * sh + i - ph, xx * sw + j - pw
+        r, s = y * sh + i * dh - ph, xx * sw + j * dw - pw
         if 0 <= r < h and 0 <= s < w:
             col[idx] = x[b, ch, r, s]
     return col
 
 
-def naive_maxpool(x, kh, kw, sh, sw, ph, pw, oh, ow):
+def naive_maxpool(x, kh, kw, sh, sw, ph, pw, oh, ow, dh=1, dw=1):
     """Scan each window's real elements in order; the first strictly larger one wins."""
     n, c, h, w = x.shape
     y = np.full((n, c, oh, ow), -np.inf, x.dtype)
@@ -78,7 +82,7 @@ def naive_maxpool(x, kh, kw, sh, sw, ph, pw, oh, ow):
     for b, ch, oy, ox in np.ndindex(y.shape):
         for i in range(kh):
             for j in range(kw):
-                r, s = oy * sh + i - ph, ox * sw + j - pw
+                r, s = oy * sh + i * dh - ph, ox * sw + j * dw - pw
                 if 0 <= r < h and 0 <= s < w and x[b, ch, r, s] > y[b, ch, oy, ox]:
                     y[b, ch, oy, ox], arg[b, ch, oy, ox] = x[b, ch, r, s], i * kw + j
     return y, arg
@@ -86,20 +90,28 @@ def naive_maxpool(x, kh, kw, sh, sw, ph, pw, oh, ow):
 
 def test_im2col_matches_naive_definition(rng):
     x = _random(rng, (2, 3, 6, 7), np.float64)
-    for geom in [(3, 3, 1, 1, 1, 1), (2, 3, 2, 1, 0, 2), (4, 2, 3, 2, 2, 1)]:
-        want = naive_im2col(x, *geom)
-        got = cuda.im2col(x, *geom, *want.shape[-2:])
+    for geom, dil in [((3, 3, 1, 1, 1, 1), (1, 1)), ((2, 3, 2, 1, 0, 2), (1, 1)),
+                      ((4, 2, 3, 2, 2, 1), (1, 1)), ((3, 3, 1, 1, 2, 2), (2, 2)),
+                      ((2, 3, 2, 1, 1, 0), (3, 2))]:
+        want = naive_im2col(x, *geom, *dil)
+        got = cuda.im2col(x, *geom, *want.shape[-2:], *dil)
         np.testing.assert_array_equal(got, want)
+        np.testing.assert_array_equal(P.im2col(x, *geom, *dil), want)
 
 
 def test_maxpool_matches_naive_definition(rng):
     x = rng.integers(-3, 3, size=(2, 2, 7, 6)).astype(np.float32)  # many ties
-    for kh, kw, sh, sw, ph, pw, ceil in [(2, 2, 2, 2, 0, 0, True), (3, 2, 2, 1, 1, 1, True),
-                                         (3, 3, 2, 3, 1, 0, False)]:
-        oh = P.conv_out_size(7, kh, sh, ph, ceil)
-        ow = P.conv_out_size(6, kw, sw, pw, ceil)
-        want_y, want_arg = naive_maxpool(x, kh, kw, sh, sw, ph, pw, oh, ow)
-        y, arg = cuda.maxpool_forward(x, kh, kw, sh, sw, ph, pw, oh, ow)
+    for kh, kw, sh, sw, ph, pw, ceil, dh, dw in [
+            (2, 2, 2, 2, 0, 0, True, 1, 1), (3, 2, 2, 1, 1, 1, True, 1, 1),
+            (3, 3, 2, 3, 1, 0, False, 1, 1), (2, 2, 1, 1, 0, 0, True, 2, 2),
+            (3, 2, 2, 1, 2, 1, True, 2, 3)]:
+        oh = P.conv_out_size(7, kh, sh, ph, ceil, dh)
+        ow = P.conv_out_size(6, kw, sw, pw, ceil, dw)
+        want_y, want_arg = naive_maxpool(x, kh, kw, sh, sw, ph, pw, oh, ow, dh, dw)
+        y, arg = cuda.maxpool_forward(x, kh, kw, sh, sw, ph, pw, oh, ow, dh, dw)
+        np.testing.assert_array_equal(y, want_y)
+        np.testing.assert_array_equal(arg, want_arg)
+        y, arg = P.maxpool_forward(x, kh, kw, sh, sw, ph, pw, ceil, dh, dw)
         np.testing.assert_array_equal(y, want_y)
         np.testing.assert_array_equal(arg, want_arg)
 
@@ -111,10 +123,10 @@ def test_maxpool_matches_naive_definition(rng):
 @given(geom=windows(), n=st.integers(1, 2), c=st.integers(1, 3), dtype=st.sampled_from(DTYPES),
        seed=st.integers(0, 2**16))
 def test_im2col_matches_numpy(geom, n, c, dtype, seed):
-    kh, kw, sh, sw, ph, pw, h, w = geom
+    kh, kw, sh, sw, ph, pw, h, w, dh, dw = geom
     x = _random(np.random.default_rng(seed), (n, c, h, w), dtype)
-    want = P.im2col(x, kh, kw, sh, sw, ph, pw)
-    got = cuda.im2col(x, kh, kw, sh, sw, ph, pw, *want.shape[-2:])
+    want = P.im2col(x, kh, kw, sh, sw, ph, pw, dh, dw)
+    got = cuda.im2col(x, kh, kw, sh, sw, ph, pw, *want.shape[-2:], dh, dw)
     assert got.dtype == dtype and got.shape == want.shape
     np.testing.assert_array_equal(got, want)
 
@@ -123,26 +135,28 @@ def test_im2col_matches_numpy(geom, n, c, dtype, seed):
 @given(geom=windows(), n=st.integers(1, 2), c=st.integers(1, 3), dtype=st.sampled_from(DTYPES),
        seed=st.integers(0, 2**16))
 def test_col2im_matches_numpy_bit_for_bit(geom, n, c, dtype, seed):
-    kh, kw, sh, sw, ph, pw, h, w = geom
-    oh, ow = P.conv_out_size(h, kh, sh, ph), P.conv_out_size(w, kw, sw, pw)
+    kh, kw, sh, sw, ph, pw, h, w, dh, dw = geom
+    oh, ow = P.conv_out_size(h, kh, sh, ph, d=dh), P.conv_out_size(w, kw, sw, pw, d=dw)
     col = _random(np.random.default_rng(seed), (n, c, kh, kw, oh, ow), dtype)
-    want = P.col2im(col, h, w, sh, sw, ph, pw)
-    got = cuda.col2im(col, h, w, sh, sw, ph, pw)
+    want = P.col2im(col, h, w, sh, sw, ph, pw, dh, dw)
+    got = cuda.col2im(col, h, w, sh, sw, ph, pw, dh, dw)
     assert got.dtype == dtype and got.shape == (n, c, h, w)
     np.testing.assert_array_equal(got, want)
 
 
-@pytest.mark.parametrize("geom", [(3, 3, 1, 1, 1, 1), (4, 4, 2, 2, 1, 1), (3, 2, 3, 2, 2, 0),
-                                  (16, 16, 8, 8, 0, 0)])
+@pytest.mark.parametrize("geom", [(3, 3, 1, 1, 1, 1, 1, 1), (4, 4, 2, 2, 1, 1, 1, 1),
+                                  (3, 2, 3, 2, 2, 0, 1, 1), (16, 16, 8, 8, 0, 0, 1, 1),
+                                  (3, 3, 1, 1, 2, 2, 2, 2), (3, 2, 2, 3, 1, 0, 3, 2),
+                                  (7, 7, 1, 1, 0, 0, 2, 2)])
 def test_col2im_is_the_adjoint_of_im2col(rng, geom):
     """<im2col(x), col> == <x, col2im(col)>: the defining property, independent of NumPy."""
-    kh, kw, sh, sw, ph, pw = geom
+    kh, kw, sh, sw, ph, pw, dh, dw = geom
     h, w = 19, 17
-    oh, ow = P.conv_out_size(h, kh, sh, ph), P.conv_out_size(w, kw, sw, pw)
+    oh, ow = P.conv_out_size(h, kh, sh, ph, d=dh), P.conv_out_size(w, kw, sw, pw, d=dw)
     x = rng.standard_normal((2, 3, h, w))
     col = rng.standard_normal((2, 3, kh, kw, oh, ow))
-    lhs = np.vdot(cuda.im2col(x, kh, kw, sh, sw, ph, pw, oh, ow), col)
-    rhs = np.vdot(x, cuda.col2im(col, h, w, sh, sw, ph, pw))
+    lhs = np.vdot(cuda.im2col(x, kh, kw, sh, sw, ph, pw, oh, ow, dh, dw), col)
+    rhs = np.vdot(x, cuda.col2im(col, h, w, sh, sw, ph, pw, dh, dw))
     assert lhs == pytest.approx(rhs, rel=1e-12)
 
 
@@ -187,7 +201,7 @@ def test_empty_batch():
        dtype=st.sampled_from(DTYPES), ties=st.booleans(), negative=st.booleans(),
        seed=st.integers(0, 2**16))
 def test_maxpool_matches_numpy(geom, ceil, n, c, dtype, ties, negative, seed):
-    kh, kw, sh, sw, ph, pw, h, w = geom
+    kh, kw, sh, sw, ph, pw, h, w, dh, dw = geom
     rng = np.random.default_rng(seed)
     if ties:  # few distinct values: the first maximum of a window must win, as in NumPy
         x = rng.integers(-2, 2, size=(n, c, h, w)).astype(dtype)
@@ -195,18 +209,18 @@ def test_maxpool_matches_numpy(geom, ceil, n, c, dtype, ties, negative, seed):
         x = _random(rng, (n, c, h, w), dtype)
     if negative:  # all below 0: a zero from the padding (DeZero's slip) would win
         x = x - np.abs(x).max() - 1
-    want_y, want_arg = P.maxpool_forward(x, kh, kw, sh, sw, ph, pw, ceil)
+    want_y, want_arg = P.maxpool_forward(x, kh, kw, sh, sw, ph, pw, ceil, dh, dw)
     oh, ow = want_y.shape[-2:]
-    y, arg = cuda.maxpool_forward(x, kh, kw, sh, sw, ph, pw, oh, ow)
+    y, arg = cuda.maxpool_forward(x, kh, kw, sh, sw, ph, pw, oh, ow, dh, dw)
     assert y.dtype == dtype and arg.dtype == np.int32
     np.testing.assert_array_equal(y, want_y)
     np.testing.assert_array_equal(arg, want_arg)
-    if negative:
+    if negative:  # (a dilated window can skip every real element: then it holds -inf)
         assert (y < 0).all()
 
     gy = _random(rng, y.shape, dtype)
-    want_gx = P.maxpool_backward(gy, want_arg, h, w, kh, kw, sh, sw, ph, pw)
-    gx = cuda.maxpool_backward(gy, arg, h, w, kh, kw, sh, sw, ph, pw)
+    want_gx = P.maxpool_backward(gy, want_arg, h, w, kh, kw, sh, sw, ph, pw, dh, dw)
+    gx = cuda.maxpool_backward(gy, arg, h, w, kh, kw, sh, sw, ph, pw, dh, dw)
     assert gx.dtype == dtype and gx.shape == x.shape
     np.testing.assert_array_equal(gx, want_gx)
 

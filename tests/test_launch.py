@@ -101,20 +101,20 @@ def test_gpu_branch_hands_cupy_tuples_and_typed_scalars(monkeypatch, rng):
     y = np.empty((1, 2, 3, 3), np.float32).view(FakeCupyArray)
     arg = np.empty((1, 2, 3, 3), np.int32).view(FakeCupyArray)
     L.launch("maxpool_forward", y.size, x=x.view(FakeCupyArray), y=y, argmax=arg,
-             h=6, w=5, kh=2, kw=2, sh=2, sw=2, ph=0, pw=0, oh=3, ow=3)
+             h=6, w=5, kh=2, kw=2, sh=2, sw=2, ph=0, pw=0, dh=1, dw=1, oh=3, ow=3)
     assert seen == [("pooling.cu", "maxpool_forward_f32")]
     want_y, want_arg = P.maxpool_forward(x, 2, 2, 2, 2, 0, 0, True)
     np.testing.assert_array_equal(y.view(np.ndarray), want_y)
     np.testing.assert_array_equal(arg.view(np.ndarray), want_arg)
     with pytest.raises(TypeError, match="must be a CuPy array"):  # a NumPy array among them
         L.launch("maxpool_forward", y.size, x=x, y=y, argmax=arg,
-                 h=6, w=5, kh=2, kw=2, sh=2, sw=2, ph=0, pw=0, oh=3, ow=3)
+                 h=6, w=5, kh=2, kw=2, sh=2, sw=2, ph=0, pw=0, dh=1, dw=1, oh=3, ow=3)
 
 
 def test_launch_rejects_bad_arguments(rng):
     x = _random(rng, (1, 1, 4, 4), np.float32)
     col = np.zeros((1, 1, 2, 2, 3, 3), np.float32)
-    geom = dict(h=4, w=4, kh=2, kw=2, sh=1, sw=1, ph=0, pw=0, oh=3, ow=3)
+    geom = dict(h=4, w=4, kh=2, kw=2, sh=1, sw=1, ph=0, pw=0, dh=1, dw=1, oh=3, ow=3)
     with pytest.raises(ValueError, match="unknown kernel"):
         L.launch("im2colx", col.size, x=x, col=col, **geom)
     with pytest.raises(TypeError, match=r"missing arguments \['ow'\]"):
@@ -137,6 +137,8 @@ def test_launch_rejects_bad_arguments(rng):
         L.launch("im2col", col.size, x=x, col=readonly, **geom)
     with pytest.raises(TypeError, match="float32 or float64"):
         cuda.im2col(x.astype(np.float16), 2, 2, 1, 1, 0, 0, 3, 3)
+    with pytest.raises(ValueError, match=r"minifcn.cuda: dilation must be >= 1, got \(0, 1\)"):
+        cuda.im2col(x, 2, 2, 1, 1, 0, 0, 3, 3, 0, 1)  # the kernels would divide by it
 
 
 def test_kernels_dir_holds_every_source():
