@@ -13,6 +13,12 @@ and its weight gradient is conv2d's weight gradient with input and output exchan
 
 The plain version to read first is ``minifcn.simple.conv2d_simple`` (and ``max_pool2d_simple``):
 what is here besides is speed (the zero ring, the flipped kernel, scratch buffers).
+
+conv2d and max_pool2d take a dilation d (PyTorch's meaning: kernel tap i sits at i*d), which
+rarefied filters (paper section 3.2, ``minifcn.models.rarefy``) are made of. With d = 1 every
+path below is exactly the undilated one. For d > 1: the zero ring and the flipped kernel still
+apply, with the window's extent d*(k-1) + 1 in place of k; the stride blocks of im2col/col2im
+do not (a dilated kernel's taps do not tile), so those take the loop over taps.
 """
 import numpy as np
 
@@ -63,54 +69,61 @@ def _check_conv_args(op, x, weight, bias, stride, padding, in_axis, layout):
 # ---------------------------------------------------------------- shared array-level helpers
 
 
-def _im2col_scratch(x, kh, kw, stride, padding, oh, ow):
+NO_DILATION = (1, 1)
+
+
+def _im2col_scratch(x, kh, kw, stride, padding, oh, ow, dilation=NO_DILATION):
     """im2col into the reused scratch block on the CPU (a fresh array on the GPU, where CuPy's
     memory pool already reuses blocks). The columns live only within the calling op."""
     out = None
     if get_array_module(x) is np:
         out = P.workspace("col", (x.shape[0], x.shape[1], kh, kw, oh, ow), x.dtype)
-    return P.im2col(x, kh, kw, *stride, *padding, out=out)
+    return P.im2col(x, kh, kw, *stride, *padding, *dilation, out=out)
 
 
-
-def _conv(x, w, stride, padding):
+def _conv(x, w, stride, padding, dilation=NO_DILATION):
     """conv2d on arrays: x (N, C, H, W), w (K, C, kh, kw) -> (N, K, oh, ow)."""
     n = x.shape[0]
     k, c, kh, kw = w.shape
-    oh, ow = (P.conv_out_size(size, k, s, p) for size, k, s, p in zip(x.shape[2:], (kh, kw),
-                                                                        stride, padding))
-    col = _im2col_scratch(x, kh, kw, stride, padding, oh, ow)  # (N, C, kh, kw, oh, ow)
+    oh, ow = (P.conv_out_size(size, k, s, p, d=d) for size, k, s, p, d in
+              zip(x.shape[2:], (kh, kw), stride, padding, dilation))
+    col = _im2col_scratch(x, kh, kw, stride, padding, oh, ow, dilation)  # (N, C, kh, kw, oh, ow)
     y = w.reshape(k, c * kh * kw) @ col.reshape(n, c * kh * kw, oh * ow)  # one GEMM per image
     return y.reshape(n, k, oh, ow)
 
 
-def _conv_input_grad(gy, w, hw, stride, padding):
+def _conv_input_grad(gy, w, hw, stride, padding, dilation=NO_DILATION):
     """The adjoint of _conv in x: gy (N, K, oh, ow), w (K, C, kh, kw) -> gx (N, C, *hw)."""
     n, k, oh, ow = gy.shape
     _, c, kh, kw = w.shape
-    flip = stride == (1, 1) and padding[0] < kh and padding[1] < kw
+    (dh, dw) = dilation
+    # the spans d*(k-1) of the taps: k-1 without dilation
+    span_h, span_w = dh * (kh - 1), dw * (kw - 1)
+    flip = stride == (1, 1) and padding[0] <= span_h and padding[1] <= span_w
     if flip and k * hw[0] * hw[1] <= c * oh * ow:
         # at stride 1 the adjoint is itself a convolution: gy, padded by k-1-p, with the kernel
         # flipped and its channel axes swapped. Its one GEMM has a short output (C rows), where
         # the general path writes a C*kh*kw-row column matrix and folds it back (col2im). But its
         # columns are K*kh*kw x H*W against the general path's C*kh*kw x oh*ow: when those are
         # bigger (more output than input channels, or fc6's 7x7 window over a 2x2 output, 128x)
-        # the general path wins (measured in benchmarks/ops.py).
+        # the general path wins (measured in benchmarks/ops.py). Dilated, the flipped kernel
+        # keeps its dilation and gy is padded by d*(k-1) - p: tap i' = k-1-i of the flipped
+        # kernel meets the same gy pixel as tap i did (the condition p <= d*(k-1) above).
         flipped = w[:, :, ::-1, ::-1].transpose(1, 0, 2, 3).copy()
-        return _conv(gy, flipped, (1, 1), (kh - 1 - padding[0], kw - 1 - padding[1]))
+        return _conv(gy, flipped, (1, 1), (span_h - padding[0], span_w - padding[1]), dilation)
     wt = w.reshape(k, c * kh * kw).T
     gy = gy.reshape(n, k, oh * ow)
     if get_array_module(gy) is np:  # write the big product into the reused scratch block
         gcol = np.matmul(wt, gy, out=P.workspace("col", (n, c * kh * kw, oh * ow), gy.dtype))
     else:
         gcol = wt @ gy
-    return P.col2im(gcol.reshape(n, c, kh, kw, oh, ow), *hw, *stride, *padding)
+    return P.col2im(gcol.reshape(n, c, kh, kw, oh, ow), *hw, *stride, *padding, *dilation)
 
 
-def _conv_weight_grad(x, gy, ksize, stride, padding):
+def _conv_weight_grad(x, gy, ksize, stride, padding, dilation=NO_DILATION):
     """The adjoint of _conv in w: x (N, C, H, W), gy (N, K, oh, ow) -> gW (K, C, kh, kw)."""
     n, k, oh, ow = gy.shape
-    col = _im2col_scratch(x, *ksize, stride, padding, oh, ow).reshape(n, -1, oh * ow)
+    col = _im2col_scratch(x, *ksize, stride, padding, oh, ow, dilation).reshape(n, -1, oh * ow)
     gy = gy.reshape(n, k, oh * ow)
     # One GEMM per image, the transposed operand read in place (BLAS's trans flag), and the
     # per-image products summed (far cheaper than the transposed copy tensordot makes of col).
@@ -126,7 +139,7 @@ def _conv_weight_grad(x, gy, ksize, stride, padding):
 # ---------------------------------------------------------------- conv2d
 
 
-def _zero_ring(ksize, stride, padding):
+def _zero_ring(ksize, stride, padding, dilation=NO_DILATION):
     """(inner padding, ring) of a conv2d whose zero padding is wider than the kernel.
 
     FCN pads conv1_1 by 100 (69-124 on our small images): every output pixel more than k-1
@@ -134,18 +147,20 @@ def _zero_ring(ksize, stride, padding):
     with padding k-1 gives exactly the other pixels, and the zero ring of width p-(k-1) around
     them is put back by hand: on a 96x96 image padded by 69 the GEMM, im2col and the weight
     gradient shrink to 98x98 of the 234x234 output (about a sixth). Stride 1 only (every
-    conv2d of VGG16; with larger strides the ring would not line up with the stride)."""
+    conv2d of VGG16; with larger strides the ring would not line up with the stride). Dilated,
+    a window spans d*(k-1) + 1 pixels, so the inner padding is d*(k-1): the windows dropped
+    still see padding only (their whole span does), and the ones kept are computed as before."""
     if stride != (1, 1):
         return padding, (0, 0)
-    inner = tuple(min(p, k - 1) for p, k in zip(padding, ksize))
+    inner = tuple(min(p, d * (k - 1)) for p, k, d in zip(padding, ksize, dilation))
     return inner, tuple(p - q for p, q in zip(padding, inner))
 
 
 class Conv2d(Function):
-    def forward(self, x, w, b=None, stride=(1, 1), padding=(0, 0)):
-        inner, (rh, rw) = _zero_ring(w.shape[2:], stride, padding)
-        self.saved = (x, w, stride, inner, (rh, rw), b is not None)
-        y = _conv(x, w, stride, inner)
+    def forward(self, x, w, b=None, stride=(1, 1), padding=(0, 0), dilation=NO_DILATION):
+        inner, (rh, rw) = _zero_ring(w.shape[2:], stride, padding, dilation)
+        self.saved = (x, w, stride, inner, (rh, rw), dilation, b is not None)
+        y = _conv(x, w, stride, inner, dilation)
         if rh or rw:  # the ring whose windows see only padding: zero, before the bias
             n, k, oh, ow = y.shape
             full = get_array_module(y).zeros((n, k, oh + 2 * rh, ow + 2 * rw), y.dtype)
@@ -156,32 +171,44 @@ class Conv2d(Function):
         return y
 
     def backward(self, g):
-        x, w, stride, inner, (rh, rw), has_bias = self.saved
+        x, w, stride, inner, (rh, rw), dilation, has_bias = self.saved
         gb = g.sum(axis=(0, 2, 3)) if has_bias else None
         if rh or rw:  # the ring depends on the bias alone: x and w see the inner part
             g = g[:, :, rh:g.shape[2] - rh, rw:g.shape[3] - rw].copy()
-        gx = _conv_input_grad(g, w, x.shape[2:], stride, inner) if self.needs_grad[0] else None
-        gw = _conv_weight_grad(x, g, w.shape[2:], stride, inner) if self.needs_grad[1] else None
+        hw, k = x.shape[2:], w.shape[2:]
+        gx = _conv_input_grad(g, w, hw, stride, inner, dilation) if self.needs_grad[0] else None
+        gw = _conv_weight_grad(x, g, k, stride, inner, dilation) if self.needs_grad[1] else None
         return (gx, gw, gb) if has_bias else (gx, gw)
 
 
-def conv2d(x, weight, bias=None, stride=1, padding=0):
+def _check_window(op, x, ksize, padding, dilation):
+    """Refuse a (dilated) window that spans more than the padded input, naming the argument."""
+    spans = tuple(P.extent(k, d) for k, d in zip(ksize, dilation))
+    padded = tuple(s + 2 * q for s, q in zip(x.shape[2:], padding))
+    if any(a > b for a, b in zip(spans, padded)):
+        if dilation == NO_DILATION:
+            raise ValueError(f"{op}: kernel {tuple(ksize)} is larger than the padded input "
+                             f"{padded}")
+        raise ValueError(f"{op}: kernel {tuple(ksize)} at dilation {dilation} spans {spans}, "
+                         f"larger than the padded input {padded}")
+
+
+def conv2d(x, weight, bias=None, stride=1, padding=0, dilation=1):
     """2-D convolution (cross-correlation, as every framework).
 
     x (N, C_in, H, W), weight (C_out, C_in, kH, kW), bias (C_out,) or None ->
-    (N, C_out, (H + 2p - kH) // s + 1, (W + 2p - kW) // s + 1). Zero padding.
+    (N, C_out, (H + 2p - d*(kH-1) - 1) // s + 1, (W + 2p - d*(kW-1) - 1) // s + 1). Zero
+    padding. dilation d: tap i of the kernel reads the input i*d pixels from the window's start
+    (PyTorch's meaning; the rarefied filters of paper section 3.2).
     The plain version to read first is ``minifcn.simple.conv2d_simple``.
     """
     op = "conv2d"
     stride, padding = _check_conv_args(op, x, weight, bias, stride, padding, 1,
                                        "(C_out, C_in, kH, kW)")
-    for axis, (k, p) in enumerate(zip(weight.shape[2:], padding)):
-        size = x.shape[2 + axis]
-        if size + 2 * p < k:
-            raise ValueError(f"{op}: kernel {tuple(weight.shape[2:])} is larger than the padded "
-                             f"input {tuple(s + 2 * q for s, q in zip(x.shape[2:], padding))}")
+    dilation = _pair(dilation, "dilation", op, 1)
+    _check_window(op, x, weight.shape[2:], padding, dilation)
     args = (x, weight) if bias is None else (x, weight, bias)
-    return Conv2d.apply(*args, stride=stride, padding=padding)
+    return Conv2d.apply(*args, stride=stride, padding=padding, dilation=dilation)
 
 
 # ---------------------------------------------------------------- conv_transpose2d
@@ -229,37 +256,42 @@ def conv_transpose2d(x, weight, bias=None, stride=1, padding=0):
 
 
 class MaxPool2d(Function):
-    def forward(self, x, ksize, stride, padding, ceil_mode):
-        y, argmax = P.maxpool_forward(x, *ksize, *stride, *padding, ceil_mode)
-        self.saved = (argmax, x.shape[2:], ksize, stride, padding)
+    def forward(self, x, ksize, stride, padding, dilation, ceil_mode):
+        y, argmax = P.maxpool_forward(x, *ksize, *stride, *padding, ceil_mode, *dilation)
+        self.saved = (argmax, x.shape[2:], ksize, stride, padding, dilation)
         return y
 
     def backward(self, g):
-        argmax, hw, ksize, stride, padding = self.saved
-        return P.maxpool_backward(g, argmax, *hw, *ksize, *stride, *padding)
+        argmax, hw, ksize, stride, padding, dilation = self.saved
+        return P.maxpool_backward(g, argmax, *hw, *ksize, *stride, *padding, *dilation)
 
 
-def max_pool2d(x, kernel_size, stride=None, padding=0, ceil_mode=False):
+def max_pool2d(x, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=False):
     """Max pooling over kernel_size windows; x (N, C, H, W) -> (N, C, oh, ow).
 
     ceil_mode=True rounds the output size up as Caffe's pooling (FCN's nets): the last window
     may hang over the edge, and only the real elements in it compete. Padding never wins a max
     (it is -inf, not 0). Backward sends each gradient to its window's first maximum.
-    The plain version to read first is ``minifcn.simple.max_pool2d_simple``.
+    dilation d: the window's taps sit d pixels apart (PyTorch's meaning and argument order, so
+    ceil_mode comes after it). The plain version to read first is
+    ``minifcn.simple.max_pool2d_simple``.
     """
     op = "max_pool2d"
     _check_4d(op, "input", x)
     ksize = _pair(kernel_size, "kernel_size", op, 1)
     stride = ksize if stride is None else _pair(stride, "stride", op, 1)
     padding = _pair(padding, "padding", op, 0)
+    if isinstance(dilation, bool):  # max_pool2d(x, k, s, p, True) from before dilation existed
+        raise TypeError(f"{op}: dilation must be an int or a pair of ints, got {dilation!r} "
+                        "(ceil_mode comes after dilation, as in PyTorch: pass ceil_mode=...)")
+    dilation = _pair(dilation, "dilation", op, 1)
+    # half the kernel's taps, not of its dilated span: PyTorch's rule, dilated or not
     for k, p in zip(ksize, padding):
         if 2 * p > k:
             raise ValueError(f"{op}: padding {padding} must be at most half the kernel {ksize}")
-    for size, k, p in zip(x.shape[2:], ksize, padding):
-        if size + 2 * p < k:
-            raise ValueError(f"{op}: kernel {ksize} is larger than the padded input "
-                             f"{tuple(s + 2 * q for s, q in zip(x.shape[2:], padding))}")
-    return MaxPool2d.apply(x, ksize=ksize, stride=stride, padding=padding, ceil_mode=ceil_mode)
+    _check_window(op, x, ksize, padding, dilation)
+    return MaxPool2d.apply(x, ksize=ksize, stride=stride, padding=padding, dilation=dilation,
+                           ceil_mode=ceil_mode)
 
 
 # ---------------------------------------------------------------- crop

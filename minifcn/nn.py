@@ -149,6 +149,16 @@ def _pair(v):
     return (v, v) if isinstance(v, int) else tuple(v)
 
 
+def _dilation(value, layer, after):
+    """The dilation as a pair. A bool is a call written before dilation existed, whose next
+    positional argument (``after``) now lands here: say so instead of a puzzling forward error.
+    Other bad values are refused by the op (F.conv2d / F.max_pool2d) with its own message."""
+    if isinstance(value, bool):
+        raise TypeError(f"{layer}: dilation must be an int or a pair of ints, got {value!r} "
+                        f"({after} comes after dilation, as in PyTorch: pass {after}=...)")
+    return _pair(value) if isinstance(value, (int, tuple, list)) else value
+
+
 class _ConvBase(Module):
     """What Conv2d and ConvTranspose2d share: geometry, PyTorch's default init, repr."""
 
@@ -169,14 +179,23 @@ class _ConvBase(Module):
 class Conv2d(_ConvBase):
     """Convolution layer, weight (C_out, C_in, kH, kW). Weights start as PyTorch's default
     (Kaiming-uniform with a=sqrt(5), i.e. U(-1/sqrt(fan_in), 1/sqrt(fan_in)), the same bound
-    for the bias)."""
+    for the bias). dilation: kernel tap i reads the input i*d pixels from the window's start
+    (PyTorch's meaning and argument order: bias comes after it); it changes no parameter."""
 
-    def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0, bias=True):
+    def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0, dilation=1,
+                 bias=True):
         super().__init__(in_channels, out_channels, kernel_size, stride, padding, bias,
                          (out_channels, in_channels), in_channels)
+        self.dilation = _dilation(dilation, "Conv2d", "bias")
 
     def forward(self, x):
-        return F.conv2d(x, self.weight, self.bias, self.stride, self.padding)
+        return F.conv2d(x, self.weight, self.bias, self.stride, self.padding, self.dilation)
+
+    def extra_repr(self):
+        text = super().extra_repr()
+        if self.dilation != (1, 1):  # shown only when set, as PyTorch does
+            text = text.replace(", bias=", f", dilation={self.dilation}, bias=")
+        return text
 
 
 class ConvTranspose2d(_ConvBase):
@@ -192,16 +211,22 @@ class ConvTranspose2d(_ConvBase):
 
 
 class MaxPool2d(Module):
-    def __init__(self, kernel_size, stride=None, padding=0, ceil_mode=False):
+    """Max pooling layer (see F.max_pool2d). Arguments in PyTorch's order: dilation (the
+    window's taps d pixels apart) comes before ceil_mode."""
+
+    def __init__(self, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=False):
         self.kernel_size, self.stride = kernel_size, stride
         self.padding, self.ceil_mode = padding, ceil_mode
+        self.dilation = _dilation(dilation, "MaxPool2d", "ceil_mode")
 
     def forward(self, x):
-        return F.max_pool2d(x, self.kernel_size, self.stride, self.padding, self.ceil_mode)
+        return F.max_pool2d(x, self.kernel_size, self.stride, self.padding, self.dilation,
+                            self.ceil_mode)
 
     def extra_repr(self):
+        dilation = "" if self.dilation == (1, 1) else f"dilation={self.dilation}, "
         return (f"kernel_size={self.kernel_size}, stride={self.stride}, "
-                f"padding={self.padding}, ceil_mode={self.ceil_mode}")
+                f"padding={self.padding}, {dilation}ceil_mode={self.ceil_mode}")
 
 
 class ReLU(Module):

@@ -24,9 +24,9 @@ def _distinct(rng, *shape):
     return Tensor(vals.reshape(shape), requires_grad=True)
 
 
-def _conv(x, w, stride, pad):
+def _conv(x, w, stride, pad, dilation=1):
     def make(rng):
-        return (lambda x_, w_, b_: F.conv2d(x_, w_, b_, stride, pad)), [
+        return (lambda x_, w_, b_: F.conv2d(x_, w_, b_, stride, pad, dilation)), [
             _t(rng, *x), _t(rng, *w), _t(rng, w[0])]
     return make
 
@@ -38,12 +38,12 @@ def _deconv(x, w, stride, pad, bias=False):
     return make
 
 
-def _pool(x, k, s, p, ceil, negative=False):
+def _pool(x, k, s, p, ceil, negative=False, dilation=1):
     def make(rng):
         t = _distinct(rng, *x)
         if negative:  # all-negative input: a zero from the padding would win a wrong max
             t.data -= t.data.max() + 1.0
-        return (lambda a: F.max_pool2d(a, k, s, p, ceil_mode=ceil)), [t]
+        return (lambda a: F.max_pool2d(a, k, s, p, dilation, ceil_mode=ceil)), [t]
     return make
 
 
@@ -114,6 +114,19 @@ CASES = [
     ("conv2d k4 s2 p1", "x(1,2,9,8) w(2,2,4,4)", _conv((1, 2, 9, 8), (2, 2, 4, 4), 2, 1)),
     ("conv2d k5 s1 p0 (fc6's shape: a wide window, a 2x2 output)", "x(1,2,6,6) w(3,2,5,5)",
      _conv((1, 2, 6, 6), (3, 2, 5, 5), 1, 0)),
+    # dilated (the rarefied filters of paper section 3.2): each row names the path it takes
+    ("conv2d k3 s1 p2 d2 (flipped-kernel input gradient)", "x(1,3,9,8) w(2,3,3,3)",
+     _conv((1, 3, 9, 8), (2, 3, 3, 3), 1, 2, 2)),
+    ("conv2d k3 s1 p2 d2 (col2im input gradient)", "x(1,2,9,8) w(4,2,3,3)",
+     _conv((1, 2, 9, 8), (4, 2, 3, 3), 1, 2, 2)),
+    ("conv2d k3 s1 p6 d2 (output ring of bias only)", "x(1,3,4,5) w(2,3,3,3)",
+     _conv((1, 3, 4, 5), (2, 3, 3, 3), 1, 6, 2)),
+    ("conv2d k3x2 s(2,1) p(1,2) d(2,3)", "x(1,2,11,9) w(3,2,3,2)",
+     _conv((1, 2, 11, 9), (3, 2, 3, 2), (2, 1), (1, 2), (2, 3))),
+    ("conv2d k4 s2 p1 d2 (a whole number of strides, no stride blocks)", "x(1,2,12,11) w(2,2,4,4)",
+     _conv((1, 2, 12, 11), (2, 2, 4, 4), 2, 1, 2)),
+    ("conv2d k5 s1 p0 d2 (fc6 after a rarefied pool5)", "x(1,2,11,10) w(3,2,5,5)",
+     _conv((1, 2, 11, 10), (3, 2, 5, 5), 1, 0, 2)),
     ("conv_transpose2d k4 s2 p0", "x(1,3,4,5) w(3,2,4,4)", _deconv((1, 3, 4, 5), (3, 2, 4, 4), 2, 0)),
     ("conv_transpose2d k3x4 s(1,2) p1 +bias", "x(2,2,5,3) w(2,3,3,4)",
      _deconv((2, 2, 5, 3), (2, 3, 3, 4), (1, 2), 1, bias=True)),
@@ -121,6 +134,12 @@ CASES = [
     ("max_pool2d k2 s2 ceil", "(2,3,7,9)", _pool((2, 3, 7, 9), 2, 2, 0, True)),
     ("max_pool2d k3 s2 p1 ceil (negative)", "(1,2,13,11)", _pool((1, 2, 13, 11), 3, 2, 1, True, True)),
     ("max_pool2d k(3,2) s(1,2) floor", "(1,2,7,9)", _pool((1, 2, 7, 9), (3, 2), (1, 2), 0, False)),
+    ("max_pool2d k2 s1 d2 ceil (a pool after a rarefied one)", "(1,2,9,8)",
+     _pool((1, 2, 9, 8), 2, 1, 0, True, dilation=2)),
+    ("max_pool2d k3 s2 p1 d2 ceil (negative)", "(1,2,11,10)",
+     _pool((1, 2, 11, 10), 3, 2, 1, True, True, dilation=2)),
+    ("max_pool2d k(2,3) s(2,1) d(3,2) floor", "(1,2,9,8)",
+     _pool((1, 2, 9, 8), (2, 3), (2, 1), 0, False, dilation=(3, 2))),
     ("crop", "(2,3,7,9)->(4,5)", _unary(lambda a: F.crop(a, (2, 3), (4, 5)), (2, 3, 7, 9))),
     ("softmax_cross_entropy mean", "(2,4,7,9)", _loss(2, 4, 7, 9, "mean")),
     ("softmax_cross_entropy sum", "(1,3,5,6)", _loss(1, 3, 5, 6, "sum")),

@@ -21,19 +21,23 @@ def test_gradcheck(name, shapes, make):
 # ---------------------------------------------------------------- slow references (loops)
 
 
-def conv2d_loop(x, w, b, stride, pad):
-    (sh, sw), (ph, pw) = stride, pad
+def conv2d_loop(x, w, b, stride, pad, dilation=(1, 1)):
+    """Each output pixel: its window of the padded input (every d-th pixel over the span
+    d*(k-1) + 1) times the kernel, summed."""
+    (sh, sw), (ph, pw), (dh, dw) = stride, pad, dilation
     n, c, h, wd = x.shape
     k, _, kh, kw = w.shape
     xp = np.zeros((n, c, h + 2 * ph, wd + 2 * pw))
     xp[:, :, ph:ph + h, pw:pw + wd] = x
-    oh, ow = (h + 2 * ph - kh) // sh + 1, (wd + 2 * pw - kw) // sw + 1
+    eh, ew = dh * (kh - 1) + 1, dw * (kw - 1) + 1
+    oh, ow = (h + 2 * ph - eh) // sh + 1, (wd + 2 * pw - ew) // sw + 1
     y = np.zeros((n, k, oh, ow))
     for i in range(n):
         for o in range(k):
             for r in range(oh):
                 for q in range(ow):
-                    y[i, o, r, q] = np.sum(xp[i, :, r * sh:r * sh + kh, q * sw:q * sw + kw] * w[o])
+                    win = xp[i, :, r * sh:r * sh + eh:dh, q * sw:q * sw + ew:dw]
+                    y[i, o, r, q] = np.sum(win * w[o])
             if b is not None:
                 y[i, o] += b[o]
     return y
@@ -54,24 +58,28 @@ def conv_transpose2d_loop(x, w, stride, pad):
     return full[:, :, ph:full.shape[2] - ph, pw:full.shape[3] - pw]
 
 
-def max_pool_loop(x, k, s, p, ceil):
+def max_pool_loop(x, k, s, p, ceil, d=1):
+    """PyTorch's output size (extent e = d*(k-1) + 1 in place of k), then each window's real
+    taps r0 + i*d, maxed; a window whose taps all miss the input is -inf."""
     n, c, h, w = x.shape
+    e = d * (k - 1) + 1
 
     def out(size):
         if ceil:
-            o = math.ceil((size + 2 * p - k) / s) + 1
+            o = math.ceil((size + 2 * p - e) / s) + 1
             if (o - 1) * s >= size + p:  # a window must start inside input + left padding
                 o -= 1
             return o
-        return (size + 2 * p - k) // s + 1
+        return (size + 2 * p - e) // s + 1
 
     oh, ow = out(h), out(w)
-    y = np.zeros((n, c, oh, ow))
+    y = np.full((n, c, oh, ow), -np.inf)
     for r in range(oh):
         for q in range(ow):
-            r0, q0 = r * s - p, q * s - p
-            win = x[:, :, max(r0, 0):min(r0 + k, h), max(q0, 0):min(q0 + k, w)]
-            y[:, :, r, q] = win.max(axis=(2, 3))
+            rows = [r * s - p + i * d for i in range(k) if 0 <= r * s - p + i * d < h]
+            cols = [q * s - p + j * d for j in range(k) if 0 <= q * s - p + j * d < w]
+            if rows and cols:
+                y[:, :, r, q] = x[:, :, rows][:, :, :, cols].max(axis=(2, 3))
     return y
 
 
@@ -90,6 +98,41 @@ def test_conv2d_forward_matches_loop(rng, xs, ws, stride, pad):
     x, w, b = rng.standard_normal(xs), rng.standard_normal(ws), rng.standard_normal(ws[0])
     y = F.conv2d(Tensor(x), Tensor(w), Tensor(b), stride, pad)
     np.testing.assert_allclose(y.data, conv2d_loop(x, w, b, stride, pad), rtol=1e-10, atol=1e-10)
+
+
+DILATED_CONVS = [  # x, w, stride, padding, dilation: each names the path it goes through
+    ((2, 3, 9, 8), (4, 3, 3, 3), (1, 1), (2, 2), (2, 2)),    # a rarefied 3x3 (conv5_x)
+    ((1, 2, 5, 6), (3, 2, 3, 3), (1, 1), (7, 6), (2, 2)),    # padding past the span: the ring
+    ((1, 2, 12, 10), (2, 2, 4, 4), (2, 2), (1, 1), (2, 2)),  # k = 2s: no stride blocks
+    ((1, 2, 15, 14), (3, 2, 7, 7), (1, 1), (0, 0), (2, 2)),  # fc6 after a rarefied pool5
+    ((1, 2, 11, 9), (3, 2, 3, 2), (2, 1), (1, 2), (2, 3)),   # unequal axes
+    ((1, 3, 6, 7), (2, 3, 1, 1), (1, 1), (0, 0), (3, 3)),    # 1x1: dilation changes nothing
+]
+
+
+@pytest.mark.parametrize("xs,ws,stride,pad,dilation", DILATED_CONVS)
+def test_dilated_conv2d_forward_matches_loop(rng, xs, ws, stride, pad, dilation):
+    x, w, b = rng.standard_normal(xs), rng.standard_normal(ws), rng.standard_normal(ws[0])
+    y = F.conv2d(Tensor(x), Tensor(w), Tensor(b), stride, pad, dilation)
+    np.testing.assert_allclose(y.data, conv2d_loop(x, w, b, stride, pad, dilation),
+                               rtol=1e-10, atol=1e-10)
+
+
+@pytest.mark.parametrize("xs,ws,stride,pad,dilation", DILATED_CONVS)
+def test_dilated_conv2d_matches_pytorch(rng, xs, ws, stride, pad, dilation):
+    """Forward and both gradients against torch in float64 (where torch is installed)."""
+    torch = pytest.importorskip("torch")
+    x, w, b = rng.standard_normal(xs), rng.standard_normal(ws), rng.standard_normal(ws[0])
+    xt, wt = Tensor(x, requires_grad=True), Tensor(w, requires_grad=True)
+    y = F.conv2d(xt, wt, Tensor(b), stride, pad, dilation)
+    g = rng.standard_normal(y.shape)
+    y.backward(g)
+    tx, tw = (torch.tensor(a, requires_grad=True) for a in (x, w))
+    ty = torch.nn.functional.conv2d(tx, tw, torch.from_numpy(b), stride, pad, dilation)
+    ty.backward(torch.from_numpy(g))
+    np.testing.assert_allclose(y.data, ty.detach().numpy(), rtol=1e-10, atol=1e-10)
+    np.testing.assert_allclose(xt.grad, tx.grad.numpy(), rtol=1e-10, atol=1e-10)
+    np.testing.assert_allclose(wt.grad, tw.grad.numpy(), rtol=1e-10, atol=1e-10)
 
 
 @pytest.mark.parametrize("xs,ws,stride,pad", [
@@ -123,8 +166,44 @@ def test_conv_transpose2d_is_adjoint_of_conv2d(rng):
 ])
 def test_max_pool2d_forward_matches_loop(rng, xs, k, s, p, ceil):
     x = rng.standard_normal(xs)
-    np.testing.assert_array_equal(F.max_pool2d(Tensor(x), k, s, p, ceil).data,
+    np.testing.assert_array_equal(F.max_pool2d(Tensor(x), k, s, p, ceil_mode=ceil).data,
                                   max_pool_loop(x, k, s, p, ceil))
+
+
+DILATED_POOLS = [  # x, k, s, p, d, ceil
+    ((1, 2, 9, 8), 2, 1, 0, 2, True),    # pool5 after rarefying pool4 (k2 s1 d2)
+    ((1, 2, 10, 9), 2, 2, 0, 2, True),   # k2 s2 d2, ceil: the last window hangs over the edge
+    ((1, 2, 11, 10), 3, 2, 1, 2, True),  # padding (at most half the taps, as PyTorch)
+    ((1, 2, 11, 10), 3, 2, 1, 2, False),
+    ((1, 1, 2, 5), 2, 1, 1, 3, True),    # windows whose taps all miss the input: -inf
+    ((2, 3, 12, 7), 2, 3, 1, 3, True),   # a stride above the kernel
+]
+
+
+@pytest.mark.parametrize("xs,k,s,p,d,ceil", DILATED_POOLS)
+def test_dilated_max_pool2d_matches_loop_and_pytorch(rng, xs, k, s, p, d, ceil):
+    x = rng.standard_normal(xs) - 3  # negative: a zero from the padding would win a wrong max
+    y = F.max_pool2d(Tensor(x), k, s, p, d, ceil).data
+    np.testing.assert_array_equal(y, max_pool_loop(x, k, s, p, ceil, d))
+    assert xs[2] > 2 or np.isneginf(y).all()  # the -inf row: as PyTorch, not a padding value
+    by_name = F.max_pool2d(Tensor(x), k, s, p, dilation=d, ceil_mode=ceil).data
+    np.testing.assert_array_equal(by_name, y)
+    try:
+        import torch
+    except ImportError:
+        return
+    expect = torch.nn.functional.max_pool2d(torch.from_numpy(x), k, s, p, d, ceil_mode=ceil)
+    np.testing.assert_array_equal(y, expect.numpy())
+
+
+def test_dilated_max_pool2d_gradient_goes_to_the_winning_tap():
+    """k2 d2: the window at 0 compares x[0] and x[2]; the winner gets the gradient, the pixel
+    between them (x[1]) none (it belongs to the next window only)."""
+    x = Tensor(np.array([[[[1.0, 5.0, 3.0, 0.0]]]]), requires_grad=True)
+    y = F.max_pool2d(x, (1, 2), 1, 0, (1, 2))
+    np.testing.assert_array_equal(y.data, [[[[3.0, 5.0]]]])
+    y.backward(np.array([[[[10.0, 1.0]]]]))
+    np.testing.assert_array_equal(x.grad, [[[[0.0, 1.0, 10.0, 0.0]]]])
 
 
 def test_max_pool2d_padding_never_wins():
@@ -171,20 +250,33 @@ def test_max_pool2d_shapes_property(h, w, k, s, p, ceil):
     if 2 * p > k or h + 2 * p < k or w + 2 * p < k:
         return
     x = np.random.default_rng(h * 100 + w).standard_normal((1, 2, h, w))
-    np.testing.assert_array_equal(F.max_pool2d(Tensor(x), k, s, p, ceil).data,
+    np.testing.assert_array_equal(F.max_pool2d(Tensor(x), k, s, p, ceil_mode=ceil).data,
                                   max_pool_loop(x, k, s, p, ceil))
 
 
-@given(h=st.integers(1, 9), w=st.integers(1, 9), k=st.integers(1, 4), s=st.integers(1, 3),
-       p=st.integers(0, 2))
+@given(h=st.integers(2, 14), w=st.integers(2, 14), k=st.integers(1, 4), s=st.integers(1, 3),
+       p=st.integers(0, 3), d=st.integers(1, 3), ceil=st.booleans())
 @settings(max_examples=40, deadline=None)
-def test_conv2d_shapes_property(h, w, k, s, p):
-    if h + 2 * p < k or w + 2 * p < k:
+def test_dilated_max_pool2d_shapes_property(h, w, k, s, p, d, ceil):
+    e = d * (k - 1) + 1
+    if 2 * p > k or h + 2 * p < e or w + 2 * p < e:
+        return
+    x = np.random.default_rng(h * 100 + w).standard_normal((1, 2, h, w))
+    np.testing.assert_array_equal(F.max_pool2d(Tensor(x), k, s, p, d, ceil).data,
+                                  max_pool_loop(x, k, s, p, ceil, d))
+
+
+@given(h=st.integers(1, 9), w=st.integers(1, 9), k=st.integers(1, 4), s=st.integers(1, 3),
+       p=st.integers(0, 2), d=st.integers(1, 3))
+@settings(max_examples=40, deadline=None)
+def test_conv2d_shapes_property(h, w, k, s, p, d):
+    e = d * (k - 1) + 1
+    if h + 2 * p < e or w + 2 * p < e:
         return
     rng = np.random.default_rng(h * 100 + w)
     x, wt = rng.standard_normal((1, 2, h, w)), rng.standard_normal((3, 2, k, k))
-    np.testing.assert_allclose(F.conv2d(Tensor(x), Tensor(wt), None, s, p).data,
-                               conv2d_loop(x, wt, None, (s, s), (p, p)), atol=1e-10)
+    np.testing.assert_allclose(F.conv2d(Tensor(x), Tensor(wt), None, s, p, d).data,
+                               conv2d_loop(x, wt, None, (s, s), (p, p), (d, d)), atol=1e-10)
 
 
 def test_softmax_cross_entropy_matches_direct_formula(rng):
@@ -264,6 +356,17 @@ def _x(*shape):
     (lambda: F.matmul(_x(2, 3), _x(4, 3)), ValueError, r"matmul: expected"),
     (lambda: F.dropout(_x(2, 3), 1.0), ValueError, r"dropout: p must be in \[0, 1\)"),
     (lambda: F.conv2d(Tensor(np.zeros((1, 3, 8, 8), int)), _x(4, 3, 3, 3)), TypeError, "conv2d: input must be a floating"),
+    (lambda: F.conv2d(_x(1, 3, 8, 8), _x(4, 3, 3, 3), dilation=0), ValueError, r"^conv2d: dilation must be >= 1, got 0$"),
+    (lambda: F.conv2d(_x(1, 3, 8, 8), _x(4, 3, 3, 3), dilation=(2, -1)), ValueError, r"^conv2d: dilation must be >= 1, got \(2, -1\)$"),
+    (lambda: F.conv2d(_x(1, 3, 8, 8), _x(4, 3, 3, 3), dilation=1.5), TypeError, r"^conv2d: dilation must be an int or a pair of ints, got 1.5$"),
+    (lambda: F.conv2d(_x(1, 3, 8, 8), _x(4, 3, 3, 3), dilation=(2, 2, 2)), TypeError, "conv2d: dilation must be an int or a pair"),
+    (lambda: F.conv2d(_x(1, 3, 4, 4), _x(4, 3, 3, 3), padding=1, dilation=3), ValueError, r"^conv2d: kernel \(3, 3\) at dilation \(3, 3\) spans \(7, 7\), larger than the padded input \(6, 6\)$"),
+    (lambda: F.max_pool2d(_x(1, 1, 8, 8), 2, dilation=0), ValueError, r"^max_pool2d: dilation must be >= 1, got 0$"),
+    (lambda: F.max_pool2d(_x(1, 1, 8, 8), 2, dilation=-2), ValueError, r"^max_pool2d: dilation must be >= 1, got -2$"),
+    (lambda: F.max_pool2d(_x(1, 1, 8, 8), 2, dilation=2.0), TypeError, r"^max_pool2d: dilation must be an int or a pair of ints, got 2.0$"),
+    (lambda: F.max_pool2d(_x(1, 1, 8, 8), 2, 2, 0, True), TypeError, r"max_pool2d: dilation must be .* got True \(ceil_mode comes after dilation"),
+    (lambda: F.max_pool2d(_x(1, 1, 4, 4), 3, dilation=2), ValueError, r"^max_pool2d: kernel \(3, 3\) at dilation \(2, 2\) spans \(5, 5\), larger than the padded input \(4, 4\)$"),
+    (lambda: F.max_pool2d(_x(1, 1, 8, 8), 3, 2, 2, dilation=2), ValueError, r"^max_pool2d: padding \(2, 2\) must be at most half the kernel \(3, 3\)$"),  # PyTorch's rule: half the taps, not the span
 ])
 def test_bad_input(call, err, match):
     with pytest.raises(err, match=match):

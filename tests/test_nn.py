@@ -138,3 +138,43 @@ def test_load_state_dict_refuses_bad_values_in_one_line_naming_the_key():
     with pytest.raises(TypeError, match=r"load_state_dict into Tiny: expected a dict .* got str"):
         m.load_state_dict("weights.npz")
     np.testing.assert_array_equal(m.conv1.bias.data, sd["conv1.bias"])  # nothing half-loaded
+
+
+def test_dilated_layers_run_the_dilated_ops(rng):
+    """Conv2d and MaxPool2d pass their dilation to the op: same numbers as calling F directly,
+    different from the undilated layer; no parameter changes shape."""
+    import minifcn.functional as F
+
+    x = Tensor(rng.standard_normal((1, 2, 9, 10)))
+    conv = nn.Conv2d(2, 3, 3, padding=2, dilation=2).double()
+    assert conv.dilation == (2, 2) and conv.weight.shape == (3, 2, 3, 3)
+    want = F.conv2d(x, conv.weight, conv.bias, 1, 2, 2).data
+    np.testing.assert_array_equal(conv(x).data, want)
+    plain = nn.Conv2d(2, 3, 3, padding=2).double()
+    plain.load_state_dict(conv.state_dict())
+    assert plain(x).shape == (1, 3, 11, 12) and conv(x).shape == (1, 3, 9, 10)
+    pool = nn.MaxPool2d(2, stride=1, dilation=(2, 3), ceil_mode=True)
+    np.testing.assert_array_equal(pool(x).data, F.max_pool2d(x, 2, 1, 0, (2, 3), True).data)
+    assert pool(x).shape == (1, 2, 7, 7)
+
+
+def test_repr_shows_dilation_only_when_set():
+    assert "dilation" not in repr(nn.Conv2d(2, 3, 3)) + repr(nn.MaxPool2d(2, 2))
+    assert repr(nn.Conv2d(2, 3, 3, padding=2, dilation=2)) == (
+        "Conv2d(2, 3, kernel_size=(3, 3), stride=(1, 1), padding=(2, 2), dilation=(2, 2), "
+        "bias=True)")
+    assert repr(nn.MaxPool2d(2, stride=1, dilation=2, ceil_mode=True)) == (
+        "MaxPool2d(kernel_size=2, stride=1, padding=0, dilation=(2, 2), ceil_mode=True)")
+
+
+def test_a_bool_where_dilation_now_sits_is_refused_with_the_reason():
+    """PyTorch's order puts dilation before bias (Conv2d) and ceil_mode (MaxPool2d): a call
+    written without dilation would silently pass its bool as the dilation."""
+    with pytest.raises(TypeError, match=r"^Conv2d: dilation must be .* got False \(bias comes "
+                                        r"after dilation, as in PyTorch: pass bias=\.\.\.\)$"):
+        nn.Conv2d(2, 3, 3, 1, 0, False)
+    with pytest.raises(TypeError, match=r"^MaxPool2d: dilation .* got True \(ceil_mode comes"):
+        nn.MaxPool2d(2, 2, 0, True)
+    conv = nn.Conv2d(2, 3, 3, dilation=0)  # other bad values: the op names itself at forward
+    with pytest.raises(ValueError, match=r"^conv2d: dilation must be >= 1, got \(0, 0\)$"):
+        conv(Tensor(np.zeros((1, 2, 8, 8), np.float32)))
