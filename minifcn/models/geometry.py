@@ -9,6 +9,8 @@ map x_in = a * x + b (the same on both axes: FCN's layers are square):
 
     convolution / pooling, kernel k, stride s, padding p:  a = s,    b = (k - 1) / 2 - p
     (output pixel x sees inputs x*s - p ... x*s - p + k - 1; b places x at their centre)
+    the same, dilated by d (tap i at i*d):                 a = s,    b = d (k - 1) / 2 - p
+    (its taps span x*s - p ... x*s - p + d (k - 1); the receptive field grows by d (k - 1))
     transposed convolution (the adjoint of that conv):     a = 1/s,  b = (p - (k - 1) / 2) / s
     crop at offset o:                                      a = 1,    b = o
     ReLU, dropout, scale:                                  a = 1,    b = 0
@@ -78,9 +80,10 @@ class CoordMap:
 IDENTITY = CoordMap(Fraction(1), Fraction(0))
 
 
-def conv_map(k, s, p):
-    """Map from a conv/pool output coordinate to its input coordinate: (s, (k-1)/2 - p)."""
-    return CoordMap(Fraction(s), Fraction(k - 1, 2) - p)
+def conv_map(k, s, p, d=1):
+    """Map from a conv/pool output coordinate to its input coordinate: (s, d(k-1)/2 - p), the
+    centre of the window's span (d: dilation)."""
+    return CoordMap(Fraction(s), Fraction(d * (k - 1), 2) - p)
 
 
 def deconv_map(k, s, p):
@@ -114,6 +117,7 @@ class Step:
     trainable: int = 0
     macs: int = 0
     offset: int = None  # crops only
+    dilation: int = 1  # convs and pools
 
 
 def _square(value, name, what):
@@ -142,26 +146,29 @@ class _Stand:
         n, c = x.shape[:2]
         params = sum(p.size for p in m.parameters())
         trainable = sum(p.size for p in m.parameters() if p.requires_grad)
-        offset, macs = None, 0
+        offset, macs, d = None, 0, 1
         if isinstance(m, (nn.Conv2d, nn.MaxPool2d)):
             pool = isinstance(m, nn.MaxPool2d)
             k = _square(m.kernel_size, name, "kernel")
             s = _square(m.kernel_size if m.stride is None else m.stride, name, "stride")
             p = _square(m.padding, name, "padding")
+            d = _square(getattr(m, "dilation", 1), name, "dilation")
             ceil = pool and m.ceil_mode
+            span = d * (k - 1) + 1  # the input pixels one window reaches
 
             def size(v):
-                if v + 2 * p < k:
-                    raise GeometryError(f"geometry: {name}: kernel {k} is larger than its padded "
+                if v + 2 * p < span:
+                    what = f"kernel {k}" if d == 1 else f"kernel {k} at dilation {d} (span {span})"
+                    raise GeometryError(f"geometry: {name}: {what} is larger than its padded "
                                         f"input ({v} + 2*{p})")
-                return conv_out_size(v, k, s, p, ceil)
+                return conv_out_size(v, k, s, p, ceil, d)
 
             if not pool and m.in_channels != c:
                 raise GeometryError(f"geometry: {name} expects {m.in_channels} channels, gets {c}")
             hw = _sizes(x, size)
             c_out = c if pool else m.out_channels
-            fmap, kind = conv_map(k, s, p), "pool" if pool else "conv"
-            rf = x.rf + (k - 1) * x.map.a
+            fmap, kind = conv_map(k, s, p, d), "pool" if pool else "conv"
+            rf = x.rf + d * (k - 1) * x.map.a  # the span's far tap, in input pixels
             if not pool and None not in hw:
                 macs = n * c_out * hw[0] * hw[1] * c * k * k
         elif isinstance(m, nn.ConvTranspose2d):
@@ -205,7 +212,7 @@ class _Stand:
                                 "coordinate rule")
         out = Blob((n, c_out) + tuple(hw), x.map.compose(fmap), rf)
         self.steps.append(Step(name, kind, out.shape, out.map.a, out.rf, out.map.b,
-                               params, trainable, macs, offset))
+                               params, trainable, macs, offset, d))
         return out
 
 

@@ -54,7 +54,8 @@ def summary(model, input_shape=(1, 3, 500, 500)):
 
     Columns: layer (the reference name), kind, output shape, jump (cumulative stride, input
     pixels per output pixel), rf (receptive field, input pixels), params, MACs, and notes (crop
-    offsets; fixed = parameters not learned). Raises ValueError when the input does not fit.
+    offsets; dilation of a rarefied layer; fixed = parameters not learned). Raises ValueError
+    when the input does not fit.
     """
     shape = _input_shape(model, input_shape)
     steps = trace(model, shape)
@@ -64,6 +65,8 @@ def summary(model, input_shape=(1, 3, 500, 500)):
         notes = []
         if s.offset is not None:
             notes.append(f"offset {s.offset}")
+        if s.dilation != 1:  # a rarefied filter (minifcn.models.rarefy)
+            notes.append(f"dilation {s.dilation}")
         if s.params and s.trainable < s.params:
             notes.append("fixed" if s.trainable == 0 else f"{s.params - s.trainable:,} fixed")
         rows.append((s.name, s.kind, "x".join(str(v) for v in s.shape), _frac(s.jump),
