@@ -210,3 +210,54 @@ def test_full_cover_pad1_covers_and_the_minimal_pads_do_not():
         assert geometry.score_coverage(name, 96, geometry.min_pad1(name, 96)).min() < 0.05
     assert geometry.full_cover_pad1("fcn32s", 96) == 113  # by hand, the tent sum above:
     assert _fcn32s_coverage_by_hand(96, 113).min() >= 0.99 > _fcn32s_coverage_by_hand(96, 112).min()
+
+
+# ---------------------------------------------------------------- dilation
+
+
+def test_dilated_layer_maps():
+    """A dilated window's taps span d*(k-1) + 1 pixels; the map's b is their centre, so a 3x3
+    dilated by 2 with padding 2 keeps coordinates as a plain 3x3 with padding 1 does."""
+    assert conv_map(3, 1, 2, 2) == CoordMap(1, 0) == conv_map(3, 1, 1)
+    assert conv_map(2, 1, 0, 2) == CoordMap(1, 1)  # k2 d2: taps x and x + 2
+    assert conv_map(7, 1, 0, 4) == CoordMap(1, 12)  # fc6 after rarefying pool5 and pool4
+    assert conv_map(3, 2, 1, 3) == CoordMap(2, 2)
+
+
+def _rarefied(pools, pad1=112):
+    from minifcn.models import rarefy
+
+    model = fcn32s(n_class=2, width=TINY, pad1=pad1)
+    for pool in pools:
+        model = rarefy(model, pool)
+    return model
+
+
+def test_a_dilated_layer_grows_the_receptive_field_by_d_times_k_minus_1():
+    for pools in ([], ["pool5"], ["pool5", "pool4"], ["pool5", "pool4", "pool3"]):
+        steps = {s.name: s for s in trace(_rarefied(pools), (1, 3, 60, 60))}
+        fc6, before = steps["fc6"], steps["pool5"]
+        assert fc6.dilation == 2 ** len(pools) and fc6.jump == 32 // 2 ** len(pools)
+        assert fc6.rf - before.rf == fc6.dilation * 6 * before.jump == 192  # jump x d: constant
+        assert steps["score_fr"].rf == 404  # the paper's receptive field, rarefied or not
+        assert steps["score_fr"].shift == Fraction(25, 2) - 12  # cell 0 stays put (pad1 112)
+
+
+@pytest.mark.parametrize("pools", [["pool5"], ["pool5", "pool4"], ["pool4", "pool3"]])
+@pytest.mark.parametrize("size", [(45, 60), (61, 33)])
+def test_traced_sizes_of_a_rarefied_net_are_the_real_ones(pools, size):
+    from minifcn.models.shift import coarse_scores
+
+    model = _rarefied(pools).eval()
+    steps = {s.name: s for s in trace(model, (1, 3) + size)}
+    x = Tensor(np.zeros((1, 3) + size, np.float32))
+    with no_grad():
+        assert coarse_scores(model, x).shape == steps["score_fr"].shape
+        assert model(x).shape == steps["score"].shape == (1, 2) + size
+
+
+def test_a_dilated_window_larger_than_its_input_is_named():
+    model = _rarefied(["pool5", "pool4"])
+    with pytest.raises(geometry.GeometryError, match=r"geometry: fc6: kernel 7 at dilation 4 "
+                                                     r"\(span 25\) is larger than its padded"):
+        trace(model, (1, 3, 1, 1), pad1=100)

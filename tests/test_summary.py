@@ -155,3 +155,16 @@ def test_cli_runs_as_a_module():
                             timeout=120)
     assert result.returncode == 0, result.stderr
     assert "upscore8" in result.stdout and "1x21x568x568" in result.stdout
+
+
+def test_summary_notes_the_dilation_of_rarefied_layers():
+    from minifcn.models import rarefy
+
+    plain = summary(fcn32s(n_class=2, width=1 / 32), (1, 3, 64, 64))
+    assert "dilation" not in plain
+    dense = summary(rarefy(fcn32s(n_class=2, width=1 / 32), "pool5"), (1, 3, 64, 64))
+    rows = {line.split()[0]: line for line in dense.splitlines()[4:] if line.strip()}
+    for name in ("fc6", "fc7", "score_fr"):
+        assert rows[name].endswith("dilation 2"), rows[name]
+    assert "dilation" not in rows["pool5"] + rows["conv5_3"]
+    assert rows["fc6"].split()[3] == "16" and rows["fc6"].split()[4] == "404"  # jump, rf

@@ -6,7 +6,9 @@
     print(minifcn.summary(model, (1, 3, 500, 500)))
 
 Files: vgg.py (the trunk, the options), fcn.py (the heads and builders), layers.py (Crop, Sum,
-Scale), geometry.py (coordinate maps -> crop offsets), init.py (bilinear, He), summary.py.
+Scale), geometry.py (coordinate maps -> crop offsets), init.py (bilinear, He), summary.py,
+shift.py (denser scores, paper section 3.2: ``rarefy(model, 'pool5')`` and
+``shift_and_stitch(model, x, f)``; not named rarefy.py, so the function cannot hide the module).
 CLI: ``python -m minifcn.models fcn8s --width 1.0 --size 500`` prints the summary.
 """
 from . import geometry
@@ -14,9 +16,11 @@ from .fcn import (FCN8s, FCN8sAtOnce, FCN16s, FCN32s, MODELS, build, fcn8s, fcn8
                   fcn16s, fcn32s)
 from .init import bilinear_kernel, bilinear_weight
 from .layers import Crop, Scale, Sum
+from .shift import coarse_scores, rarefy, shift_and_stitch, stitched_scores
 from .summary import summary
 from .vgg import FCNBase
 
 __all__ = ["FCN32s", "FCN16s", "FCN8s", "FCN8sAtOnce", "FCNBase", "fcn32s", "fcn16s", "fcn8s",
            "fcn8s_atonce", "build", "MODELS", "summary", "bilinear_kernel", "bilinear_weight",
-           "Crop", "Sum", "Scale", "geometry"]
+           "Crop", "Sum", "Scale", "geometry", "rarefy", "shift_and_stitch", "stitched_scores",
+           "coarse_scores"]
