@@ -127,11 +127,12 @@ print("backward identical:", np.array_equal(cuda.maxpool_backward(gy, arg_k, 7, 
 # %%
 print("im2col's C parameters:", KERNELS["im2col"].params)
 col = np.empty((2, 3, 3, 3, 5, 4), np.float32)
-launch("im2col", col.size, x=x, col=col, h=9, w=7, kh=3, kw=3, sh=2, sw=2, ph=1, pw=1, oh=5, ow=4)
+launch("im2col", col.size, x=x, col=col, h=9, w=7, kh=3, kw=3, sh=2, sw=2, ph=1, pw=1,
+       dh=1, dw=1, oh=5, ow=4)
 print(f"{col.size} threads in {-(-col.size // BLOCK)} blocks of {BLOCK}; same result: {np.array_equal(col, col_numpy)}")
 try:
     launch("im2col", col.size, x=x.astype(np.float64), col=col, h=9, w=7, kh=3, kw=3, sh=2, sw=2,
-           ph=1, pw=1, oh=5, ow=4)
+           ph=1, pw=1, dh=1, dw=1, oh=5, ow=4)
 except TypeError as err:
     print("mixed dtypes are refused:", err)
 
