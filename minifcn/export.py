@@ -10,8 +10,7 @@ CHECKPOINT is a checkpoint of ``python -m minifcn.train`` (read with
                (Caffe's), with conv1_1's input channels reversed, since the port, like Caffe,
                reads BGR. ``torch.load(FILE, weights_only=True)`` reads it, and
                ``FCN8s(n_class).load_state_dict(...)`` takes it strictly at width 1. Written
-               by torch when it is installed, else in torch's zip format by
-               :func:`save_torch_state_dict`.
+               in torch's zip format by :func:`save_torch_state_dict` (no torch needed).
   onnx         the whole net for inference (see :mod:`minifcn.onnx_export`): input "image"
                (N, 3, H, W), output "scores" (N, n_class, H, W), N, H and W free.
   safetensors  minifcn's own state dict (RGB conv1_1) as a .safetensors file
@@ -176,35 +175,22 @@ def save_torch_state_dict(arrays, path, archive="archive"):
         zf.writestr(f"{archive}/version", "3\n")
 
 
-def to_pytorch(model, path, use_torch=None):
+def to_pytorch(model, path):
     """Write ``model``'s weights at ``path`` for the PyTorch FCN port (see
     :func:`pytorch_state_dict`): ``net.load_state_dict(torch.load(path, weights_only=True))``.
 
-    use_torch: None (default) writes with ``torch.save`` when torch is installed, else with
-    :func:`save_torch_state_dict`; True requires torch; False never uses it. Both read back the
-    same. The port pads conv1_1 by 100 and crops by fixed offsets; a model built with another
-    ``pad1`` gets a warning: its weights load, but the port runs them at padding 100, which
-    moves the coarse score grid against the image, so its scores are close to the model's but
-    not the same (as ``predict`` with a larger padding)."""
+    The file is torch's zip format written by :func:`save_torch_state_dict` (minifcn never
+    imports torch). The port pads conv1_1 by 100 and crops by fixed offsets; a model built with
+    another ``pad1`` gets a warning: its weights load, but the port runs them at padding 100,
+    which moves the coarse score grid against the image, so its scores are close to the
+    model's but not the same (as ``predict`` with a larger padding)."""
     state = pytorch_state_dict(model)
     pad1 = model.conv1_1.padding[0]
     if pad1 != PORT_PAD1:
         warnings.warn(f"to_pytorch: the model pads conv1_1 by {pad1}, the PyTorch port by "
                       f"{PORT_PAD1}: the weights load, but the port's scores will not be the "
                       "model's exactly", stacklevel=2)
-    torch = None
-    if use_torch is not False:
-        try:
-            import torch
-        except ImportError:
-            if use_torch:
-                raise ImportError("to_pytorch(use_torch=True): torch is not installed") from None
-    if torch is None:
-        save_torch_state_dict(state, path)
-        return
-    tensors = {k: torch.from_numpy(v) for k, v in state.items()}
-    with atomic_path(path) as tmp:
-        torch.save(tensors, tmp)
+    save_torch_state_dict(state, path)
 
 
 def to_safetensors(model, path):

@@ -18,6 +18,8 @@ import zipfile
 
 import numpy as np
 
+from .messages import described as _described, one_line as _one_line
+
 __all__ = ["read_npz", "NpzFileError"]
 
 DEFLATE_MAX_RATIO = 1032  # the most deflate expands: a 258-byte match from each 2-bit code
@@ -25,17 +27,6 @@ DEFLATE_MAX_RATIO = 1032  # the most deflate expands: a 258-byte match from each
 
 class NpzFileError(ValueError):
     """An .npz that cannot be read; the message (one line) names the file and the record."""
-
-
-def _one_line(text):
-    return " ".join(str(text).split())
-
-
-def _described(e):
-    """``zlib.error: Error -3 ...``: an exception as a message names it (module unless builtin)."""
-    kind = type(e).__name__ if type(e).__module__ == "builtins" else \
-        f"{type(e).__module__}.{type(e).__name__}"
-    return f"{kind}: {e}"
 
 
 def _fail(message):

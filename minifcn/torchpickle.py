@@ -17,6 +17,8 @@ import reprlib
 
 import numpy as np
 
+from .messages import described, one_line  # noqa: F401 (torchfile imports them from here)
+
 # torch's storage classes (the type of a tensor's memory) -> NumPy dtype code.
 # "bfloat16" is not a NumPy dtype: read as 16-bit words, widened to float32 at the end.
 STORAGE_DTYPES = {
@@ -81,17 +83,6 @@ class Pending:
 
 def is_int(v):
     return isinstance(v, int) and not isinstance(v, bool)
-
-
-def one_line(text):
-    return " ".join(str(text).split())
-
-
-def described(e):
-    """``zlib.error: Error -3 ...``: an exception as a message names it (module unless builtin)."""
-    kind = type(e).__name__ if type(e).__module__ == "builtins" else \
-        f"{type(e).__module__}.{type(e).__name__}"
-    return f"{kind}: {e}"
 
 
 def refusal(module, name, path):

@@ -88,7 +88,7 @@ def test_pytorch_state_dict_at_width_1_has_fc6_4096_512_7_7():
 
 def test_to_pytorch_warns_when_the_model_pads_conv1_1_otherwise(tmp_path):
     with pytest.warns(UserWarning, match="pads conv1_1 by 90, the PyTorch port by 100"):
-        export.to_pytorch(random_model("fcn32s", pad1=90), tmp_path / "w.pth", use_torch=False)
+        export.to_pytorch(random_model("fcn32s", pad1=90), tmp_path / "w.pth")
 
 
 # ---------------------------------------------------------------- torch's zip, written by hand
@@ -182,13 +182,24 @@ def test_the_hand_written_writer_refuses_what_torch_cannot_hold(tmp_path):
     assert not (tmp_path / "w.pth").exists()
 
 
+def write_for_port(model, path, writer):
+    """The port's state dict at ``path``: by minifcn's own writer (``to_pytorch``), or, as a
+    reference, by torch.save of the same arrays (the test may import torch; minifcn never does)."""
+    if writer == "by-hand":
+        export.to_pytorch(model, path)
+        return
+    import torch
+
+    torch.save({k: torch.from_numpy(v) for k, v in export.pytorch_state_dict(model).items()}, path)
+
+
 @pytest.mark.parametrize("use_torch", [False, True], ids=["by-hand", "by-torch"])
 def test_torch_load_weights_only_reads_either_writer(tmp_path, rng, use_torch):
     torch = pytest.importorskip("torch")
     arrays = odd_arrays(rng)
     export.save_torch_state_dict(arrays, tmp_path / "a.pth")
     model = random_model("fcn8s")
-    export.to_pytorch(model, tmp_path / "m.pth", use_torch=use_torch)
+    write_for_port(model, tmp_path / "m.pth", "by-torch" if use_torch else "by-hand")
     back = torch.load(tmp_path / "m.pth", weights_only=True)
     want = export.pytorch_state_dict(model)
     assert set(back) == set(want)
@@ -208,8 +219,6 @@ def test_to_pytorch_without_torch_installed_writes_by_hand(tmp_path, monkeypatch
     export.to_pytorch(model, tmp_path / "m.pth")
     back = io.read_torch_state_dict(tmp_path / "m.pth")
     assert set(back) == port_keys("fcn16s")
-    with pytest.raises(ImportError, match="torch is not installed"):
-        export.to_pytorch(model, tmp_path / "n.pth", use_torch=True)
 
 
 # ---------------------------------------------------------------- the port's nets, in PyTorch
@@ -309,7 +318,7 @@ def test_the_ports_nets_load_it_strictly_and_give_minifcns_scores(tmp_path, name
     torch, nets = port_nets()
     model = random_model(name, seed=NETS.index(name)).double()
     path = tmp_path / "port.pth"
-    export.to_pytorch(model, path, use_torch=use_torch)
+    write_for_port(model, path, "by-torch" if use_torch else "by-hand")
     blocks = [tuple(scaled(c, WIDTH) for c in block) for block in VGG16_BLOCKS]
     net = nets[name](N_CLASS, blocks, scaled(FC_CHANNELS, WIDTH)).double().eval()
     net.load_state_dict(torch.load(path, weights_only=True), strict=True)
