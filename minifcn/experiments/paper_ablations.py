@@ -4,6 +4,7 @@
     python -m minifcn.experiments.paper_ablations --study sampling --iters 300 --seeds 2 --jobs 2
     python -m minifcn.experiments.paper_ablations --study fixed
     python -m minifcn.experiments.paper_ablations --study balance
+    python -m minifcn.experiments.paper_ablations --study shift --size 96 --batch-size 8 --iters 600
     python -m minifcn.experiments.paper_ablations --study all
 
 * sampling: loss sampling, P = 1, 0.5, 0.25 (``--loss-sampling``; 1/P times the images per step,
@@ -11,6 +12,11 @@
   images processed, as the paper's Figure 5, into OUT/sampling.png.
 * fixed: FCN-32s against "FCN-32s-fixed", whose trunk is frozen (``--freeze-trunk``).
 * balance: no class weights against balanced ones (``--class-weights balanced``).
+* shift: FCN-32s made denser without retraining, rarefied (stride 16, 8) or by shift-and-stitch
+  (f = 2, 4), against FCN-16s and FCN-8s: mean IU against time and peak memory per image, the
+  paper's "cost to improvement ratio worse than layer fusion" (section 4.2). It trains the three
+  nets (--model does not apply) at one conv1_1 padding; see shift_study.py. Writes
+  OUT/shift.md (the table) and OUT/shift.png (mean IU against ms per image).
 
 Every run is FCN-32s by default (the net of the paper's Figure 5 and its "fixed" row; --model
 picks another), trained from scratch
@@ -27,9 +33,10 @@ from pathlib import Path
 
 import numpy as np
 
-from .. import training
+from .. import backend, training
 from ..training import DEFAULTS, resolve
 from ..models import geometry
+from . import shift_study
 from .skip_architectures import run_jobs, table
 
 STUDIES = {  # study -> [(label, options that differ from the plain FCN-32s run)]
@@ -92,7 +99,7 @@ def main(argv=None):
     p = argparse.ArgumentParser(prog="python -m minifcn.experiments.paper_ablations",
                                 description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--study", default="all", choices=[*STUDIES, "all"])
+    p.add_argument("--study", default="all", choices=[*STUDIES, "shift", "all"])
     p.add_argument("--model", default="fcn32s", choices=["fcn32s", "fcn16s", "fcn8s"],
                    help="the net every run trains (default fcn32s, the paper's; from scratch in "
                         "a CPU budget it stays all-background, so docs/experiments.md uses fcn16s)")
@@ -108,32 +115,60 @@ def main(argv=None):
     p.add_argument("--out", default="runs/paper-ablations")
     p.add_argument("--overwrite", action="store_true", help="replace the runs of an earlier call")
     p.add_argument("--device", default="auto", choices=["cpu", "cuda", "auto"])
+    p.add_argument("--time-rounds", type=int, default=20, help="shift study: passes per method "
+                   "and seed timed, one image at a time, alternating the methods (default 20)")
+    p.add_argument("--rescore", action="store_true", help="shift study: score the nets that an "
+                   "earlier call trained in --out again (time, memory, metrics), training nothing")
     args = p.parse_args(argv)
-    for name in ("iters", "seeds", "jobs", "batch_size"):
+    for name in ("iters", "seeds", "jobs", "batch_size", "time_rounds"):
         if getattr(args, name) < 1:
             p.error(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
-    studies = list(STUDIES) if args.study == "all" else [args.study]
+    studies = [*STUDIES, "shift"] if args.study == "all" else [args.study]
     pad1 = geometry.full_cover_pad1(args.model, args.size)  # the coarse scores cover every pixel
     seeds = list(range(args.seeds))
+    base = {**DEFAULTS, "model": args.model, "data": args.data, "width": args.width,
+            "size": args.size, "n_train": args.n_train, "n_val": args.n_val,
+            "batch_size": args.batch_size, "iters": args.iters, "epochs": None, "pad1": pad1,
+            "device": args.device}
     jobs, labels = [], []
     for study in studies:
+        if study == "shift":  # three nets, one label each
+            shift_jobs = shift_study.jobs(base, seeds, Path(args.out) / study)
+            jobs += shift_jobs
+            labels += [(study, config["model"]) for config, _ in shift_jobs]
+            continue
         for i, (label, options) in enumerate(STUDIES[study]):
             for seed in seeds:
-                config = {**DEFAULTS, "model": args.model, "data": args.data, "width": args.width,
-                          "size": args.size, "n_train": args.n_train, "n_val": args.n_val,
-                          "batch_size": args.batch_size, "iters": args.iters, "epochs": None,
-                          "seed": seed, "pad1": pad1, "device": args.device, **options}
+                config = {**base, "seed": seed, **options}
                 jobs.append((resolve(config), Path(args.out) / study / f"{i}-seed{seed}"))
                 labels.append((study, label))
-    taken = [str(d) for _, d in jobs if any((d / f).exists() for f in training.runs.RUN_FILES)]
-    if taken and not args.overwrite:
-        raise SystemExit(f"error: --out {args.out} already holds runs ({taken[0]}...); pass "
-                         f"--overwrite to replace them, or choose another --out")
-    print(f"{len(jobs)} runs of {args.model} (pad1 {pad1}, {args.iters} steps each), "
-          f"{min(args.jobs, len(jobs))} at a time")
-    results = run_jobs(jobs, min(args.jobs, len(jobs)), worker=train_logging_losses)
     out, summary = Path(args.out), {}
+    if args.rescore:
+        if studies != ["shift"]:
+            p.error("--rescore applies to --study shift only")
+        results = [({}, 0.0) if (d / training.BEST).exists() else None for _, d in jobs]
+        if results.count(None):
+            raise SystemExit(f"error: --rescore: {results.count(None)} of the {len(jobs)} runs "
+                             f"have no {training.BEST} in {out / 'shift'}; train them first")
+        if (out / "summary.json").exists():  # keep the other studies' rows
+            summary = json.loads((out / "summary.json").read_text())
+    else:
+        taken = [str(d) for _, d in jobs
+                 if any((d / f).exists() for f in training.runs.RUN_FILES)]
+        if taken and not args.overwrite:
+            raise SystemExit(f"error: --out {args.out} already holds runs ({taken[0]}...); pass "
+                             f"--overwrite to replace them, or choose another --out")
+        nets = sorted({config["model"] for config, _ in jobs})
+        print(f"{len(jobs)} runs of {', '.join(nets)} ({args.iters} steps each), "
+              f"{min(args.jobs, len(jobs))} at a time")
+        results = run_jobs(jobs, min(args.jobs, len(jobs)), worker=train_logging_losses)
     for study in studies:
+        if study == "shift":
+            mine = [i for i, (s, _) in enumerate(labels) if s == study]
+            summary[study] = shift_study.report([jobs[i] for i in mine],
+                                                [results[i] for i in mine], out,
+                                                args.time_rounds, backend.check_device(args.device))
+            continue
         rows = []
         for label, _ in STUDIES[study]:
             runs = [r for (s, lab), r in zip(labels, results) if (s, lab) == (study, label)]
