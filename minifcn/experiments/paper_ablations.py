@@ -19,7 +19,7 @@
   OUT/shift.md (the table) and OUT/shift.png (mean IU against ms per image).
 
 Every run is FCN-32s by default (the net of the paper's Figure 5 and its "fixed" row; --model
-picks another), trained from scratch
+picks another), trained from scratch (``--init scratch``, whatever train's default)
 with the from-scratch recipe and the conv1_1 padding at which the coarse scores cover the whole
 image (``geometry.full_cover_pad1``); only the switch under study differs. Each run's
 folder, with its training losses (train_loss.npy: iteration, loss, images), is under --out.
@@ -129,7 +129,7 @@ def main(argv=None):
     base = {**DEFAULTS, "model": args.model, "data": args.data, "width": args.width,
             "size": args.size, "n_train": args.n_train, "n_val": args.n_val,
             "batch_size": args.batch_size, "iters": args.iters, "epochs": None, "pad1": pad1,
-            "device": args.device}
+            "device": args.device, "init": "scratch"}  # from scratch, whatever train's default
     jobs, labels = [], []
     for study in studies:
         if study == "shift":  # three nets, one label each
