@@ -1,15 +1,22 @@
 """Speed and peak memory of FCN-32s/16s/8s: minifcn against the same nets in PyTorch (CPU).
 
-    python benchmarks/models.py [--quick] [--repeat N] [--threads 2] [--variants fcn8s,...]
-    python benchmarks/models.py --default-run     # one step of `python -m minifcn.train`
+    env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE python benchmarks/models.py \
+        [--quick | --sizes 1x224,1x500] [--pairs 5] [--threads 2] [--variants fcn8s,...] \
+        [--before TREE] [--no-memory] [--write-docs]
+    ... python benchmarks/models.py --default-run     # the step of `python -m minifcn.train`
 
 Configurations: width 1.0 (VGG16) on 1x3x224x224 and 1x3x320x320, width 0.125 on 1x3x96x96
-(--quick: width 0.125 only); 21 classes, conv1_1 padding 100. For each: forward (eval mode,
-no graph) and forward+backward (train mode with dropout, mean softmax cross-entropy against
-random labels, all gradients), the median of --repeat timed runs after one warm-up run.
---default-run: instead, the default training run's net and batch: FCN-8s (or --variants) at
-width 0.0625 (or --width) on 8x3x96x96, 5 classes, conv1_1 padding as the training default 'auto' (69
-for FCN-8s, 73 for 16s, 81 for 32s), no dropout.
+(--quick: width 0.125 only; --sizes: WIDTHxSIZE pairs); 21 classes, conv1_1 padding 100. For
+each: forward (eval mode, no graph) and forward+backward (train mode with dropout, mean softmax
+cross-entropy against random labels, all gradients). --default-run: instead, the default
+training run's net and batch: FCN-8s (or --variants) at width 0.0625 (or --width) on
+8x3x96x96, 5 classes, conv1_1 padding as the training default 'auto' (69 for FCN-8s, 73 for
+16s, 81 for 32s), no dropout.
+
+Times: each implementation builds its net in a worker process of its own and the parent
+alternates them (A B A B, --pairs rounds after a warm-up; benchmarks/_common.py says why never
+in one process). Printed: medians, and the median of the per-round ratios with its spread.
+--before TREE adds a worker importing minifcn from TREE (a `git worktree` of an older commit).
 
 Peak memory: each (implementation, configuration, forward or forward+backward) runs in a fresh
 child process, which builds the model, resets the kernel's peak-RSS counter
@@ -21,7 +28,7 @@ PyTorch (if installed) runs the same nets written as the PyTorch port writes the
 with padding 100, MaxPool2d(2, 2, ceil_mode=True), in-place ReLU, ConvTranspose2d without
 bias, crops by slicing at the offsets minifcn derives. Both get the same thread count (BLAS
 via threadpoolctl, torch.set_num_threads). Before timing, the two are checked to give the same
-scores for the same weights. Times move from run to run on shared machines: read the ratios.
+scores for the same weights.
 """
 import argparse
 import json
@@ -29,10 +36,11 @@ import os
 import statistics
 import subprocess
 import sys
-import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path.insert(0, os.path.dirname(HERE))  # run from a checkout without installing
+sys.path.insert(0, HERE)
+from _common import (Worker, alternate_calls, fmt_ratio, markdown_table, serve, stamp,  # noqa: E402
+                     thread_env, write_docs)
 
 VGG = [("conv1_1", 64), ("conv1_2", 64), ("conv2_1", 128), ("conv2_2", 128), ("conv3_1", 256),
        ("conv3_2", 256), ("conv3_3", 256), ("conv4_1", 512), ("conv4_2", 512), ("conv4_3", 512),
@@ -128,11 +136,11 @@ def reset_peak():
         return False
 
 
-# ----------------------------------------------------------------------------- one measurement
+# ----------------------------------------------------------------------------- one net
 
 
-def child(impl, variant, width, size, batch, n_class, pad1, dropout, mode, repeat, threads,
-          offsets):
+def setup(impl, variant, width, size, batch, n_class, pad1, dropout, threads, offsets):
+    """(forward, train_step) closures of one implementation's net on one random batch."""
     import numpy as np
 
     try:
@@ -160,37 +168,33 @@ def child(impl, variant, width, size, batch, n_class, pad1, dropout, mode, repea
             model.train()
             model.zero_grad()
             F.softmax_cross_entropy(model(x), t_np).backward()
-    else:
-        import torch
+        return forward, train_step
+    import torch
 
-        torch.set_num_threads(threads)
-        model = torch_fcn(variant, width, offsets, n_class, pad1, dropout)
-        x, t = torch.from_numpy(x_np), torch.from_numpy(t_np)
+    torch.set_num_threads(threads)
+    model = torch_fcn(variant, width, offsets, n_class, pad1, dropout)
+    x, t = torch.from_numpy(x_np), torch.from_numpy(t_np)
 
-        def forward():
-            model.eval()
-            with torch.no_grad():
-                model(x)
+    def forward():
+        model.eval()
+        with torch.no_grad():
+            model(x)
 
-        def train_step():
-            model.train()
-            model.zero_grad(set_to_none=True)
-            torch.nn.functional.cross_entropy(model(x), t).backward()
+    def train_step():
+        model.train()
+        model.zero_grad(set_to_none=True)
+        torch.nn.functional.cross_entropy(model(x), t).backward()
+    return forward, train_step
 
-    run = forward if mode == "fwd" else train_step
+
+def peak(impl, mode, config):
+    """The extra peak RSS of the first pass, in a fresh process (reported in MB)."""
+    forward, train_step = setup(impl, **config)
     exact = reset_peak()
     base = _status_kb("VmRSS")
-    t0 = time.perf_counter()
-    run()
-    first = time.perf_counter() - t0
-    peak = (_status_kb("VmHWM") if exact else _ru_maxrss_kb()) - base
-    times = []
-    for _ in range(repeat):
-        t0 = time.perf_counter()
-        run()
-        times.append(time.perf_counter() - t0)
-    return dict(time=statistics.median(times) if times else first, first=first,
-                peak_mb=peak / 1024, exact_peak=exact)
+    (forward if mode == "fwd" else train_step)()
+    return dict(peak_mb=((_status_kb("VmHWM") if exact else _ru_maxrss_kb()) - base) / 1024,
+                exact=exact)
 
 
 def _ru_maxrss_kb():
@@ -202,13 +206,15 @@ def _ru_maxrss_kb():
 # ----------------------------------------------------------------------------- the parent
 
 
-def measure(impl, config, mode, args):
-    env = dict(os.environ)
-    for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "MINIFCN_NUM_THREADS"):
-        env[var] = str(args.threads)
-    cmd = [sys.executable, os.path.abspath(__file__), "--child", json.dumps(
-        dict(impl=impl, mode=mode, repeat=args.repeat, threads=args.threads, **config))]
-    out = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=3600)
+def child_argv(request):
+    return [os.path.abspath(__file__), "--child", json.dumps(request)]
+
+
+def measure_peak(impl, config, mode, args, engine=None):
+    out = subprocess.run([sys.executable] + child_argv(dict(kind="peak", impl=impl, mode=mode,
+                                                            config=config)),
+                         capture_output=True, text=True, env=thread_env(args.threads, engine),
+                         timeout=3600)
     if out.returncode != 0:
         raise RuntimeError(f"{impl} {config} {mode} failed:\n{out.stderr}")
     return json.loads(out.stdout.strip().splitlines()[-1])
@@ -277,6 +283,11 @@ def check_same_scores(configs):
     return worst
 
 
+def worker(request):
+    forward, train_step = setup(request["impl"], **request["config"])
+    serve({"fwd": forward, "train": train_step})
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="width 0.125 on 96x96 only")
@@ -285,13 +296,22 @@ def main(argv=None):
                              "5 classes, the training default conv1_1 padding, no dropout")
     parser.add_argument("--width", type=float,
                         help="with --default-run: the channel multiplier (default 0.0625)")
-    parser.add_argument("--repeat", type=int, default=3, help="timed runs after the warm-up")
+    parser.add_argument("--sizes", help="WIDTHxSIZE,... (default 1x224,1x320,0.125x96)")
+    parser.add_argument("--pairs", type=int, default=5, help="alternating timed rounds")
     parser.add_argument("--threads", type=int, default=2, help="threads for both (default 2)")
     parser.add_argument("--variants", help="default fcn32s,fcn16s,fcn8s (--default-run: fcn8s)")
+    parser.add_argument("--before", metavar="TREE", help="also time minifcn imported from TREE")
+    parser.add_argument("--no-memory", action="store_true", help="times only")
+    parser.add_argument("--write-docs", action="store_true",
+                        help="replace the models (or models_default_run) block of "
+                             "docs/performance.md")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.child:
-        print(json.dumps(child(**json.loads(args.child))))
+        request = json.loads(args.child)
+        if request["kind"] == "worker":
+            return worker(request)
+        print(json.dumps(peak(request["impl"], request["mode"], request["config"])))
         return 0
 
     from minifcn.models import build
@@ -306,42 +326,61 @@ def main(argv=None):
                         pad1=geometry.min_pad1(v, 96), dropout=0.0) for v in variants]
     else:  # the reference nets: one image, 21 classes, conv1_1 padding 100, dropout 0.5
         sizes = [(0.125, 96)] if args.quick else [(1.0, 224), (1.0, 320), (0.125, 96)]
-        configs = [dict(variant=v, width=width, size=size, batch=1, n_class=N_CLASS, pad1=100,
-                        dropout=0.5) for width, size in sizes for v in variants]
+        if args.sizes:
+            sizes = [tuple(float(v) for v in s.split("x")) for s in args.sizes.split(",")]
+        configs = [dict(variant=v, width=width, size=int(size), batch=1, n_class=N_CLASS,
+                        pad1=100, dropout=0.5) for width, size in sizes for v in variants]
+    load = os.getloadavg()[0]
     print("\n".join(environment(args)))
+    impls = {"minifcn": None}
+    if args.before:
+        impls["before"] = args.before
     try:
         import torch  # noqa: F401
-        impls = ["minifcn", "torch"]
+        impls["torch"] = None
         print(f"same scores as PyTorch for the same weights: max rel error "
               f"{check_same_scores(configs):.1e}")
     except ImportError:
-        impls = ["minifcn"]
-    print(f"median of {args.repeat} runs after a warm-up; peak = extra RSS of one pass\n")
-    head = (f"{'model':<8} {'width':>6} {'input':>9}  {'impl':<8} {'fwd s':>8} "
-            f"{'fwd+bwd s':>10} {'fwd MB':>8} {'fwd+bwd MB':>11}")
-    print(head)
-    print("-" * len(head))
+        pass
+    print(f"median of {args.pairs} alternating rounds after a warm-up; ratio: median of the "
+          f"per-round ratios (min-max); peak: extra RSS of one pass in a fresh process\n")
+    rows = []
     for config in configs:
-        variant, width, size = config["variant"], config["width"], config["size"]
-        config["offsets"] = build(variant, n_class=2, width=1 / 64,
+        config = dict(config, threads=args.threads)
+        config["offsets"] = build(config["variant"], n_class=2, width=1 / 64,
                                   pad1=config["pad1"]).offsets  # geometry only
-        res = {}
-        for impl in impls:
-            res[impl] = {mode: measure(impl, config, mode, args) for mode in ("fwd", "train")}
-            r = res[impl]
-            shape = f"{config['batch']}x{size}x{size}"
-            print(f"{variant:<8} {width:>6g} {shape:>9}  {impl:<8} "
-                  f"{r['fwd']['time']:>8.3f} {r['train']['time']:>10.3f} "
-                  f"{r['fwd']['peak_mb']:>8.0f} {r['train']['peak_mb']:>11.0f}", flush=True)
-        if len(impls) == 2:
-            a, b = res["minifcn"], res["torch"]
-            print(f"{'':<8} {'':>6} {'':>9}  {'ratio':<8} "
-                  f"{a['fwd']['time'] / b['fwd']['time']:>8.2f} "
-                  f"{a['train']['time'] / b['train']['time']:>10.2f} "
-                  f"{a['fwd']['peak_mb'] / max(b['fwd']['peak_mb'], 1):>8.2f} "
-                  f"{a['train']['peak_mb'] / max(b['train']['peak_mb'], 1):>11.2f}", flush=True)
-    if not all(r[m]["exact_peak"] for r in res.values() for m in r):
-        print("note: /proc/self/clear_refs not writable: peaks from ru_maxrss include the build")
+        workers = {name: Worker(child_argv(dict(kind="worker", config=config,
+                                                impl="torch" if name == "torch" else "minifcn")),
+                                args.threads, engine)
+                   for name, engine in impls.items()}
+        times = {mode: alternate_calls(workers, [mode], args.pairs, warmup=1)
+                 for mode in ("fwd", "train")}
+        for w in workers.values():
+            w.close()
+        peaks = {} if args.no_memory else {
+            (name, mode): measure_peak("torch" if name == "torch" else "minifcn", config, mode,
+                                       args, engine)["peak_mb"]
+            for name, engine in impls.items() for mode in ("fwd", "train")}
+        shape = f"{config['batch']}x{config['size']}x{config['size']}"
+        for name in impls:
+            row = [f"{config['variant']} {config['width']:g}", shape, name]
+            for mode in ("fwd", "train"):
+                row.append(f"{statistics.median(times[mode][name]):.3f}")
+            row += [f"{peaks[(name, m)]:.0f}" if peaks else "-" for m in ("fwd", "train")]
+            rows.append(row)
+        for name in [n for n in impls if n != "minifcn"]:
+            row = ["", "", f"minifcn / {name}"]
+            row += [fmt_ratio(times[m]["minifcn"], times[m][name]) for m in ("fwd", "train")]
+            row += [f"{peaks[('minifcn', m)] / max(peaks[(name, m)], 1):.2f}" if peaks else "-"
+                    for m in ("fwd", "train")]
+            rows.append(row)
+        print("\n".join(" | ".join(r) for r in rows[-len(impls) * 2 + 1:]), flush=True)
+    table = markdown_table(["net", "input", "impl", "fwd s", "fwd+bwd s", "fwd MB",
+                            "fwd+bwd MB"], rows)
+    print(table)
+    if args.write_docs:
+        write_docs("models_default_run" if args.default_run else "models",
+                   f"{table}\n\n{stamp(load)}")
     return 0
 
 

@@ -1,39 +1,134 @@
 """Forward and forward+backward time of the hot ops, minifcn vs PyTorch CPU in the same run.
 
-    env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE python benchmarks/ops.py [--repeat 5]
+    env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE python benchmarks/ops.py \
+        [--pairs 5] [--threads 2] [--only SUBSTRING] [--before TREE] [--write-docs]
 
-Prints a markdown table; the ratio column is minifcn time / PyTorch time (lower is better,
-1.0 = as fast). PyTorch is optional (`pip install torch`); without it the ratio is '-'.
+minifcn and PyTorch each run in a worker process of their own (never both in one process:
+their thread pools fight on a busy machine) and the parent alternates them, A B A B, --pairs
+rounds after a warm-up. Printed: the median times and the median of the per-round ratios
+minifcn / PyTorch with its spread (min-max); lower is better, 1.0 = as fast. Before timing,
+both workers' outputs are compared. PyTorch is optional (`pip install torch`).
+
+--before TREE: a third worker imports minifcn from TREE (e.g. a `git worktree` of the commit
+before a change), alternating with the other two: the before/after columns of a speed-up.
+--write-docs replaces the ops block of docs/performance.md (the table and its stamp).
 """
 import argparse
 import os
+import statistics
 import sys
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, HERE)
 import numpy as np  # noqa: E402
-from _common import best_time, blas_report, markdown_table, seeded, torch_or_none  # noqa: E402
-
-import minifcn.functional as F  # noqa: E402
-from minifcn import Tensor  # noqa: E402
+from _common import (Worker, alternate_calls, blas_report, fmt_ratio, markdown_table,  # noqa: E402
+                     seeded, serve, stamp, write_docs)
 
 # (name, op, input shape, weight shape, stride, padding)
 CASES = [
-    ("conv2d 64->64 3x3 p1", "conv", (1, 64, 224, 224), (64, 64, 3, 3), 1, 1),
-    ("conv2d 3->64 3x3 p1", "conv", (1, 3, 224, 224), (64, 3, 3, 3), 1, 1),
+    ("conv2d 64->64 3x3 p1, 1x64x224x224", "conv", (1, 64, 224, 224), (64, 64, 3, 3), 1, 1),
+    ("conv2d 3->64 3x3 p1, 1x3x224x224", "conv", (1, 3, 224, 224), (64, 3, 3, 3), 1, 1),
     # FCN's conv1_1: padding 100 (VGG16 width), and the default training run's (8 images of
     # 96x96, padding 69, width 0.0625): most of the output sees only padding
-    ("conv2d 3->64 3x3 p100", "conv", (1, 3, 224, 224), (64, 3, 3, 3), 1, 100),
-    ("conv2d 3->4 3x3 p69, 8x96x96", "conv", (8, 3, 96, 96), (4, 3, 3, 3), 1, 69),
-    ("max_pool2d 2x2 s2 ceil", "pool", (1, 64, 224, 224), None, 2, 0),
-    ("conv_transpose2d 21->21 k64 s32", "deconv", (1, 21, 10, 10), (21, 21, 64, 64), 32, 0),
-    ("conv_transpose2d 21->21 k4 s2", "deconv", (1, 21, 32, 32), (21, 21, 4, 4), 2, 0),
-    # the default training run's fc6 (a 7x7 window over a 2x2 output), conv2_1 (more output
-    # than input channels) and upscore8 (8 images, width 0.0625, 5 classes)
-    ("conv2d 32->256 7x7 p0, 8x8x8", "conv", (8, 32, 8, 8), (256, 32, 7, 7), 1, 0),
-    ("conv2d 4->8 3x3 p1, 8x116x116", "conv", (8, 4, 116, 116), (8, 4, 3, 3), 1, 1),
-    ("conv_transpose2d 5->5 k16 s8, 8x14x14", "deconv", (8, 5, 14, 14), (5, 5, 16, 16), 8, 0),
+    ("conv2d 3->64 3x3 p100, 1x3x224x224", "conv", (1, 3, 224, 224), (64, 3, 3, 3), 1, 100),
+    ("conv2d 3->4 3x3 p69, 8x3x96x96", "conv", (8, 3, 96, 96), (4, 3, 3, 3), 1, 69),
+    ("max_pool2d 2x2 s2 ceil, 1x64x224x224", "pool", (1, 64, 224, 224), None, 2, 0),
+    ("conv_transpose2d 21->21 k64 s32, 1x21x10x10", "deconv", (1, 21, 10, 10), (21, 21, 64, 64), 32, 0),
+    ("conv_transpose2d 21->21 k4 s2, 1x21x32x32", "deconv", (1, 21, 32, 32), (21, 21, 4, 4), 2, 0),
+    # the default training run's conv1_2, conv2_2, conv3_2, fc6 (a 7x7 window over a 2x2
+    # output), conv2_1 (more output than input channels), upscore8 and pool1
+    ("conv2d 4->4 3x3 p1, 8x4x232x232", "conv", (8, 4, 232, 232), (4, 4, 3, 3), 1, 1),
+    ("conv2d 8->8 3x3 p1, 8x8x116x116", "conv", (8, 8, 116, 116), (8, 8, 3, 3), 1, 1),
+    ("conv2d 16->16 3x3 p1, 8x16x58x58", "conv", (8, 16, 58, 58), (16, 16, 3, 3), 1, 1),
+    ("conv2d 32->256 7x7 p0, 8x32x8x8", "conv", (8, 32, 8, 8), (256, 32, 7, 7), 1, 0),
+    ("conv2d 4->8 3x3 p1, 8x4x116x116", "conv", (8, 4, 116, 116), (8, 4, 3, 3), 1, 1),
+    ("conv_transpose2d 5->5 k16 s8, 8x5x14x14", "deconv", (8, 5, 14, 14), (5, 5, 16, 16), 8, 0),
     ("max_pool2d 2x2 s2 ceil, 8x4x232x232", "pool", (8, 4, 232, 232), None, 2, 0),
 ]
+
+
+def inputs(case):
+    _, op, xs, ws, stride, pad = CASES[case]
+    return op, seeded(xs, 0), (seeded(ws, 1) * 0.05 if ws else None), stride, pad
+
+
+def minifcn_handlers():
+    import minifcn.functional as F
+    from minifcn import Tensor
+
+    def run(case, backward):
+        op, x, w, stride, pad = prepared(case)
+        xt = Tensor(x, requires_grad=backward)
+        wt = Tensor(w, requires_grad=backward) if w is not None else None
+        if op == "conv":
+            y = F.conv2d(xt, wt, None, stride, pad)
+        elif op == "deconv":
+            y = F.conv_transpose2d(xt, wt, None, stride, pad)
+        else:
+            y = F.max_pool2d(xt, 2, stride, pad, ceil_mode=True)
+        if backward:
+            y.backward(np.ones(y.shape, np.float32))
+        return y.data
+
+    return run
+
+
+def torch_handlers(threads):
+    import torch
+
+    torch.set_num_threads(threads)
+    tf = torch.nn.functional
+
+    def run(case, backward):
+        op, x, w, stride, pad = prepared(case)
+        xt = torch.from_numpy(x).requires_grad_(backward)
+        wt = torch.from_numpy(w).requires_grad_(backward) if w is not None else None
+        if op == "conv":
+            y = tf.conv2d(xt, wt, None, stride, pad)
+        elif op == "deconv":
+            y = tf.conv_transpose2d(xt, wt, None, stride, pad)
+        else:
+            y = tf.max_pool2d(xt, 2, stride, pad, ceil_mode=True)
+        if backward:
+            y.backward(torch.ones_like(y))
+        return y.detach().numpy()
+
+    return run
+
+
+_prepared = {}
+
+
+def prepared(case):
+    if case not in _prepared:
+        _prepared.clear()  # one case's arrays at a time
+        _prepared[case] = inputs(case)
+    return _prepared[case]
+
+
+def worker(impl, threads):
+    try:
+        from threadpoolctl import threadpool_limits
+        threadpool_limits(threads)
+    except ImportError:
+        pass
+    run = minifcn_handlers() if impl == "minifcn" else torch_handlers(threads)
+
+    def sample(case):  # a few thousand of the outputs, to compare the workers
+        y = run(case, False).ravel()
+        return y[:: max(1, y.size // 4096)].tolist()
+
+    def report():
+        if impl == "minifcn":
+            import minifcn
+            return f"minifcn from {os.path.dirname(os.path.dirname(minifcn.__file__))}"
+        import torch
+        return f"PyTorch {torch.__version__}, {torch.get_num_threads()} threads"
+
+    def timed(case, backward):
+        run(case, backward)  # the array stays here: only the time goes back
+
+    serve({"run": timed, "sample": sample, "report": report})
 
 
 def flops(op, xshape, wshape, yshape):
@@ -45,62 +140,78 @@ def flops(op, xshape, wshape, yshape):
     return 0
 
 
-def run_minifcn(op, x, w, stride, pad, backward):
-    xt = Tensor(x, requires_grad=backward)
-    wt = Tensor(w, requires_grad=backward) if w is not None else None
-    if op == "conv":
-        y = F.conv2d(xt, wt, None, stride, pad)
-    elif op == "deconv":
-        y = F.conv_transpose2d(xt, wt, None, stride, pad)
-    else:
-        y = F.max_pool2d(xt, 2, stride, pad, ceil_mode=True)
-    if backward:
-        y.backward(np.ones(y.shape, np.float32))
-    return y
-
-
-def run_torch(torch, op, x, w, stride, pad, backward):
-    tf = torch.nn.functional
-    xt = torch.from_numpy(x).requires_grad_(backward)
-    wt = torch.from_numpy(w).requires_grad_(backward) if w is not None else None
-    if op == "conv":
-        y = tf.conv2d(xt, wt, None, stride, pad)
-    elif op == "deconv":
-        y = tf.conv_transpose2d(xt, wt, None, stride, pad)
-    else:
-        y = tf.max_pool2d(xt, 2, stride, pad, ceil_mode=True)
-    if backward:
-        y.backward(torch.ones_like(y))
-    return y
-
-
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--repeat", type=int, default=5)
-    ap.add_argument("--threads", type=int, default=os.cpu_count())
+    ap.add_argument("--pairs", type=int, default=5, help="alternating rounds (>= 5 for docs)")
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--only", help="only the cases whose name contains this")
+    ap.add_argument("--before", metavar="TREE", help="also time minifcn imported from TREE")
+    ap.add_argument("--no-torch", action="store_true")
+    ap.add_argument("--write-docs", action="store_true")
+    ap.add_argument("--worker", choices=("minifcn", "torch"), help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
-    torch = torch_or_none(args.threads)
+    if args.worker:
+        return worker(args.worker, args.threads)
+    load = os.getloadavg()[0]
     print(blas_report())
-    print(f"PyTorch: {torch.__version__ + f', {torch.get_num_threads()} threads' if torch else 'not installed'}")
+    child = [os.path.abspath(__file__), "--threads", str(args.threads), "--worker"]
+    workers = {"minifcn": Worker(child + ["minifcn"], args.threads)}
+    if args.before:
+        workers["before"] = Worker(child + ["minifcn"], args.threads, engine=args.before)
+    try:
+        if args.no_torch:
+            raise ImportError
+        import torch  # noqa: F401
+        workers["PyTorch"] = Worker(child + ["torch"], args.threads)
+    except ImportError:
+        print("PyTorch: not installed or --no-torch (no ratios)")
+    for name, w in workers.items():
+        print(f"{name} worker: {w.call('report')[1]}")
     rows = []
-    for name, op, xs, ws, stride, pad in CASES:
-        x = seeded(xs, 0)
-        w = seeded(ws, 1) * 0.05 if ws else None
-        y = run_minifcn(op, x, w, stride, pad, False)
-        if torch is not None:  # same numbers, not only the same speed
-            ref = run_torch(torch, op, x, w, stride, pad, False).detach().numpy()
-            assert np.allclose(y.data, ref, atol=1e-3, rtol=1e-3), f"{name}: minifcn != PyTorch"
+    for case, (name, op, xs, ws, *_) in enumerate(CASES):
+        if args.only and args.only not in name:
+            continue
+        ref = np.asarray(workers["minifcn"].call("sample", case)[1])
+        for other, w in workers.items():  # the same numbers, not only the same speed
+            got = np.asarray(w.call("sample", case)[1])
+            assert np.allclose(got, ref, atol=1e-3, rtol=1e-3), f"{name}: {other} != minifcn"
         for backward in (False, True):
-            t = best_time(lambda: run_minifcn(op, x, w, stride, pad, backward), args.repeat)
-            tt = best_time(lambda: run_torch(torch, op, x, w, stride, pad, backward),
-                           args.repeat) if torch else None
-            fl = flops(op, xs, ws, y.shape) * (3 if backward else 1)
-            rows.append([name, "fwd+bwd" if backward else "fwd", f"{t * 1e3:.1f}",
-                         f"{fl / t / 1e9:.0f}" if fl else "-",
-                         f"{tt * 1e3:.1f}" if tt else "-", f"{t / tt:.2f}" if tt else "-"])
-    print(markdown_table(["op", "pass", "minifcn ms", "minifcn GFLOP/s", "PyTorch ms",
-                          "ratio"], rows))
+            t = alternate_calls(workers, ["run", case, backward], args.pairs, warmup=1)
+            ms = {k: statistics.median(v) * 1e3 for k, v in t.items()}
+            yshape = _out_shape(op, xs, ws, CASES[case][4], CASES[case][5])
+            fl = flops(op, xs, ws, yshape) * (3 if backward else 1)
+            row = [name, "fwd+bwd" if backward else "fwd", f"{ms['minifcn']:.1f}",
+                   f"{fl / ms['minifcn'] / 1e6:.0f}" if fl else "-"]
+            if "PyTorch" in t:
+                row += [f"{ms['PyTorch']:.1f}", fmt_ratio(t["minifcn"], t["PyTorch"])]
+            if "before" in t:
+                row += [f"{ms['before']:.1f}", fmt_ratio(t["minifcn"], t["before"])]
+            rows.append(row)
+            print(" | ".join(row), flush=True)
+    for w in workers.values():
+        w.close()
+    head = ["op", "pass", "minifcn ms", "minifcn GFLOP/s"]
+    if "PyTorch" in workers:
+        head += ["PyTorch ms", "ratio (spread)"]
+    if args.before:
+        head += ["before ms", "after / before (spread)"]
+    table = markdown_table(head, rows)
+    print(f"\nmedians of {args.pairs} alternating rounds; ratios: median of the per-round "
+          f"ratios (min-max)\n{table}")
+    if args.write_docs:
+        write_docs("ops", f"{table}\n\n{stamp(load)}")
+    return 0
+
+
+def _out_shape(op, xs, ws, stride, pad):
+    n, _, h, w = xs
+    if op == "pool":
+        return (n, xs[1], -(-h // 2), -(-w // 2))
+    k = ws[2]
+    if op == "conv":
+        return (n, ws[0], (h + 2 * pad - k) // stride + 1, (w + 2 * pad - k) // stride + 1)
+    return (n, ws[1], (h - 1) * stride - 2 * pad + k, (w - 1) * stride - 2 * pad + k)
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())
