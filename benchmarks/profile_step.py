@@ -315,6 +315,7 @@ def main(argv=None):
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--width", type=float, default=0.0625)
     ap.add_argument("--no-torch", action="store_true", help="minifcn only")
+    ap.add_argument("--before", metavar="TREE", help="also profile minifcn imported from TREE")
     ap.add_argument("--write-docs", action="store_true",
                     help="replace the profile_step block of docs/performance.md")
     ap.add_argument("--worker", choices=("minifcn", "torch"), help=argparse.SUPPRESS)
@@ -325,6 +326,8 @@ def main(argv=None):
     print(blas_report())
     child = [os.path.abspath(__file__), "--threads", str(args.threads), "--width", str(args.width)]
     workers = {"minifcn": Worker(child + ["--worker", "minifcn"], args.threads)}
+    if args.before:
+        workers["before"] = Worker(child + ["--worker", "minifcn"], args.threads, args.before)
     if not args.no_torch:
         try:
             import torch  # noqa: F401  (only to know whether the worker can run)
@@ -336,12 +339,14 @@ def main(argv=None):
     for call, what in (("step", "training step: data, forward, loss, backward, SGD"),
                        ("fwd_bwd", "forward+backward of one batch")):
         times = alternate_calls(workers, [call], args.pairs, warmup=2)
-        a, b = times["minifcn"], times.get("PyTorch")
+        a, b, old = times["minifcn"], times.get("PyTorch"), times.get("before")
         rows.append([what, f"{statistics.median(a) * 1e3:.0f}",
                      f"{statistics.median(b) * 1e3:.0f}" if b else "-",
-                     fmt_ratio(a, b) if b else "-"])
+                     fmt_ratio(a, b) if b else "-"]
+                    + ([f"{statistics.median(old) * 1e3:.0f}", fmt_ratio(a, old)] if old else []))
     total_table = markdown_table(["measurement (uninstrumented)", "minifcn ms", "PyTorch ms",
-                                  "ratio (spread)"], rows)
+                                  "ratio (spread)"]
+                                 + (["before ms", "after / before"] if args.before else []), rows)
     print(f"\n{args.pairs} alternating rounds after 2 warm-ups, medians; ratio: median of the "
           f"per-round ratios (min-max):")
     print(total_table)
@@ -358,23 +363,24 @@ def main(argv=None):
         return f"{statistics.median(values) * 1e3:.1f}" if values else "-"
 
     ours = profiles["minifcn"][0][0]
+    impls = ["minifcn", "PyTorch"] + (["before"] if args.before else [])
     rows = []
     for layer in list(ours) + ([CROPS] if "PyTorch" in workers else []):
         cells = [med(name, lambda lay, ph, i=i: lay.get(layer, (0.0, 0.0))[i])
-                 for name in ("minifcn", "PyTorch") for i in (0, 1)]
+                 for name in impls for i in (0, 1)]
         if all(c in ("-", "0.0") for c in cells):
             continue  # dropout 0: no op at all
         rows.append([layer] + cells)
     for phase in PHASES:
         where = 1 if phase == "autograd walk" else 0
-        cells = [med(name, lambda lay, ph: ph.get(phase, 0.0)) for name in ("minifcn", "PyTorch")]
-        rows.append([phase] + [cells[0] if where == 0 else "", cells[0] if where else "",
-                               cells[1] if where == 0 else "", cells[1] if where else ""])
+        cells = [med(name, lambda lay, ph: ph.get(phase, 0.0)) for name in impls]
+        rows.append([phase] + [c for cell in cells for c in
+                               ((cell, "") if where == 0 else ("", cell))])
     total = [med(name, lambda lay, ph: sum(f + b for f, b in lay.values()) + sum(ph.values()))
-             for name in ("minifcn", "PyTorch")]
-    rows.append(["whole step, profiled", total[0], "", total[1], ""])
-    prof_table = markdown_table(["layer / phase", "minifcn fwd ms", "minifcn bwd ms",
-                                 "PyTorch fwd ms", "PyTorch bwd ms"], rows)
+             for name in impls]
+    rows.append(["whole step, profiled"] + [c for cell in total for c in (cell, "")])
+    prof_table = markdown_table(["layer / phase"] + [f"{name} {d} ms" for name in impls
+                                                     for d in ("fwd", "bwd")], rows)
     print(f"\nprofiled: median of {args.steps} alternating steps")
     print(prof_table)
     if args.write_docs:

@@ -1,7 +1,10 @@
 """The spatial ops of ``minifcn.functional``: conv2d, conv_transpose2d, max_pool2d, crop.
 
 Convolution is Caffe's: unfold the input's windows into columns (im2col), then one matrix
-product with the weights (a GEMM). Three array-level helpers carry all the arithmetic:
+product with the weights (a GEMM). On the CPU at stride 1 (every 3x3 conv of VGG16) the
+columns are never built: ``P.conv_shifted`` sums one GEMM per kernel tap over shifted views
+of the padded input, the same sum in another order. Three array-level helpers carry all the
+arithmetic:
 
     _conv(x, w)                 y  = W @ im2col(x)                  conv2d forward
     _conv_input_grad(gy, w)     gx = col2im(W^T @ gy)               conv2d's input gradient
@@ -81,8 +84,17 @@ def _im2col_scratch(x, kh, kw, stride, padding, oh, ow, dilation=NO_DILATION):
     return P.im2col(x, kh, kw, *stride, *padding, *dilation, out=out)
 
 
+def _shifted(x, ksize, stride, padding, dilation):
+    """Whether the CPU's path without columns applies (``P.conv_shifted``): stride 1 only
+    (other strides do not line the taps up), where ``P.shifted_pays``."""
+    return (stride == (1, 1) and get_array_module(x) is np
+            and P.shifted_pays(x.shape, *ksize, *padding, *dilation))
+
+
 def _conv(x, w, stride, padding, dilation=NO_DILATION):
     """conv2d on arrays: x (N, C, H, W), w (K, C, kh, kw) -> (N, K, oh, ow)."""
+    if _shifted(x, w.shape[2:], stride, padding, dilation):
+        return P.conv_shifted(x, w, *padding, *dilation)
     n = x.shape[0]
     k, c, kh, kw = w.shape
     oh, ow = (P.conv_out_size(size, k, s, p, d=d) for size, k, s, p, d in
@@ -100,7 +112,11 @@ def _conv_input_grad(gy, w, hw, stride, padding, dilation=NO_DILATION):
     # the spans d*(k-1) of the taps: k-1 without dilation
     span_h, span_w = dh * (kh - 1), dw * (kw - 1)
     flip = stride == (1, 1) and padding[0] <= span_h and padding[1] <= span_w
-    if flip and k * hw[0] * hw[1] <= c * oh * ow:
+    # on the CPU the flipped conv builds no columns (P.conv_shifted) where that pays: then it
+    # wins at any channel counts (the same GEMM work, without col2im's passes)
+    pad_t = (span_h - padding[0], span_w - padding[1])
+    shifted = flip and _shifted(gy, (kh, kw), (1, 1), pad_t, dilation)
+    if flip and (shifted or k * hw[0] * hw[1] <= c * oh * ow):
         # at stride 1 the adjoint is itself a convolution: gy, padded by k-1-p, with the kernel
         # flipped and its channel axes swapped. Its one GEMM has a short output (C rows), where
         # the general path writes a C*kh*kw-row column matrix and folds it back (col2im). But its
@@ -110,7 +126,7 @@ def _conv_input_grad(gy, w, hw, stride, padding, dilation=NO_DILATION):
         # keeps its dilation and gy is padded by d*(k-1) - p: tap i' = k-1-i of the flipped
         # kernel meets the same gy pixel as tap i did (the condition p <= d*(k-1) above).
         flipped = w[:, :, ::-1, ::-1].transpose(1, 0, 2, 3).copy()
-        return _conv(gy, flipped, (1, 1), (span_h - padding[0], span_w - padding[1]), dilation)
+        return _conv(gy, flipped, (1, 1), pad_t, dilation)
     wt = w.reshape(k, c * kh * kw).T
     gy = gy.reshape(n, k, oh * ow)
     if get_array_module(gy) is np:  # write the big product into the reused scratch block
@@ -122,6 +138,8 @@ def _conv_input_grad(gy, w, hw, stride, padding, dilation=NO_DILATION):
 
 def _conv_weight_grad(x, gy, ksize, stride, padding, dilation=NO_DILATION):
     """The adjoint of _conv in w: x (N, C, H, W), gy (N, K, oh, ow) -> gW (K, C, kh, kw)."""
+    if _shifted(x, ksize, stride, padding, dilation):
+        return P.conv_weight_grad_shifted(x, gy, *ksize, *padding, *dilation)
     n, k, oh, ow = gy.shape
     col = _im2col_scratch(x, *ksize, stride, padding, oh, ow, dilation).reshape(n, -1, oh * ow)
     gy = gy.reshape(n, k, oh * ow)

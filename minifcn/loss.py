@@ -15,9 +15,11 @@ IGNORE_INDEX = 255
 class SoftmaxCrossEntropy(Function):
     def forward(self, logits, target, ignore_index, reduction):
         xp = get_array_module(logits)
-        loss = P.softmax_cross_entropy_forward(logits, target, ignore_index)  # (N, H, W)
+        # the softmax is kept for backward (one logits-sized array) rather than recomputed
+        loss, softmax = P.softmax_cross_entropy_forward(logits, target, ignore_index,
+                                                        return_softmax=True)  # (N, H, W)
         count = int((target != ignore_index).sum())
-        self.saved = (logits, target, ignore_index, reduction, count)
+        self.saved = (logits, target, ignore_index, reduction, count, softmax)
         if reduction == "none":
             return loss
         total = loss.sum(dtype=xp.float64).astype(logits.dtype)
@@ -25,14 +27,15 @@ class SoftmaxCrossEntropy(Function):
         return total / max(count, 1) if reduction == "mean" else total
 
     def backward(self, g):
-        logits, target, ignore_index, reduction, count = self.saved
+        logits, target, ignore_index, reduction, count, softmax = self.saved
         xp = get_array_module(logits)
         if reduction == "none":
             gloss = g
         else:
             scale = g / max(count, 1) if reduction == "mean" else g
             gloss = xp.broadcast_to(scale, target.shape)
-        return P.softmax_cross_entropy_backward(logits, target, ignore_index, gloss), None
+        return P.softmax_cross_entropy_backward(logits, target, ignore_index, gloss,
+                                                softmax=softmax), None
 
 
 def softmax_cross_entropy(logits, target, ignore_index=IGNORE_INDEX, reduction="mean"):

@@ -147,6 +147,97 @@ def im2col(x, kh, kw, sh, sw, ph, pw, dh=1, dw=1, out=None):
     return col
 
 
+# ---- stride-1 convolution without a column matrix (CPU) --------------------------------------
+#
+# im2col copies every input pixel kh*kw times. At stride 1 the columns need not exist: lay the
+# padded input out channels first and flatten it, (C, N*Hp*Wp). Then tap (i, j) of every window
+# is the same flat array shifted by i*dh*Wp + j*dw, and a conv is the sum over taps of one GEMM
+# each, W[:, :, i, j] @ x_flat[:, shift : shift + T], read in place (BLAS takes the row stride).
+# The output comes out on the padded grid ("wide": Wp columns per row, the last dw*(kw-1) of
+# them and the last rows of each image are junk, never read). The sum over taps runs block by
+# block of output columns, so a block stays in cache over its kh*kw GEMMs. Same numbers as
+# W @ im2col(x) up to the order of the additions (float32: last bits).
+
+_BLOCK = 1 << 20  # floats of one output block (4 MB): few BLAS calls, each with enough work
+
+
+def _channels_first_padded(x, ph, pw, name, hp=None, wp=None):
+    """x (N, C, H, W) -> (C, N*hp*wp): zero-padded, channels first, in workspace ``name``."""
+    n, c, h, w = x.shape
+    hp, wp = hp or h + 2 * ph, wp or w + 2 * pw
+    buf = workspace(name, (c, n, hp, wp), x.dtype)
+    buf[:, :, :ph], buf[:, :, ph + h:] = 0, 0  # only the padding needs zeros
+    buf[:, :, ph:ph + h, :pw], buf[:, :, ph:ph + h, pw + w:] = 0, 0
+    buf[:, :, ph:ph + h, pw:pw + w] = x.transpose(1, 0, 2, 3)
+    return buf.reshape(c, -1)
+
+
+def shifted_pays(shape, kh, kw, ph, pw, dh=1, dw=1):
+    """Whether ``conv_shifted`` suits a stride-1 conv of an input of ``shape``: a 1x1 kernel
+    needs no columns anyway, and the wide grid's junk columns must stay a minority (fc6's 7x7
+    window over a 14x14 map keeps 8 of 14 in each row, and 49 taps of junk cost 3x the GEMM)."""
+    hp, wp = shape[2] + 2 * ph, shape[3] + 2 * pw
+    oh, ow = hp - dh * (kh - 1), wp - dw * (kw - 1)
+    return kh * kw > 1 and 2 * oh * ow >= hp * wp
+
+
+def _shifts(kh, kw, dh, dw, wp):
+    return [(i, j, i * dh * wp + j * dw) for i in range(kh) for j in range(kw)]
+
+
+def conv_shifted(x, w, ph, pw, dh=1, dw=1):
+    """Stride-1 conv2d of x (N, C, H, W) with w (K, C, kh, kw) -> (N, K, oh, ow), zero padding.
+
+    The same numbers as ``w.reshape(K, -1) @ im2col(x, ...)``, without the column matrix."""
+    n, c, h, wd = x.shape
+    k, _, kh, kw = w.shape
+    hp, wp = h + 2 * ph, wd + 2 * pw
+    oh, ow = hp - dh * (kh - 1), wp - dw * (kw - 1)
+    flat = _channels_first_padded(x, ph, pw, "shift_in")
+    shifts = _shifts(kh, kw, dh, dw, wp)
+    t = flat.shape[1] - shifts[-1][2]  # columns whose every tap stays inside the array
+    taps = w.transpose(2, 3, 0, 1).copy()  # (kh, kw, K, C): each tap's matrix contiguous
+    wide = workspace("shift_out", (k, n * hp * wp), x.dtype)
+    step = max(256, _BLOCK // k)
+    tmp = np.empty((k, min(step, t)), x.dtype)
+    for s in range(0, t, step):
+        e = min(t, s + step)
+        block, part = wide[:, s:e], tmp[:, : e - s]
+        for m, (i, j, off) in enumerate(shifts):
+            if m == 0:
+                np.matmul(taps[i, j], flat[:, s + off : e + off], out=block)
+            else:
+                np.matmul(taps[i, j], flat[:, s + off : e + off], out=part)
+                block += part
+    y = np.empty((n, k, oh, ow), x.dtype)
+    y.transpose(1, 0, 2, 3)[...] = wide.reshape(k, n, hp, wp)[:, :, :oh, :ow]
+    return y
+
+
+def conv_weight_grad_shifted(x, gy, kh, kw, ph, pw, dh=1, dw=1):
+    """The weight gradient of ``conv_shifted``: x (N, C, H, W), gy (N, K, oh, ow) ->
+    (K, C, kh, kw), sum over taps of gy_wide @ x_flat[:, shift : shift + T]^T, no columns."""
+    n, c, h, wd = x.shape
+    k, oh, ow = gy.shape[1:]
+    hp, wp = h + 2 * ph, wd + 2 * pw
+    flat = _channels_first_padded(x, ph, pw, "shift_in")
+    # gy on the same wide grid, zeros in the junk positions so that they add nothing
+    gwide = workspace("shift_out", (k, n, hp, wp), gy.dtype)
+    gwide[:, :, oh:], gwide[:, :, :oh, ow:] = 0, 0
+    gwide[:, :, :oh, :ow] = gy.transpose(1, 0, 2, 3)
+    gflat = gwide.reshape(k, -1)
+    shifts = _shifts(kh, kw, dh, dw, wp)
+    t = flat.shape[1] - shifts[-1][2]
+    gw = np.zeros((k, c, kh, kw), gy.dtype)  # summed in place: one tap's product at a time
+    step = max(1024, 4 * _BLOCK // (k + c))
+    for s in range(0, t, step):
+        e = min(t, s + step)
+        g = gflat[:, s:e]
+        for i, j, off in shifts:
+            gw[:, :, i, j] += g @ flat[:, s + off : e + off].T
+    return gw
+
+
 def col2im(col, h, w, sh, sw, ph, pw, dh=1, dw=1):
     """Fold columns (N, C, kh, kw, oh, ow) back into an image (N, C, h, w), summing overlaps.
 
@@ -204,16 +295,22 @@ def maxpool_forward(x, kh, kw, sh, sw, ph, pw, ceil_mode, dh=1, dw=1):
         xpad = np.full((n, c, hp, wp), -np.inf, dtype=x.dtype)
         hc, wc = min(h, hp - ph), min(w, wp - pw)  # real rows/cols any window can reach
         xpad[:, :, ph : ph + hc, pw : pw + wc] = x[:, :, :hc, :wc]
-    y = np.full((n, c, oh, ow), -np.inf, dtype=x.dtype)
+    y = np.empty((n, c, oh, ow), dtype=x.dtype)
     argmax = np.zeros((n, c, oh, ow), dtype=np.int32)
 
     def work(c0, c1):
+        ys = y[:, c0:c1]
         for i in range(kh):
             for j in range(kw):
                 y0, x0 = i * dh, j * dw
                 cand = xpad[:, c0:c1, y0 : y0 + sh * oh : sh, x0 : x0 + sw * ow : sw]
-                better = cand > y[:, c0:c1]  # strict: an earlier offset keeps a tie
-                np.copyto(y[:, c0:c1], cand, where=better)
+                # y starts at -inf and takes cand where cand > y (strict: an earlier tap keeps
+                # a tie; NaN never wins). fmax is that update in one pass: it skips NaN.
+                if i == j == 0:
+                    np.fmax(cand, -np.inf, out=ys)  # tap 0 against -inf: argmax stays 0
+                    continue
+                better = cand > ys
+                np.fmax(ys, cand, out=ys)
                 np.copyto(argmax[:, c0:c1], i * kw + j, where=better)
 
     _over_channels(work, c, xpad.nbytes)
@@ -229,9 +326,19 @@ def maxpool_backward(gy, argmax, h, w, kh, kw, sh, sw, ph, pw, dh=1, dw=1):
         return gpu.maxpool_backward(gy, argmax, h, w, kh, kw, sh, sw, ph, pw, dh, dw)
     hp = max(sh * (oh - 1) + extent(kh, dh), h + 2 * ph)
     wp = max(sw * (ow - 1) + extent(kw, dw), w + 2 * pw)
-    gpad = np.zeros((n, c, hp, wp), dtype=gy.dtype)
+    # windows that tile the canvas (kernel == stride, FCN's 2x2 pools): every canvas pixel is
+    # in exactly one window, so each tap's share is written once, no zeros and no +=
+    tiles = (kh, kw) == (sh, sw) and (dh, dw) == (1, 1) and (hp, wp) == (oh * sh, ow * sw)
+    gpad = (np.empty if tiles else np.zeros)((n, c, hp, wp), dtype=gy.dtype)
 
     def work(c0, c1):
+        if tiles:
+            blocks = gpad[:, c0:c1].reshape(n, c1 - c0, oh, kh, ow, kw)
+            for i in range(kh):
+                for j in range(kw):
+                    np.multiply(gy[:, c0:c1], argmax[:, c0:c1] == i * kw + j,
+                                out=blocks[:, :, :, i, :, j])
+            return
         for i in range(kh):
             for j in range(kw):
                 y0, x0 = i * dh, j * dw
@@ -243,29 +350,39 @@ def maxpool_backward(gy, argmax, h, w, kh, kw, sh, sw, ph, pw, dh=1, dw=1):
     return gpad[:, :, ph : ph + h, pw : pw + w]
 
 
-def softmax_cross_entropy_forward(logits, target, ignore_index):
+def softmax_cross_entropy_forward(logits, target, ignore_index, return_softmax=False):
     """Per-pixel loss of logits (N, C, H, W) against integer target (N, H, W).
 
     Returns loss (N, H, W) in the logits' dtype: -log softmax(logits)[target], computed with
     log-sum-exp (the max is subtracted first), and 0 where target == ignore_index.
+    return_softmax=True (CPU only): also the softmax (N, C, H, W), which
+    ``softmax_cross_entropy_backward(..., softmax=)`` then takes instead of recomputing it.
     """
     xp = get_array_module(logits)
     gpu = _gpu(xp)
     if gpu is not None:
-        return gpu.softmax_cross_entropy_forward(logits, target, ignore_index)
+        loss = gpu.softmax_cross_entropy_forward(logits, target, ignore_index)
+        return (loss, None) if return_softmax else loss
     valid = target != ignore_index
     t = np.where(valid, target, 0).astype(np.intp)
     m = logits.max(axis=1, keepdims=True)
-    lse = np.log(np.exp(logits - m).sum(axis=1)) + m[:, 0]
+    e = np.exp(logits - m)
+    total = e.sum(axis=1)
+    lse = np.log(total) + m[:, 0]
     picked = np.take_along_axis(logits, t[:, None], axis=1)[:, 0]
-    return np.where(valid, lse - picked, 0).astype(logits.dtype)
+    loss = np.where(valid, lse - picked, 0).astype(logits.dtype)
+    if not return_softmax:
+        return loss
+    e /= total[:, None]  # the same e / e.sum() as the backward below computes
+    return loss, e
 
 
-def softmax_cross_entropy_backward(logits, target, ignore_index, gloss):
+def softmax_cross_entropy_backward(logits, target, ignore_index, gloss, softmax=None):
     """Gradient of the per-pixel loss: (softmax(logits) - onehot(target)) * gloss per pixel.
 
     gloss is (N, H, W), the upstream gradient of each pixel's loss (1/count for a mean, 1 for a
-    sum); ignored pixels get a zero gradient. Returns (N, C, H, W).
+    sum); ignored pixels get a zero gradient. Returns (N, C, H, W). softmax: the forward's
+    (return_softmax=True), so that the exponentials are not computed twice; it is not changed.
     """
     xp = get_array_module(logits)
     gpu = _gpu(xp)
@@ -273,8 +390,12 @@ def softmax_cross_entropy_backward(logits, target, ignore_index, gloss):
         return gpu.softmax_cross_entropy_backward(logits, target, ignore_index, gloss)
     valid = target != ignore_index
     t = np.where(valid, target, 0).astype(np.intp)
-    e = np.exp(logits - logits.max(axis=1, keepdims=True))
-    p = e / e.sum(axis=1, keepdims=True)
-    np.put_along_axis(p, t[:, None], np.take_along_axis(p, t[:, None], axis=1) - 1, axis=1)
-    scale = np.where(valid, gloss, 0).astype(logits.dtype)
-    return p * scale[:, None]
+    if softmax is None:
+        e = np.exp(logits - logits.max(axis=1, keepdims=True))
+        softmax = e / e.sum(axis=1, keepdims=True)
+    scale = np.where(valid, gloss, 0).astype(logits.dtype)[:, None]
+    grad = softmax * scale
+    # the target's entry is (p - 1) * scale, rounded as such
+    picked = (np.take_along_axis(softmax, t[:, None], axis=1) - 1) * scale
+    np.put_along_axis(grad, t[:, None], picked, axis=1)
+    return grad
