@@ -46,7 +46,7 @@ def parser():
                                 "every pixel at full strength (geometry.full_cover_pad1) "
                                 f"(default {R['pad1']}; {S['pad1']} on synthetic data)")
     g = p.add_mutually_exclusive_group()
-    g.add_argument("--epochs", type=int, help=f"default {D['epochs']}")
+    g.add_argument("--epochs", type=int, help=f"default {S['epochs']}")
     g.add_argument("--iters", type=int, help="train this many iterations instead of --epochs")
     a("--batch-size", type=int, help=f"default {D['batch_size']} (1 = the paper's, any image size)")
     a("--crop", type=int, help="random square crop for batching images of different sizes")
@@ -65,6 +65,12 @@ def parser():
     a("--conv1-lr-mult", type=float, help="lr multiplier of conv1_1's weight (default 1/64^2 on "
                                           "the synthetic sets, 1 on real data; see "
                                           "optim.first_layer_lr_mult)")
+    a("--init", choices=["classifier", "scratch"], help="where the weights start without "
+                                                        "--init-from: 'classifier' (default), "
+                                                        "the shipped classifier convolutionalised"
+                                                        " (python -m minifcn.pretrain made it; "
+                                                        "its --width only), or 'scratch' (He's "
+                                                        "init, the from-scratch recipe)")
     a("--init-from", help="weights to start from: a minifcn checkpoint/.npz (staged training: "
                           "16s from 32s, 8s from 16s), a PyTorch VGG16/FCN file (.pth, either "
                           "format) or a Caffe .caffemodel (docs/weights.md)")
@@ -100,12 +106,12 @@ def parser():
 
 def given_options(args):
     return {k: v for k, v in vars(args).items()
-            if v is not None and k not in ("resume", "out", "overwrite")}
+            if v is not None and k not in ("resume", "out", "overwrite", "save_weights")}
 
 
-def make_config(args):
+def make_config(args, defaults=DEFAULTS):
     given = given_options(args)
-    config = {**DEFAULTS, **given}
+    config = {**defaults, **given}
     if "iters" in given:
         config["epochs"] = None
     return resolve(config)
@@ -127,8 +133,11 @@ def read_config(run_dir):
     return config
 
 
-def main(argv=None):
-    args = parser().parse_args(argv)
+def main(argv=None, make_parser=parser, defaults=DEFAULTS, check=None, after=None):
+    """The command: parse, build the config over ``defaults``, make or reopen the run folder,
+    ``fit``. ``python -m minifcn.pretrain`` calls it with its own parser and defaults, a
+    ``check(config)`` of a new run's options and ``after(args, run_dir)`` for a finished run."""
+    args = make_parser().parse_args(argv)
     created = False
     if args.resume:
         if args.out or args.overwrite:
@@ -139,7 +148,9 @@ def main(argv=None):
         for key, (old, new) in changed.items():
             print(f"resume: --{key.replace('_', '-')} {old} -> {new}")
     else:
-        config = make_config(args)
+        config = make_config(args, defaults)
+        if check is not None:
+            check(config)
         if args.out is not None and not args.out.strip():
             raise SystemExit("error: --out is empty; give a folder for the run")
         run_dir = Path(args.out) if args.out else None
@@ -155,6 +166,8 @@ def main(argv=None):
     print(f"run folder: {run_dir}")
     try:
         fit(config, run_dir, resume=bool(args.resume), overwrite=args.overwrite)
+        if after is not None:
+            after(args, run_dir)
     except KeyboardInterrupt:
         return 130
     except (FloatingPointError, OSError, ValueError) as e:

@@ -142,6 +142,30 @@ def save_prediction_grid(path, images, targets, preds, class_names=None):
     fig.savefig(path, format="png")
 
 
+def save_classification_grid(path, images, targets, preds, class_names=None):
+    """Write a PNG row of images, each titled with its true class and the predicted one (red
+    when wrong). ``targets``, ``preds``: class indices, as ints or (1, 1) label maps (a
+    classifier's, see data/shapes_cls.py)."""
+    from matplotlib.figure import Figure
+
+    path = _out_path(path, "save_classification_grid")
+    n = len(images)
+    if n == 0 or len(targets) != n or len(preds) != n:
+        raise ValueError(f"save_classification_grid: need as many images, targets and preds, at "
+                         f"least one; got {n}, {len(targets)}, {len(preds)}")
+    fig = Figure(figsize=(n * 2.4, 2.8), dpi=100)
+    for i, ax in enumerate(fig.subplots(1, n, squeeze=False)[0]):
+        ax.imshow(_rgb_array(images[i], "save_classification_grid"))
+        t, p = (int(np.asarray(v).ravel()[0]) for v in (targets[i], preds[i]))
+        name = (lambda c: class_names[c]) if class_names else str
+        ax.set_title(f"{name(t)}\n-> {name(p)}", fontsize="small",
+                     color="black" if t == p else "red")
+        ax.set_xticks([])
+        ax.set_yticks([])
+    fig.tight_layout()
+    fig.savefig(path, format="png")
+
+
 def _series(records, key, xkey):
     """(xs, ys) of the records that hold a finite number under ``key``."""
     xs, ys = [], []

@@ -128,12 +128,17 @@ class Loader:
         image, label = self.dataset[int(index)]
         x = to_input(image)
         label = np.asarray(label)
-        if label.shape != image.shape[:2]:
+        # a classification set's label is one (1, 1) class per image: flips and crops move
+        # the pixels only (data/shapes_cls.py)
+        whole = getattr(self.dataset, "classification", False)
+        if label.shape != ((1, 1) if whole else image.shape[:2]):
             raise ValueError(f"Loader: item {index} has a {label.shape} label for a "
                              f"{image.shape[:2]} image")
         label = label.astype(np.int64, copy=False)
         if flip:
-            x, label = hflip(x, label)
+            x, flipped = hflip(x, label)
+            label = label if whole else flipped
         if self.crop is not None:
-            x, label = crop_or_pad(x, label, self.crop, offset)
+            x, cropped = crop_or_pad(x, label, self.crop, offset)
+            label = label if whole else cropped
         return x, label

@@ -2,7 +2,9 @@
 
 ``FCNBase`` builds the trunk as flat attributes named as the reference layers (so the state dict
 keys are ``conv1_1.weight`` ... ``fc7.bias``, as Caffe's and the PyTorch port's) and writes its
-forward out layer by layer in ``backbone``. The heads (fcn.py) add their layers and a forward.
+forward out layer by layer (``trunk``, then fc6 and fc7 in ``backbone``). The heads (fcn.py)
+add their layers and a forward; the classifier an FCN starts from (classifier.py) shares the
+trunk.
 
 VGG16 as FCN uses it: thirteen 3x3 convolutions in five blocks, each followed by ReLU; a 2x2
 stride-2 max pool after each block that rounds its output size UP (Caffe's pooling); fc6 and fc7,
@@ -91,36 +93,9 @@ class FCNBase(Module):
         _check_options(type(self), n_class, width, pad1, dropout, learn_upsampling)
         self.config = dict(n_class=int(n_class), width=float(width), pad1=int(pad1),
                            dropout=float(dropout), learn_upsampling=learn_upsampling)
-        b1, b2, b3, b4, b5 = (scaled(block[0], width) for block in VGG16_BLOCKS)
-        fc = scaled(FC_CHANNELS, width)
+        b5, fc = scaled(VGG16_BLOCKS[4][0], width), scaled(FC_CHANNELS, width)
 
-        def conv(c_in, c_out, padding=1):
-            return he_normal_(Conv2d(c_in, c_out, 3, padding=padding))
-
-        def pool():
-            return MaxPool2d(2, stride=2, ceil_mode=True)
-
-        self.conv1_1, self.relu1_1 = conv(3, b1, padding=pad1), ReLU(inplace=True)
-        # He init assumes inputs of unit variance; ours are pixels minus the mean (0..255 scale,
-        # std ~64), which would make every activation ~64x too large and blow up the first steps
-        self.conv1_1.weight.data /= np.float32(PIXEL_STD)
-        self.conv1_2, self.relu1_2 = conv(b1, b1), ReLU(inplace=True)
-        self.pool1 = pool()  # 1/2
-        self.conv2_1, self.relu2_1 = conv(b1, b2), ReLU(inplace=True)
-        self.conv2_2, self.relu2_2 = conv(b2, b2), ReLU(inplace=True)
-        self.pool2 = pool()  # 1/4
-        self.conv3_1, self.relu3_1 = conv(b2, b3), ReLU(inplace=True)
-        self.conv3_2, self.relu3_2 = conv(b3, b3), ReLU(inplace=True)
-        self.conv3_3, self.relu3_3 = conv(b3, b3), ReLU(inplace=True)
-        self.pool3 = pool()  # 1/8
-        self.conv4_1, self.relu4_1 = conv(b3, b4), ReLU(inplace=True)
-        self.conv4_2, self.relu4_2 = conv(b4, b4), ReLU(inplace=True)
-        self.conv4_3, self.relu4_3 = conv(b4, b4), ReLU(inplace=True)
-        self.pool4 = pool()  # 1/16
-        self.conv5_1, self.relu5_1 = conv(b4, b5), ReLU(inplace=True)
-        self.conv5_2, self.relu5_2 = conv(b5, b5), ReLU(inplace=True)
-        self.conv5_3, self.relu5_3 = conv(b5, b5), ReLU(inplace=True)
-        self.pool5 = pool()  # 1/32
+        build_trunk(self, width, pad1)
         # VGG's fully connected layers as convolutions (paper section 3.1)
         self.fc6, self.relu6, self.drop6 = he_normal_(Conv2d(b5, fc, 7)), ReLU(inplace=True), Dropout(dropout)
         self.fc7, self.relu7, self.drop7 = he_normal_(Conv2d(fc, fc, 1)), ReLU(inplace=True), Dropout(dropout)
@@ -188,24 +163,7 @@ class FCNBase(Module):
         """VGG16 from the image (N, 3, H, W) to fc7. Returns (pool3, pool4, fc7): pool3 at
         stride 8, pool4 at stride 16 (the skips) and fc7 after ReLU and dropout at stride 32,
         all in padded coordinates (conv1_1's padding grows every map)."""
-        h = self.relu1_1(self.conv1_1(x))
-        h = self.relu1_2(self.conv1_2(h))
-        h = self.pool1(h)
-        h = self.relu2_1(self.conv2_1(h))
-        h = self.relu2_2(self.conv2_2(h))
-        h = self.pool2(h)
-        h = self.relu3_1(self.conv3_1(h))
-        h = self.relu3_2(self.conv3_2(h))
-        h = self.relu3_3(self.conv3_3(h))
-        pool3 = h = self.pool3(h)
-        h = self.relu4_1(self.conv4_1(h))
-        h = self.relu4_2(self.conv4_2(h))
-        h = self.relu4_3(self.conv4_3(h))
-        pool4 = h = self.pool4(h)
-        h = self.relu5_1(self.conv5_1(h))
-        h = self.relu5_2(self.conv5_2(h))
-        h = self.relu5_3(self.conv5_3(h))
-        h = self.pool5(h)
+        pool3, pool4, h = trunk(self, x)
         h = self.drop6(self.relu6(self.fc6(h)))
         h = self.drop7(self.relu7(self.fc7(h)))
         return pool3, pool4, h
@@ -228,4 +186,45 @@ class FCNBase(Module):
         return child
 
 
-__all__ = ["FCNBase", "scaled", "VGG16_BLOCKS", "FC_CHANNELS"]
+def build_trunk(net, width, pad1):
+    """Set VGG16's convolutional part on ``net`` as attributes conv1_1, relu1_1, ... pool5:
+    3x3 convolutions He-initialised (conv1_1 padded by ``pad1``, the others by 1), each with an
+    in-place ReLU, and a 2x2 stride-2 pool that rounds up after each block. The FCNs and the
+    classifier they start from (classifier.py) share it, layer names included."""
+    chans = [3] + [scaled(c, width) for block in VGG16_BLOCKS for c in block]
+    k = 0
+    for b, block in enumerate(VGG16_BLOCKS, 1):
+        for j in range(1, len(block) + 1):
+            conv = he_normal_(Conv2d(chans[k], chans[k + 1], 3, padding=pad1 if k == 0 else 1))
+            setattr(net, f"conv{b}_{j}", conv)
+            setattr(net, f"relu{b}_{j}", ReLU(inplace=True))
+            k += 1
+        setattr(net, f"pool{b}", MaxPool2d(2, stride=2, ceil_mode=True))  # 1/2 ... 1/32
+    # He init assumes inputs of unit variance; ours are pixels minus the mean (0..255 scale,
+    # std ~64), which would make every activation ~64x too large and blow up the first steps
+    net.conv1_1.weight.data /= np.float32(PIXEL_STD)
+
+
+def trunk(net, x):
+    """conv1_1 ... pool5 of a net built by ``build_trunk``, layer by layer, on the image x
+    (N, 3, H, W). Returns (pool3, pool4, pool5): strides 8, 16 and 32."""
+    h = net.relu1_1(net.conv1_1(x))
+    h = net.relu1_2(net.conv1_2(h))
+    h = net.pool1(h)
+    h = net.relu2_1(net.conv2_1(h))
+    h = net.relu2_2(net.conv2_2(h))
+    h = net.pool2(h)
+    h = net.relu3_1(net.conv3_1(h))
+    h = net.relu3_2(net.conv3_2(h))
+    h = net.relu3_3(net.conv3_3(h))
+    pool3 = h = net.pool3(h)
+    h = net.relu4_1(net.conv4_1(h))
+    h = net.relu4_2(net.conv4_2(h))
+    h = net.relu4_3(net.conv4_3(h))
+    pool4 = h = net.pool4(h)
+    h = net.relu5_1(net.conv5_1(h))
+    h = net.relu5_2(net.conv5_2(h))
+    h = net.relu5_3(net.conv5_3(h))
+    return pool3, pool4, net.pool5(h)
+
+__all__ = ["FCNBase", "scaled", "VGG16_BLOCKS", "FC_CHANNELS", "build_trunk", "trunk"]

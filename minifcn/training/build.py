@@ -1,6 +1,8 @@
 """What a run's config builds: the model, the optimiser, the datasets; and models rebuilt from
 a checkpoint (``load_model``, for evaluate and predict) or initialised from weight files
 (``load_weights_into``, for ``--init-from``)."""
+from pathlib import Path
+
 import numpy as np
 
 from .. import backend, io, optim
@@ -15,10 +17,32 @@ from .config import LEARN_UPSAMPLING, SYNTHETIC, option
 MIN_INIT_SHARE = 0.5
 
 
-def build_model(config):
-    """The model ``config`` names, with conv1_1's padding resolved ('auto', 'full' -> int)."""
-    from ..models import build, geometry
+# the classifiers that ship with minifcn (made by python -m minifcn.pretrain; each has a .md
+# beside it with the command, data, accuracy and commit): --init classifier loads the one of
+# the run's --width
+WEIGHTS_DIR = Path(__file__).resolve().parent.parent / "weights"
 
+
+def shipped_classifier(width):
+    """Path of the shipped classifier of ``width``; ValueError naming the widths there are."""
+    path = WEIGHTS_DIR / f"classifier-shapes-cls-w{width:g}.npz"
+    if not path.is_file():
+        have = sorted(p.stem.rsplit("-w", 1)[1] for p in WEIGHTS_DIR.glob("classifier-*.npz"))
+        raise ValueError(f"--init classifier: no shipped classifier at --width {width:g} (there "
+                         f"is one at width {', '.join(have) or 'none'}); use that width, "
+                         f"--init scratch, or --init-from FILE")
+    return path
+
+
+def build_model(config):
+    """The model ``config`` names, with conv1_1's padding resolved ('auto', 'full' -> int);
+    "vgg16" is the classifier that ``python -m minifcn.pretrain`` trains."""
+    from ..models import build, geometry
+    from ..models.classifier import VGGClassifier
+
+    if config["model"] == "vgg16":
+        return VGGClassifier(config["n_class"], width=config["width"],
+                             dropout=option(config, "dropout"))
     pad1 = config["pad1"]
     if pad1 == "auto":  # the smallest conv1_1 padding whose crops still cover the input
         pad1 = config["pad1"] = geometry.min_pad1(config["model"], config.get("size"))
@@ -93,18 +117,23 @@ def read_weights(path):
     .bin: torchvision VGG16 or the FCN port) or a Caffe .caffemodel (the authors' FCN nets or
     VGG16) through ``io.import_weights`` (renamed and reshaped, conv1_1 turned to RGB); else a
     minifcn checkpoint (its model/ arrays) or .npz of weights."""
+    from ..models.classifier import convolutional_state, is_classifier_state
+
     path = str(path)
     if path.lower().endswith((".pt", ".pth", ".bin", ".caffemodel")):
         return io.import_weights(path)
     state = io.load(path)
     if any(k.startswith("model/") for k in state):
         state = {k[len("model/"):]: v for k, v in state.items() if k.startswith("model/")}
+    if is_classifier_state(state):  # python -m minifcn.pretrain's: fc6, fc7 as convolutions
+        state = convolutional_state(state)
     return state
 
 
 def load_weights_into(model, path, log=print):
     """Initialise ``model`` from a checkpoint, an .npz of weights, a PyTorch file (torchvision
-    VGG16 or the FCN port) or a Caffe .caffemodel (``read_weights``), matching by layer name:
+    VGG16 or the FCN port), a Caffe .caffemodel or a classifier of ``python -m minifcn.pretrain``
+    (convolutionalised: ``read_weights``), matching by layer name:
     the staged training of the paper (16s from 32s, 8s from 16s) and fine-tuning. Layers absent
     from the file, or of another shape (a score layer with another number of classes), keep
     their initialisation; both are reported."""
@@ -120,7 +149,7 @@ def load_weights_into(model, path, log=print):
             f"weights) match the model by name and shape, less than {MIN_INIT_SHARE:.0%}; is it "
             f"a net of another --model, --width or number of classes? (matching: "
             f"{sorted(loaded)[:5] or 'none'}; the file has {sorted(state)[:5]}...)")
-    model.load_state_dict({**model.state_dict(), **loaded})
+    model.load_state_dict({**model.state_dict(), **loaded})  # cast to the model's dtype
     kept = [k for k in own if k not in loaded]
     ignored = [k for k in state if k not in loaded]
     log(f"init from {path}: loaded {len(loaded)} tensors; kept at init: {kept or 'none'}; "

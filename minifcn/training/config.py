@@ -12,13 +12,14 @@ from ..models import vgg
 # 2,000 images, batch 8: 1,250 steps at ~0.3 s). None: set by resolve() from the data.
 DEFAULTS = dict(
     model="fcn8s", width=0.0625, data="shapes", size=96, n_train=2000, n_val=None, data_seed=0,
-    pad1=None, epochs=5, iters=None, batch_size=8, val_batch_size=16, lr=None, momentum=0.9,
+    pad1=None, epochs=None, iters=None, batch_size=8, val_batch_size=16, lr=None, momentum=0.9,
     weight_decay=5e-4, lr_schedule="poly", warmup=None, loss_reduction="mean", flip=True,
     crop=None, dropout=None, conv1_lr_mult=None, init_from=None, device="auto", seed=0,
     checkpoint_every=0, loss_sampling=1.0, sampling_batch="scaled", freeze_trunk=False,
-    class_weights="none", learn_upsampling="fixed",
+    class_weights="none", learn_upsampling="fixed", init=None,
 )
-SYNTHETIC = ("shapes", "digits")  # the embedded sets; the nets trained on them start from scratch
+SYNTHETIC = ("shapes", "digits", "shapes-cls")  # the embedded sets (no download)
+INITS = ("classifier", "scratch")  # --init: the shipped classifier (weights.py), or He's init
 
 # The defaults that depend on the data. From scratch: a large lr after a warm-up, conv1_1 on
 # 1/64^2 of it (it alone sees raw pixels, std ~PIXEL_STD: optim.first_layer_lr_mult) and no
@@ -26,14 +27,20 @@ SYNTHETIC = ("shapes", "digits")  # the embedded sets; the nets trained on them 
 # run at 0.15 the net died (every ReLU off, all background), and at 0.3 the loss became NaN.
 # conv1_1's padding "auto" is the smallest whose derived crops still cover the input (69 for
 # FCN-8s on 96x96 instead of 100: on small images the padding is most of conv1's work).
-FROM_SCRATCH = dict(pad1="auto", lr=0.08, warmup=50, dropout=0.0,
+FROM_SCRATCH = dict(pad1="auto", lr=0.08, warmup=50, dropout=0.0, epochs=5,
                     conv1_lr_mult=optim.first_layer_lr_mult(vgg.PIXEL_STD))
+# From the shipped classifier (--init classifier, the default) on the synthetic sets: the
+# trunk already sees shapes, so the run fine-tunes (see docs/training.md for how these were
+# chosen). conv1_1 keeps its small lr: its weights are still pixel-scaled (x 1/PIXEL_STD).
+FINE_TUNE = dict(pad1="auto", lr=0.08, warmup=50, dropout=0.0, epochs=5,
+                 conv1_lr_mult=optim.first_layer_lr_mult(vgg.PIXEL_STD))
 # On real data (voc:, folder:): the reference's choices, meant for fine-tuning ImageNet weights.
-REFERENCE = dict(pad1=vgg.PAD1, lr=0.01, warmup=0, dropout=vgg.DROPOUT, conv1_lr_mult=1.0)
+REFERENCE = dict(pad1=vgg.PAD1, lr=0.01, warmup=0, dropout=vgg.DROPOUT, conv1_lr_mult=1.0,
+                 epochs=5)
 # What a config.json written before these options existed was trained with.
 BEFORE_OPTIONS = dict(warmup=0, dropout=vgg.DROPOUT, conv1_lr_mult=1.0, loss_sampling=1.0,
                       sampling_batch="scaled", freeze_trunk=False, class_weights="none",
-                      learn_upsampling="fixed")
+                      learn_upsampling="fixed", init="scratch")
 # --learn-upsampling's names for the models' learn_upsampling option
 LEARN_UPSAMPLING = {"fixed": False, "intermediate": "intermediate", "all": True}
 
@@ -41,9 +48,19 @@ LEARN_UPSAMPLING = {"fixed": False, "intermediate": "intermediate", "all": True}
 def resolve(config):
     """Fill in the options whose default depends on the data (None in DEFAULTS) and check the
     values; returns ``config``. Bad values raise SystemExit with a one-line message."""
-    synthetic = config["data"] in SYNTHETIC
-    for key, value in (FROM_SCRATCH if synthetic else REFERENCE).items():
-        if config.get(key) is None:
+    if config.get("init") is None:  # a file given, or else the shipped classifier
+        config["init"] = "file" if config.get("init_from") else "scratch"
+    elif config.get("init_from") and config["init"] != "file":
+        raise SystemExit(f"error: --init {config['init']} and --init-from both say where the "
+                         f"weights start: give one")
+    if config["init"] not in INITS + ("file",):
+        raise SystemExit(f"error: --init must be one of {', '.join(INITS)}, got "
+                         f"{config['init']!r}")
+    recipe = REFERENCE
+    if config["data"] in SYNTHETIC:
+        recipe = FINE_TUNE if config["init"] == "classifier" else FROM_SCRATCH
+    for key, value in recipe.items():
+        if config.get(key) is None and not (key == "epochs" and config.get("iters")):
             config[key] = value
     if not 0 <= config["dropout"] < 1:
         raise SystemExit(f"error: --dropout must be in [0, 1), got {config['dropout']}")
@@ -81,6 +98,7 @@ RESUMABLE = ("iters", "epochs", "lr", "lr_schedule", "warmup", "momentum", "weig
 def resume_config(config, given, where):
     """The config of a resumed run with the options ``given`` on the command line laid over it;
     raises SystemExit naming the options that cannot change. Returns (config, {key: (old, new)})."""
+    config = {"init": BEFORE_OPTIONS["init"], **config}  # a run from before --init: scratch
     changed = {k: (config.get(k), v) for k, v in given.items() if config.get(k) != v}
     fixed = [k for k in changed if k not in RESUMABLE]
     if fixed:

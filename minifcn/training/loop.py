@@ -12,7 +12,7 @@ import time
 from .. import backend, optim, viz
 from ..data import Loader
 from .build import (balanced_class_weights, build_model, dataset, final_stride,
-                    load_weights_into, make_optimizer)
+                    load_weights_into, make_optimizer, shipped_classifier)
 from .config import option
 from .runs import BEST, LAST, StopFlag, open_run, position, progress, restore, \
     save_training_checkpoint
@@ -41,7 +41,7 @@ def fit(config, run_dir, resume=False, overwrite=False, log=print, on_iteration=
     images_per_step = config["batch_size"]
     if p < 1 and option(config, "sampling_batch") == "scaled":
         images_per_step = math.ceil(config["batch_size"] / p)
-    cell = final_stride(model)
+    cell = final_stride(model) if p < 1 else None
     class_weights = (balanced_class_weights(train_set, train_set.n_class)
                      if option(config, "class_weights") == "balanced" else None)
     loader = Loader(train_set, images_per_step, shuffle=True, seed=config["seed"],
@@ -66,10 +66,12 @@ def fit(config, run_dir, resume=False, overwrite=False, log=print, on_iteration=
             f"batch {batch})")
     elif config.get("init_from"):
         load_weights_into(model, config["init_from"], log)
+    elif option(config, "init") == "classifier":  # the paper's start: a trained classifier
+        load_weights_into(model, shipped_classifier(config["width"]), log)
     run.write_config(config)
     records = [r for r in run.records() if r["iteration"] <= iteration]
     validated = records[-1]["iteration"] if records else 0  # the last validated iteration
-    best = max(records, key=lambda r: r["mean_iu"], default=best)
+    best = max(records, key=lambda r: r[best_key(config)], default=best)
 
     def checkpoint():
         save_training_checkpoint(run.path(LAST), model, opt,
@@ -137,22 +139,38 @@ def _end_of_epoch(model, val_loader, val_set, config, run, device, epoch, iterat
                                      config["loss_reduction"])
     record = {"epoch": epoch, "iteration": iteration, "loss": val_loss,
               **{k: float(s[k]) for k in ("pixel_acc", "mean_acc", "mean_iu", "fw_iu")}}
+    key = best_key(config)
+    if key == "top1":  # a classifier: one pixel per image, so pixel accuracy is top-1
+        record["top1"] = record["pixel_acc"]
+        log(f"epoch {epoch} iter {iteration}: val loss {val_loss:.4f}  top-1 accuracy "
+            f"{record['top1']:.3f}  mean class accuracy {record['mean_acc']:.3f}")
+    else:
+        log(f"epoch {epoch} iter {iteration}: val loss {val_loss:.4f}  pixel acc "
+            f"{record['pixel_acc']:.3f}  mean acc {record['mean_acc']:.3f}  mean IU "
+            f"{record['mean_iu']:.3f}  f.w. IU {record['fw_iu']:.3f}")
     records = run.append_record(record, keep=iteration - 1)
-    log(f"epoch {epoch} iter {iteration}: val loss {val_loss:.4f}  pixel acc "
-        f"{record['pixel_acc']:.3f}  mean acc {record['mean_acc']:.3f}  mean IU "
-        f"{record['mean_iu']:.3f}  f.w. IU {record['fw_iu']:.3f}")
     viz.plot_history(run.path("history.png"), records)
-    viz.save_prediction_grid(run.path("predictions.png"), *zip(*examples),
-                             class_names=val_set.class_names)
-    if best is None or record["mean_iu"] > best["mean_iu"]:
+    grid = viz.save_classification_grid if key == "top1" else viz.save_prediction_grid
+    grid(run.path("predictions.png"), *zip(*examples), class_names=val_set.class_names)
+    if best is None or record[key] > best[key]:
         best = record
         save_training_checkpoint(run.path(BEST), model, None,
                                  position(epoch, 0, iteration, best, config))
     return best
 
 
+def best_key(config):
+    """What makes the best checkpoint: top-1 accuracy for the classifier, else mean IU."""
+    return "top1" if config["model"] == "vgg16" else "mean_iu"
+
+
 def _report(run, best, log):
     if best is None:
+        return
+    if "top1" in best:
+        log(f"\nbest: epoch {best['epoch']} (iteration {best['iteration']}): top-1 accuracy "
+            f"{best['top1']:.3f}, mean class accuracy {best['mean_acc']:.3f}")
+        log(f"run folder: {run.dir}")
         return
     log(f"\nbest: epoch {best['epoch']} (iteration {best['iteration']}): mean IU "
         f"{best['mean_iu']:.3f}, pixel acc {best['pixel_acc']:.3f}, mean acc "
