@@ -31,7 +31,7 @@ from .training.runs import BEST
 # The recipe of the shipped classifier (see minifcn/weights/*.md for the measured run)
 PRETRAIN_DEFAULTS = {**DEFAULTS, **dict(
     model="vgg16", data="shapes-cls", size=224, n_train=20000, n_val=500, batch_size=16,
-    val_batch_size=50, epochs=4, lr=0.03, warmup=200, dropout=0.0, pad1=1, init="scratch",
+    val_batch_size=50, epochs=4, lr=0.02, warmup=200, dropout=0.0, pad1=1, init="scratch",
     checkpoint_every=250)}
 P = PRETRAIN_DEFAULTS
 
@@ -110,6 +110,9 @@ def after(args, run_dir):
 def main(argv=None):
     from . import train
 
+    given = parser().parse_args(argv).save_weights
+    if given and Path(given).exists():  # refuse before training, not after
+        raise SystemExit(f"error: --save-weights {given}: the file exists; give a new name")
     return train.main(argv, make_parser=parser, defaults=PRETRAIN_DEFAULTS, check=check,
                       after=after)
 

@@ -16,6 +16,7 @@ import numpy as np
 from .. import backend
 from .. import functional as F
 from ..nn import Dropout, Module, Parameter, ReLU
+from .init import zeros_
 from .vgg import DROPOUT, FC_CHANNELS, VGG16_BLOCKS, _check_options, build_trunk, scaled, trunk
 
 FC6_KERNEL = 7  # pool5's size on VGG's 224 x 224 input: fc6 reads all of it
@@ -53,7 +54,10 @@ class VGGClassifier(Module):
         build_trunk(self, width, pad1=1)  # VGG's own padding: every 3x3 conv keeps the size
         self.fc6, self.relu6, self.drop6 = Linear(b5 * FC6_KERNEL**2, fc), ReLU(), Dropout(dropout)
         self.fc7, self.relu7, self.drop7 = Linear(fc, fc), ReLU(), Dropout(dropout)
-        self.fc8 = Linear(fc, n_class)
+        # fc8 starts at zero, as the FCNs' score layers: the first steps then train fc8 alone
+        # and the trunk's gradient grows from nothing. With a random fc8 the whole net got
+        # full-size gradients at once and died at lr 0.05 (every pool5 unit off by step 250)
+        self.fc8 = zeros_(Linear(fc, n_class))
 
     def forward(self, x):
         n = x.shape[0]
