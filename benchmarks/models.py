@@ -297,7 +297,8 @@ def main(argv=None):
     parser.add_argument("--width", type=float,
                         help="with --default-run: the channel multiplier (default 0.0625)")
     parser.add_argument("--sizes", help="WIDTHxSIZE,... (default 1x224,1x320,0.125x96)")
-    parser.add_argument("--pairs", type=int, default=5, help="alternating timed rounds")
+    parser.add_argument("--pairs", type=int, default=5,
+                        help="alternating timed rounds (0: peak memory only)")
     parser.add_argument("--threads", type=int, default=2, help="threads for both (default 2)")
     parser.add_argument("--variants", help="default fcn32s,fcn16s,fcn8s (--default-run: fcn8s)")
     parser.add_argument("--before", metavar="TREE", help="also time minifcn imported from TREE")
@@ -349,14 +350,16 @@ def main(argv=None):
         config = dict(config, threads=args.threads)
         config["offsets"] = build(config["variant"], n_class=2, width=1 / 64,
                                   pad1=config["pad1"]).offsets  # geometry only
-        workers = {name: Worker(child_argv(dict(kind="worker", config=config,
-                                                impl="torch" if name == "torch" else "minifcn")),
-                                args.threads, engine)
-                   for name, engine in impls.items()}
-        times = {mode: alternate_calls(workers, [mode], args.pairs, warmup=1)
-                 for mode in ("fwd", "train")}
-        for w in workers.values():
-            w.close()
+        times = {}
+        if args.pairs:  # --pairs 0: peak memory only
+            workers = {name: Worker(child_argv(dict(kind="worker", config=config, impl="torch"
+                                                    if name == "torch" else "minifcn")),
+                                    args.threads, engine)
+                       for name, engine in impls.items()}
+            times = {mode: alternate_calls(workers, [mode], args.pairs, warmup=1)
+                     for mode in ("fwd", "train")}
+            for w in workers.values():
+                w.close()
         peaks = {} if args.no_memory else {
             (name, mode): measure_peak("torch" if name == "torch" else "minifcn", config, mode,
                                        args, engine)["peak_mb"]
@@ -365,12 +368,13 @@ def main(argv=None):
         for name in impls:
             row = [f"{config['variant']} {config['width']:g}", shape, name]
             for mode in ("fwd", "train"):
-                row.append(f"{statistics.median(times[mode][name]):.3f}")
+                row.append(f"{statistics.median(times[mode][name]):.3f}" if times else "-")
             row += [f"{peaks[(name, m)]:.0f}" if peaks else "-" for m in ("fwd", "train")]
             rows.append(row)
         for name in [n for n in impls if n != "minifcn"]:
             row = ["", "", f"minifcn / {name}"]
-            row += [fmt_ratio(times[m]["minifcn"], times[m][name]) for m in ("fwd", "train")]
+            row += [fmt_ratio(times[m]["minifcn"], times[m][name]) if times else "-"
+                    for m in ("fwd", "train")]
             row += [f"{peaks[('minifcn', m)] / max(peaks[(name, m)], 1):.2f}" if peaks else "-"
                     for m in ("fwd", "train")]
             rows.append(row)

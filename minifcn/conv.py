@@ -1,10 +1,8 @@
 """The spatial ops of ``minifcn.functional``: conv2d, conv_transpose2d, max_pool2d, crop.
 
 Convolution is Caffe's: unfold the input's windows into columns (im2col), then one matrix
-product with the weights (a GEMM). On the CPU at stride 1 (every 3x3 conv of VGG16) the
-columns are never built: ``P.conv_shifted`` sums one GEMM per kernel tap over shifted views
-of the padded input, the same sum in another order. Three array-level helpers carry all the
-arithmetic:
+product with the weights (a GEMM); on the CPU a conv whose columns would pass COL_BYTES is
+computed in blocks of output rows. Three array-level helpers carry all the arithmetic:
 
     _conv(x, w)                 y  = W @ im2col(x)                  conv2d forward
     _conv_input_grad(gy, w)     gx = col2im(W^T @ gy)               conv2d's input gradient
@@ -85,23 +83,44 @@ def _im2col_scratch(x, kh, kw, stride, padding, oh, ow, dilation=NO_DILATION):
 
 
 def _shifted(x, ksize, stride, padding, dilation):
-    """Whether the CPU's path without columns applies (``P.conv_shifted``): stride 1 only
-    (other strides do not line the taps up), where ``P.shifted_pays``."""
+    """Whether the CPU's weight gradient without columns applies (``P.conv_weight_grad_shifted``):
+    stride 1 only (other strides do not line the taps up), where ``P.shifted_pays``."""
     return (stride == (1, 1) and get_array_module(x) is np
             and P.shifted_pays(x.shape, *ksize, *padding, *dilation))
 
 
+# the most bytes of im2col columns built at once on the CPU: a bigger conv is computed in
+# blocks of output rows (VGG16's conv1_2 at 224 x 224, padding 100, would need 410 MB at once)
+COL_BYTES = 64 << 20
+
+
+def _row_block(n, rows_of_col, oh, ow, itemsize):
+    """Output rows per block so that the block's columns stay within COL_BYTES (>= 1)."""
+    return max(1, min(oh, COL_BYTES // max(1, n * rows_of_col * ow * itemsize)))
+
+
 def _conv(x, w, stride, padding, dilation=NO_DILATION):
     """conv2d on arrays: x (N, C, H, W), w (K, C, kh, kw) -> (N, K, oh, ow)."""
-    if _shifted(x, w.shape[2:], stride, padding, dilation):
-        return P.conv_shifted(x, w, *padding, *dilation)
     n = x.shape[0]
     k, c, kh, kw = w.shape
     oh, ow = (P.conv_out_size(size, k, s, p, d=d) for size, k, s, p, d in
               zip(x.shape[2:], (kh, kw), stride, padding, dilation))
-    col = _im2col_scratch(x, kh, kw, stride, padding, oh, ow, dilation)  # (N, C, kh, kw, oh, ow)
-    y = w.reshape(k, c * kh * kw) @ col.reshape(n, c * kh * kw, oh * ow)  # one GEMM per image
-    return y.reshape(n, k, oh, ow)
+    wm = w.reshape(k, c * kh * kw)
+    rows = _row_block(n, c * kh * kw, oh, ow, x.dtype.itemsize)
+    if rows >= oh or get_array_module(x) is not np:
+        col = _im2col_scratch(x, kh, kw, stride, padding, oh, ow, dilation)  # (N, C, kh, kw, oh, ow)
+        y = wm @ col.reshape(n, c * kh * kw, oh * ow)  # one GEMM per image
+        return y.reshape(n, k, oh, ow)
+    # blocks of output rows: each reads its band of the padded input (the same sums per pixel)
+    (sh, sw), (ph, pw), (dh, dw) = stride, padding, dilation
+    xpad = np.pad(x, ((0, 0), (0, 0), (ph, ph), (pw, pw)))
+    y = np.empty((n, k, oh, ow), x.dtype)
+    for r0 in range(0, oh, rows):
+        r1 = min(oh, r0 + rows)
+        band = xpad[:, :, r0 * sh : (r1 - 1) * sh + P.extent(kh, dh)]
+        col = _im2col_scratch(band, kh, kw, stride, (0, 0), r1 - r0, ow, dilation)
+        y[:, :, r0:r1] = (wm @ col.reshape(n, c * kh * kw, -1)).reshape(n, k, r1 - r0, ow)
+    return y
 
 
 def _conv_input_grad(gy, w, hw, stride, padding, dilation=NO_DILATION):
@@ -112,11 +131,11 @@ def _conv_input_grad(gy, w, hw, stride, padding, dilation=NO_DILATION):
     # the spans d*(k-1) of the taps: k-1 without dilation
     span_h, span_w = dh * (kh - 1), dw * (kw - 1)
     flip = stride == (1, 1) and padding[0] <= span_h and padding[1] <= span_w
-    # on the CPU the flipped conv builds no columns (P.conv_shifted) where that pays: then it
-    # wins at any channel counts (the same GEMM work, without col2im's passes)
     pad_t = (span_h - padding[0], span_w - padding[1])
-    shifted = flip and _shifted(gy, (kh, kw), (1, 1), pad_t, dilation)
-    if flip and (shifted or k * hw[0] * hw[1] <= c * oh * ow):
+    # the general path's columns come in one piece: where they would pass COL_BYTES, the
+    # flipped conv (in row blocks) is taken whatever the channel counts
+    big = n * c * kh * kw * oh * ow * gy.dtype.itemsize > COL_BYTES and get_array_module(gy) is np
+    if flip and (big or k * hw[0] * hw[1] <= c * oh * ow):
         # at stride 1 the adjoint is itself a convolution: gy, padded by k-1-p, with the kernel
         # flipped and its channel axes swapped. Its one GEMM has a short output (C rows), where
         # the general path writes a C*kh*kw-row column matrix and folds it back (col2im). But its
@@ -137,7 +156,10 @@ def _conv_input_grad(gy, w, hw, stride, padding, dilation=NO_DILATION):
 
 
 def _conv_weight_grad(x, gy, ksize, stride, padding, dilation=NO_DILATION):
-    """The adjoint of _conv in w: x (N, C, H, W), gy (N, K, oh, ow) -> gW (K, C, kh, kw)."""
+    """The adjoint of _conv in w: x (N, C, H, W), gy (N, K, oh, ow) -> gW (K, C, kh, kw).
+
+    On the CPU at stride 1 the columns are not built: P.conv_weight_grad_shifted sums one GEMM
+    per kernel tap over shifted views of the padded input (the same sums in another order)."""
     if _shifted(x, ksize, stride, padding, dilation):
         return P.conv_weight_grad_shifted(x, gy, *ksize, *padding, *dilation)
     n, k, oh, ow = gy.shape

@@ -147,24 +147,25 @@ def im2col(x, kh, kw, sh, sw, ph, pw, dh=1, dw=1, out=None):
     return col
 
 
-# ---- stride-1 convolution without a column matrix (CPU) --------------------------------------
+# ---- the stride-1 weight gradient without a column matrix (CPU) -----------------------------
 #
-# im2col copies every input pixel kh*kw times. At stride 1 the columns need not exist: lay the
-# padded input out channels first and flatten it, (C, N*Hp*Wp). Then tap (i, j) of every window
-# is the same flat array shifted by i*dh*Wp + j*dw, and a conv is the sum over taps of one GEMM
-# each, W[:, :, i, j] @ x_flat[:, shift : shift + T], read in place (BLAS takes the row stride).
-# The output comes out on the padded grid ("wide": Wp columns per row, the last dw*(kw-1) of
-# them and the last rows of each image are junk, never read). The sum over taps runs block by
-# block of output columns, so a block stays in cache over its kh*kw GEMMs. Same numbers as
-# W @ im2col(x) up to the order of the additions (float32: last bits).
+# im2col copies every input pixel kh*kw times. At stride 1 the weight gradient needs no columns:
+# lay the padded input out channels first and flatten it, (C, N*Hp*Wp). Then tap (i, j) of
+# every window is the same flat array shifted by i*dh*Wp + j*dw, and gW[:, :, i, j] is one GEMM,
+# gy_wide @ x_flat[:, shift : shift + T]^T, read in place (BLAS takes the row stride). gy is laid
+# out on the padded grid ("wide": Wp columns per row, zeros in the last dw*(kw-1) of them and in
+# the last rows of each image). Each GEMM sums over pixels (long) into a small K x C result, and
+# runs block by block of pixels so that a block of gy stays in cache over its kh*kw taps. The
+# same sums as gy @ im2col(x)^T in another order (float32: last bits). The forward keeps im2col:
+# there a per-tap GEMM sums over C channels only, too little work per call at small widths.
 
-_BLOCK = 1 << 20  # floats of one output block (4 MB): few BLAS calls, each with enough work
+_BLOCK = 1 << 20  # floats of one block of gy and x (4 MB): few BLAS calls, each with enough work
 
 
-def _channels_first_padded(x, ph, pw, name, hp=None, wp=None):
-    """x (N, C, H, W) -> (C, N*hp*wp): zero-padded, channels first, in workspace ``name``."""
+def _channels_first_padded(x, ph, pw, name):
+    """x (N, C, H, W) -> (C, N*Hp*Wp): zero-padded, channels first, in workspace ``name``."""
     n, c, h, w = x.shape
-    hp, wp = hp or h + 2 * ph, wp or w + 2 * pw
+    hp, wp = h + 2 * ph, w + 2 * pw
     buf = workspace(name, (c, n, hp, wp), x.dtype)
     buf[:, :, :ph], buf[:, :, ph + h:] = 0, 0  # only the padding needs zeros
     buf[:, :, ph:ph + h, :pw], buf[:, :, ph:ph + h, pw + w:] = 0, 0
@@ -173,9 +174,9 @@ def _channels_first_padded(x, ph, pw, name, hp=None, wp=None):
 
 
 def shifted_pays(shape, kh, kw, ph, pw, dh=1, dw=1):
-    """Whether ``conv_shifted`` suits a stride-1 conv of an input of ``shape``: a 1x1 kernel
-    needs no columns anyway, and the wide grid's junk columns must stay a minority (fc6's 7x7
-    window over a 14x14 map keeps 8 of 14 in each row, and 49 taps of junk cost 3x the GEMM)."""
+    """Whether ``conv_weight_grad_shifted`` suits a stride-1 conv of an input of ``shape``: a
+    1x1 kernel needs no columns anyway, and the wide grid's junk columns must stay a minority
+    (fc6's 7x7 window over a 14x14 map keeps 8 of 14 in each row: 49 taps of junk, 3x the work)."""
     hp, wp = shape[2] + 2 * ph, shape[3] + 2 * pw
     oh, ow = hp - dh * (kh - 1), wp - dw * (kw - 1)
     return kh * kw > 1 and 2 * oh * ow >= hp * wp
@@ -185,38 +186,9 @@ def _shifts(kh, kw, dh, dw, wp):
     return [(i, j, i * dh * wp + j * dw) for i in range(kh) for j in range(kw)]
 
 
-def conv_shifted(x, w, ph, pw, dh=1, dw=1):
-    """Stride-1 conv2d of x (N, C, H, W) with w (K, C, kh, kw) -> (N, K, oh, ow), zero padding.
-
-    The same numbers as ``w.reshape(K, -1) @ im2col(x, ...)``, without the column matrix."""
-    n, c, h, wd = x.shape
-    k, _, kh, kw = w.shape
-    hp, wp = h + 2 * ph, wd + 2 * pw
-    oh, ow = hp - dh * (kh - 1), wp - dw * (kw - 1)
-    flat = _channels_first_padded(x, ph, pw, "shift_in")
-    shifts = _shifts(kh, kw, dh, dw, wp)
-    t = flat.shape[1] - shifts[-1][2]  # columns whose every tap stays inside the array
-    taps = w.transpose(2, 3, 0, 1).copy()  # (kh, kw, K, C): each tap's matrix contiguous
-    wide = workspace("shift_out", (k, n * hp * wp), x.dtype)
-    step = max(256, _BLOCK // k)
-    tmp = np.empty((k, min(step, t)), x.dtype)
-    for s in range(0, t, step):
-        e = min(t, s + step)
-        block, part = wide[:, s:e], tmp[:, : e - s]
-        for m, (i, j, off) in enumerate(shifts):
-            if m == 0:
-                np.matmul(taps[i, j], flat[:, s + off : e + off], out=block)
-            else:
-                np.matmul(taps[i, j], flat[:, s + off : e + off], out=part)
-                block += part
-    y = np.empty((n, k, oh, ow), x.dtype)
-    y.transpose(1, 0, 2, 3)[...] = wide.reshape(k, n, hp, wp)[:, :, :oh, :ow]
-    return y
-
-
 def conv_weight_grad_shifted(x, gy, kh, kw, ph, pw, dh=1, dw=1):
-    """The weight gradient of ``conv_shifted``: x (N, C, H, W), gy (N, K, oh, ow) ->
-    (K, C, kh, kw), sum over taps of gy_wide @ x_flat[:, shift : shift + T]^T, no columns."""
+    """The weight gradient of a stride-1 conv2d: x (N, C, H, W), gy (N, K, oh, ow) ->
+    (K, C, kh, kw), one GEMM per tap, gy_wide @ x_flat[:, shift : shift + T]^T, no columns."""
     n, c, h, wd = x.shape
     k, oh, ow = gy.shape[1:]
     hp, wp = h + 2 * ph, wd + 2 * pw
@@ -229,7 +201,7 @@ def conv_weight_grad_shifted(x, gy, kh, kw, ph, pw, dh=1, dw=1):
     shifts = _shifts(kh, kw, dh, dw, wp)
     t = flat.shape[1] - shifts[-1][2]
     gw = np.zeros((k, c, kh, kw), gy.dtype)  # summed in place: one tap's product at a time
-    step = max(1024, 4 * _BLOCK // (k + c))
+    step = max(4096, _BLOCK // (k + c))
     for s in range(0, t, step):
         e = min(t, s + step)
         g = gflat[:, s:e]

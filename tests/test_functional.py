@@ -383,3 +383,54 @@ def test_inplace_relu_reuses_the_buffer_and_keeps_gradients(rng):
     leaf = Tensor(np.array([-1.0, 2.0]))
     F.relu(leaf, inplace=True)
     np.testing.assert_array_equal(leaf.data, [-1.0, 2.0])  # a leaf is never overwritten
+
+
+# ---------------------------------------------------------------- the CPU's fast paths
+
+
+@pytest.mark.parametrize("xs, ws, stride, pad, dil", [
+    ((2, 3, 17, 13), (4, 3, 3, 3), 1, 1, 1),   # the flipped input gradient, in row blocks
+    ((2, 2, 15, 12), (5, 2, 3, 3), 1, 1, 1),   # more output than input channels: flipped too
+    ((1, 2, 20, 19), (3, 2, 3, 3), 2, 2, 1),   # stride 2: the general input gradient
+    ((2, 3, 19, 15), (2, 3, 3, 3), 1, 2, 2),   # dilated
+])
+def test_conv2d_row_blocks_give_the_one_piece_numbers(monkeypatch, xs, ws, stride, pad, dil):
+    """A conv whose im2col columns would pass COL_BYTES runs in blocks of output rows: the
+    forward and both gradients are the one-piece path's (float64, to rounding)."""
+    import minifcn.conv as C
+
+    rng = np.random.default_rng(0)
+    x, w = rng.standard_normal(xs), rng.standard_normal(ws)
+
+    def run():
+        xt, wt = Tensor(x, requires_grad=True), Tensor(w, requires_grad=True)
+        y = F.conv2d(xt, wt, None, stride, pad, dil)
+        y.backward(np.cos(np.arange(y.size)).reshape(y.shape))
+        return y.data, xt.grad, wt.grad
+
+    whole = run()
+    monkeypatch.setattr(C, "COL_BYTES", 8 * 3 * 9 * 20)  # a few output rows per block
+    oh = whole[0].shape[2]
+    assert C._row_block(xs[0], xs[1] * 9, oh, whole[0].shape[3], 8) < oh  # blocks do happen
+    for a, b in zip(whole, run()):
+        np.testing.assert_allclose(b, a, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("shape", [(2, 3, 8, 6), (1, 2, 7, 5)])
+def test_max_pool_tiling_backward_matches_the_general_loop(shape):
+    """2x2 stride-2 pools whose windows tile the input take the write-once backward; the
+    ceil-mode odd sizes take the general loop: both route each gradient to the first max."""
+    rng = np.random.default_rng(1)
+    x = np.round(rng.standard_normal(shape), 1)  # ties, so that "first max" matters
+    xt = Tensor(x, requires_grad=True)
+    y = F.max_pool2d(xt, 2, 2, ceil_mode=True)
+    g = rng.standard_normal(y.shape)
+    y.backward(g)
+    want = np.zeros_like(x)
+    for n, c, i, j in np.ndindex(*y.shape):
+        win = np.full((2, 2), -np.inf)
+        part = x[n, c, 2 * i:2 * i + 2, 2 * j:2 * j + 2]
+        win[:part.shape[0], :part.shape[1]] = part
+        a, b = np.unravel_index(np.argmax(win), (2, 2))  # np.argmax: the first maximum
+        want[n, c, 2 * i + a, 2 * j + b] += g[n, c, i, j]
+    np.testing.assert_array_equal(xt.grad, want)
