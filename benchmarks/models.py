@@ -306,6 +306,8 @@ def main(argv=None):
     parser.add_argument("--write-docs", action="store_true",
                         help="replace the models (or models_default_run) block of "
                              "docs/performance.md")
+    parser.add_argument("--block", help="the docs block --write-docs replaces (default: models, "
+                        "or models_default_run with --default-run)")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.child:
@@ -382,8 +384,9 @@ def main(argv=None):
     table = markdown_table(["net", "input", "impl", "fwd s", "fwd+bwd s", "fwd MB",
                             "fwd+bwd MB"], rows)
     print(table)
+    print(stamp(load))
     if args.write_docs:
-        write_docs("models_default_run" if args.default_run else "models",
+        write_docs(args.block or ("models_default_run" if args.default_run else "models"),
                    f"{table}\n\n{stamp(load)}")
     return 0
 

@@ -198,6 +198,7 @@ def main(argv=None):
     table = markdown_table(head, rows)
     print(f"\nmedians of {args.pairs} alternating rounds; ratios: median of the per-round "
           f"ratios (min-max)\n{table}")
+    print(stamp(load))
     if args.write_docs:
         write_docs("ops", f"{table}\n\n{stamp(load)}")
     return 0

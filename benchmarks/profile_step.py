@@ -383,6 +383,7 @@ def main(argv=None):
                                                      for d in ("fwd", "bwd")], rows)
     print(f"\nprofiled: median of {args.steps} alternating steps")
     print(prof_table)
+    print(stamp(load))
     if args.write_docs:
         write_docs("profile_step", f"{total_table}\n\n{prof_table}\n\n{stamp(load)}")
     return 0
