@@ -93,11 +93,14 @@ def parser():
     a("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR from its last checkpoint; "
                                          "--iters/--epochs extend it, and --lr, --momentum, "
                                          "--weight-decay, --lr-schedule, --warmup, --device, "
-                                         "--checkpoint-every, --val-batch-size may change")
+                                         "--checkpoint-every, --val-batch-size, --val-every "
+                                         "may change")
     a("--device", choices=["cpu", "cuda", "auto"], help="default auto (the GPU if CuPy finds one)")
     a("--seed", type=int, help=f"seed of initialisation, data order and dropout (default {D['seed']})")
     a("--checkpoint-every", type=int, help="also checkpoint every N iterations (default 0: "
                                            "only at each epoch's end)")
+    a("--val-every", type=int, help="also validate every N iterations (default 0: only at "
+                                    "each epoch's end and at the end)")
     a("--out", help="run folder (default runs/MODEL-DATA-TIME, made unique)")
     a("--overwrite", action="store_true", help="start a new run in an --out that already holds "
                                                "one, replacing its run files")

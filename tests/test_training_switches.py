@@ -131,3 +131,20 @@ def test_the_switches_train_from_the_command_line_and_are_recorded(tmp_path):
     cfg = json.loads((run / "config.json").read_text())
     assert (cfg["loss_sampling"], cfg["freeze_trunk"], cfg["class_weights"]) == (0.5, True,
                                                                                  "balanced")
+
+
+def test_val_every_validates_mid_epoch_and_records_elapsed_seconds(tmp_path):
+    run = tmp_path / "run"
+    # 16 images in batches of 4: epochs end at 4 and 8; --val-every 3 adds 3 and 6
+    args = ["--n-train", "16", "--iters", "8", "--val-every", "3", "--out", str(run)]
+    assert train_cli.main(TINY + args) == 0
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["iteration"] for r in records] == [3, 4, 6, 8]
+    elapsed = [r["elapsed_s"] for r in records]
+    assert elapsed == sorted(elapsed) and elapsed[0] > 0
+    assert train_cli.main(["--resume", str(run), "--iters", "9", "--val-every", "0"]) == 0
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["iteration"] for r in records] == [3, 4, 6, 8, 9]
+    assert records[-1]["elapsed_s"] > elapsed[-1]  # a resumed run goes on counting
+    with pytest.raises(SystemExit, match="--val-every must be >= 0"):
+        config("--val-every", "-1")

@@ -8,7 +8,8 @@ miniature: FCN-32s, FCN-16s and FCN-8s trained with the same budget on an embedd
 Every variant gets the same trunk, data, data order, seed, schedule, iterations and the same
 conv1_1 padding (the smallest at which all three nets' upsampled scores cover the whole image,
 see common_pad1), and is trained from scratch (no ImageNet weights, no staging), with the
-from-scratch recipe of minifcn.training. Prints a markdown table of the four metrics of each net's best
+from-scratch recipe of minifcn.training (--init classifier: from the shipped classifier, with
+the fine-tuning recipe). Prints a markdown table of the four metrics of each net's best
 validation, and writes each run folder under --out.
 
 When a small net trained from scratch leaves its all-background phase varies a lot from one
@@ -33,7 +34,7 @@ import numpy as np
 
 from .. import io, training
 from ..models import geometry
-from ..training import DEFAULTS, resolve
+from ..training import DEFAULTS, FROM_SCRATCH, resolve
 
 VARIANTS = ("fcn32s", "fcn16s", "fcn8s")
 METRICS = ("pixel_acc", "mean_acc", "mean_iu", "fw_iu")
@@ -175,6 +176,10 @@ def main(argv=None):
     p.add_argument("--overwrite", action="store_true", help="replace the runs of an earlier "
                    "call in --out (without it, such runs are refused before anything trains)")
     p.add_argument("--device", default="auto", choices=["cpu", "cuda", "auto"])
+    p.add_argument("--init", default="scratch", choices=["scratch", "classifier"],
+                   help="where every net starts: 'scratch' (default, the study as the tables "
+                   "in docs/experiments.md ran it) or 'classifier' (the shipped one, with "
+                   "train's fine-tuning recipe)")
     p.add_argument("--save-weights", metavar="DIR", help="also write each net's best learned "
                    "weights (of the first seed), in float16, to DIR/DATA-NET.npz (tutorial 06 "
                    "ships these)")
@@ -189,7 +194,8 @@ def main(argv=None):
         for seed in seeds:
             config = {**DEFAULTS, "model": variant, "data": args.data, "width": args.width,
                       "size": args.size, "seed": seed, "pad1": pad1, "device": args.device,
-                      "n_train": args.n_train, "n_val": args.n_val}
+                      "n_train": args.n_train, "n_val": args.n_val,
+                      "init": args.init}
             if args.iters:
                 config.update(iters=args.iters, epochs=None)
             name = f"{args.data}-{variant}" + (f"-seed{seed}" if args.seeds > 1 else "")
@@ -210,11 +216,11 @@ def main(argv=None):
             if result is not None:
                 save_weights(run_dir / training.BEST,
                              Path(args.save_weights) / f"{args.data}-{variant}.npz")
-    budget = f"{args.iters} iterations" if args.iters else f"{DEFAULTS['epochs']} epochs"
+    budget = f"{args.iters} iterations" if args.iters else f"{FROM_SCRATCH['epochs']} epochs"
     runs = (f"seeds {seeds[0]}-{seeds[-1]}, mean of {len(seeds)}" if len(seeds) > 1
             else f"seed {seeds[0]}")
     print(f"\n{args.data}, width {args.width}, {args.size}x{args.size}, conv1_1 padding {pad1}, "
-          f"{budget} each, {runs} (best validation):\n")
+          f"{budget} each, {runs}, from {args.init} (best validation):\n")
     print(table([(f"FCN-{v[3:]}", runs) for v, runs in per_variant], len(seeds)))
     Path(args.out).mkdir(parents=True, exist_ok=True)
     (Path(args.out) / f"{args.data}-table.json").write_text(json.dumps(

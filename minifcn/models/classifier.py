@@ -11,6 +11,8 @@ pixel, so ``python -m minifcn.pretrain`` trains it with the same loss, metrics a
 as a 7x7 convolution (fc, c, 7, 7), fc7's (fc, fc) as a 1x1 one; the trunk is copied as is. The
 FCN's score layers keep their zero start (fc8 is dropped: its classes are not the FCN's).
 """
+from pathlib import Path
+
 import numpy as np
 
 from .. import backend
@@ -106,15 +108,22 @@ def is_classifier_state(state):
     return w is not None and np.ndim(w) == 2
 
 
-def convolutionalize(classifier, fcn):
+def convolutionalize(classifier, fcn, scores=False):
     """Load a ``VGGClassifier``'s trunk, fc6 and fc7 into ``fcn`` (any FCN of the same width),
     fc6 and fc7 as convolutions; returns ``fcn``. Its score layers are left as they are (zero
-    when new). The FCN then scores every 32-pixel step of an image of any size: its fc7 at a
-    position computes the classifier's fc7 on the 224-pixel window that position sees."""
+    when new), unless ``scores``: then fc8 becomes score_fr, a 1x1 convolution to the
+    classifier's classes (the FCN must have as many), and the FCN scores the classifier's
+    classes at every position: a heatmap. The FCN's fc7 at a position computes the classifier's
+    fc7 on the 224-pixel window that position sees (tests/test_classifier.py: exactly where the
+    window's surroundings carry nothing)."""
     if not isinstance(classifier, VGGClassifier):
         raise TypeError(f"convolutionalize: expected a VGGClassifier, got "
                         f"{type(classifier).__name__}")
-    state = convolutional_state({k: p.data for k, p in classifier.named_parameters()})
+    params = {k: p.data for k, p in classifier.named_parameters()}
+    state = convolutional_state(params)
+    if scores:
+        state["score_fr.weight"] = params["fc8.weight"].reshape(*params["fc8.weight"].shape, 1, 1)
+        state["score_fr.bias"] = params["fc8.bias"]
     own = dict(fcn.named_parameters())
     wrong = [f"{k} {tuple(v.shape)} vs {own[k].shape if k in own else 'missing'}"
              for k, v in state.items() if k not in own or tuple(own[k].shape) != tuple(v.shape)]
@@ -124,3 +133,30 @@ def convolutionalize(classifier, fcn):
     for k, v in state.items():  # onto the FCN's device and dtype, as a copy
         own[k].data = backend.get_array_module(own[k].data).asarray(v, own[k].dtype).copy()
     return fcn
+
+
+# the classifiers that ship with minifcn, made by python -m minifcn.pretrain (each .npz has a .md
+# beside it with the command, data, accuracy and commit)
+WEIGHTS_DIR = Path(__file__).resolve().parent.parent / "weights"
+
+
+def shipped_classifier_path(width=0.0625):
+    """Path of the shipped classifier of ``width``; ValueError naming the widths there are."""
+    path = WEIGHTS_DIR / f"classifier-shapes-cls-w{width:g}.npz"
+    if not path.is_file():
+        have = sorted(p.stem.rsplit("-w", 1)[1] for p in WEIGHTS_DIR.glob("classifier-*.npz"))
+        raise ValueError(f"--init classifier: no shipped classifier at --width {width:g} "
+                         f"(shipped widths: {', '.join(have) or 'none'}); use one of those, "
+                         f"--init scratch, or --init-from FILE")
+    return path
+
+
+def pretrained_classifier(width=0.0625):
+    """The shipped VGGClassifier of ``width``, trained on shapes-cls, in eval mode (float32)."""
+    from .. import io
+
+    arrays, meta = io.load_checkpoint(shipped_classifier_path(width))
+    config = meta["config"]
+    model = VGGClassifier(config["n_class"], width=config["width"], dropout=config["dropout"])
+    model.load_state_dict({k[len("model/"):]: v for k, v in arrays.items()})
+    return model.eval()

@@ -1,13 +1,12 @@
 """What a run's config builds: the model, the optimiser, the datasets; and models rebuilt from
 a checkpoint (``load_model``, for evaluate and predict) or initialised from weight files
 (``load_weights_into``, for ``--init-from``)."""
-from pathlib import Path
-
 import numpy as np
 
 from .. import backend, io, optim
 from ..data import get_dataset
 from ..loss import IGNORE_INDEX
+from ..models.classifier import shipped_classifier_path as shipped_classifier
 from .config import LEARN_UPSAMPLING, SYNTHETIC, option
 
 
@@ -15,23 +14,6 @@ from .config import LEARN_UPSAMPLING, SYNTHETIC, option
 # staged training and the VGG16 trunk fill 99 % and more; below it, the run would train from
 # scratch while looking initialised
 MIN_INIT_SHARE = 0.5
-
-
-# the classifiers that ship with minifcn (made by python -m minifcn.pretrain; each has a .md
-# beside it with the command, data, accuracy and commit): --init classifier loads the one of
-# the run's --width
-WEIGHTS_DIR = Path(__file__).resolve().parent.parent / "weights"
-
-
-def shipped_classifier(width):
-    """Path of the shipped classifier of ``width``; ValueError naming the widths there are."""
-    path = WEIGHTS_DIR / f"classifier-shapes-cls-w{width:g}.npz"
-    if not path.is_file():
-        have = sorted(p.stem.rsplit("-w", 1)[1] for p in WEIGHTS_DIR.glob("classifier-*.npz"))
-        raise ValueError(f"--init classifier: no shipped classifier at --width {width:g} (there "
-                         f"is one at width {', '.join(have) or 'none'}); use that width, "
-                         f"--init scratch, or --init-from FILE")
-    return path
 
 
 def build_model(config):

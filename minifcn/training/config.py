@@ -16,7 +16,7 @@ DEFAULTS = dict(
     weight_decay=5e-4, lr_schedule="poly", warmup=None, loss_reduction="mean", flip=True,
     crop=None, dropout=None, conv1_lr_mult=None, init_from=None, device="auto", seed=0,
     checkpoint_every=0, loss_sampling=1.0, sampling_batch="scaled", freeze_trunk=False,
-    class_weights="none", learn_upsampling="fixed", init=None,
+    class_weights="none", learn_upsampling="fixed", init=None, val_every=0,
 )
 SYNTHETIC = ("shapes", "digits", "shapes-cls")  # the embedded sets (no download)
 INITS = ("classifier", "scratch")  # --init: the shipped classifier (weights.py), or He's init
@@ -40,7 +40,7 @@ REFERENCE = dict(pad1=vgg.PAD1, lr=0.01, warmup=0, dropout=vgg.DROPOUT, conv1_lr
 # What a config.json written before these options existed was trained with.
 BEFORE_OPTIONS = dict(warmup=0, dropout=vgg.DROPOUT, conv1_lr_mult=1.0, loss_sampling=1.0,
                       sampling_batch="scaled", freeze_trunk=False, class_weights="none",
-                      learn_upsampling="fixed", init="scratch")
+                      learn_upsampling="fixed", init="scratch", val_every=0)
 # --learn-upsampling's names for the models' learn_upsampling option
 LEARN_UPSAMPLING = {"fixed": False, "intermediate": "intermediate", "all": True}
 
@@ -83,6 +83,9 @@ def resolve(config):
         if option(config, key) not in allowed:
             raise SystemExit(f"error: --{key.replace('_', '-')} must be one of "
                              f"{', '.join(allowed)}, got {config[key]!r}")
+    if option(config, "val_every") < 0:
+        raise SystemExit(f"error: --val-every must be >= 0 (0: only at each epoch's end), got "
+                         f"{config['val_every']}")
     if config["checkpoint_every"] < 0:
         raise SystemExit(f"error: --checkpoint-every must be >= 0 (0: only at each epoch's "
                          f"end), got {config['checkpoint_every']}")
@@ -92,7 +95,7 @@ def resolve(config):
 # What --resume may change in a run that has started: its length and its optimiser's numbers.
 # Everything else fixes the model, the data or their order, which the checkpoint depends on.
 RESUMABLE = ("iters", "epochs", "lr", "lr_schedule", "warmup", "momentum", "weight_decay",
-             "checkpoint_every", "val_batch_size", "device")
+             "checkpoint_every", "val_batch_size", "val_every", "device")
 
 
 def resume_config(config, given, where):

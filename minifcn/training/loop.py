@@ -71,6 +71,9 @@ def fit(config, run_dir, resume=False, overwrite=False, log=print, on_iteration=
     run.write_config(config)
     records = [r for r in run.records() if r["iteration"] <= iteration]
     validated = records[-1]["iteration"] if records else 0  # the last validated iteration
+    # seconds of this run so far (training and validation; a resumed run goes on counting),
+    # kept in every record: the experiments plot mean IU against minutes
+    clock = time.perf_counter() - (records[-1].get("elapsed_s", 0.0) if records else 0.0)
     best = max(records, key=lambda r: r[best_key(config)], default=best)
 
     def checkpoint():
@@ -84,9 +87,11 @@ def fit(config, run_dir, resume=False, overwrite=False, log=print, on_iteration=
             # validate at each epoch's end and at the very end, even when a stop came in the
             # last step or the run stopped before it validated (then the resumed run does)
             done = iteration >= total
-            if iteration > validated and (done or (batch == 0 and not stop.requested)):
+            every = option(config, "val_every")  # also validate every N iterations (0: not)
+            due = batch == 0 or (every and iteration % every == 0)
+            if iteration > validated and (done or (due and not stop.requested)):
                 best = _end_of_epoch(model, val_loader, val_set, config, run, device, epoch,
-                                     iteration, best, log)
+                                     iteration, best, log, clock)
                 validated = iteration
                 checkpoint()
             if done or stop.requested:
@@ -119,6 +124,8 @@ def fit(config, run_dir, resume=False, overwrite=False, log=print, on_iteration=
                     stop.request()
                 if stop.requested or iteration >= total:
                     break
+                if option(config, "val_every") and iteration % config["val_every"] == 0:
+                    break  # to validate (the outer loop), then on with this epoch
                 if config["checkpoint_every"] and iteration % config["checkpoint_every"] == 0:
                     checkpoint()
             bar.close()
@@ -133,12 +140,14 @@ def fit(config, run_dir, resume=False, overwrite=False, log=print, on_iteration=
     return best
 
 
-def _end_of_epoch(model, val_loader, val_set, config, run, device, epoch, iteration, best, log):
+def _end_of_epoch(model, val_loader, val_set, config, run, device, epoch, iteration, best, log,
+                  clock):
     """Validate, log, append to metrics.jsonl, redraw the plots, keep the best checkpoint."""
     s, val_loss, examples = validate(model, val_loader, val_set.n_class, device,
                                      config["loss_reduction"])
     record = {"epoch": epoch, "iteration": iteration, "loss": val_loss,
-              **{k: float(s[k]) for k in ("pixel_acc", "mean_acc", "mean_iu", "fw_iu")}}
+              **{k: float(s[k]) for k in ("pixel_acc", "mean_acc", "mean_iu", "fw_iu")},
+              "elapsed_s": round(time.perf_counter() - clock, 2)}
     key = best_key(config)
     if key == "top1":  # a classifier: one pixel per image, so pixel accuracy is top-1
         record["top1"] = record["pixel_acc"]
