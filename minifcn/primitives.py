@@ -299,7 +299,8 @@ def maxpool_backward(gy, argmax, h, w, kh, kw, sh, sw, ph, pw, dh=1, dw=1):
     hp = max(sh * (oh - 1) + extent(kh, dh), h + 2 * ph)
     wp = max(sw * (ow - 1) + extent(kw, dw), w + 2 * pw)
     # windows that tile the canvas (kernel == stride, FCN's 2x2 pools): every canvas pixel is
-    # in exactly one window, so each tap's share is written once, no zeros and no +=
+    # in exactly one window, so each tap's share is written once, no zeros and no += (as a
+    # product with the winner mask: the loop's numbers for finite gradients)
     tiles = (kh, kw) == (sh, sw) and (dh, dw) == (1, 1) and (hp, wp) == (oh * sh, ow * sw)
     gpad = (np.empty if tiles else np.zeros)((n, c, hp, wp), dtype=gy.dtype)
 
