@@ -17,12 +17,13 @@ Same engine, run folder, progress bar, checkpoints, Ctrl-C, --resume and NaN han
 pixel accuracy over one pixel per image is top-1 accuracy, printed after every epoch).
 """
 import argparse
+import os
 import sys
 from pathlib import Path
 
 import numpy as np
 
-from . import io
+from . import backend, io
 from .data import get_dataset
 from .training import DEFAULTS
 from .training.build import load_model
@@ -30,8 +31,8 @@ from .training.runs import BEST
 
 # The recipe of the shipped classifier (see minifcn/weights/*.md for the measured run)
 PRETRAIN_DEFAULTS = {**DEFAULTS, **dict(
-    model="vgg16", data="shapes-cls", size=224, n_train=20000, n_val=500, batch_size=16,
-    val_batch_size=50, epochs=4, lr=0.02, warmup=200, dropout=0.0, pad1=1, init="scratch",
+    model="vgg16", data="shapes-cls", size=224, n_train=12000, n_val=500, batch_size=32,
+    val_batch_size=50, epochs=3, lr=0.01, warmup=100, dropout=0.0, pad1=1, init="scratch",
     checkpoint_every=250)}
 P = PRETRAIN_DEFAULTS
 
@@ -90,16 +91,69 @@ def check(config):
 
 def save_weights(checkpoint, path):
     """The learned weights of a training checkpoint in float16 (half the bytes; the FCN
-    fine-tunes in float32), with the run's config and best record, written atomically."""
+    fine-tunes in float32), with the run's config and best record, written atomically; and
+    beside it FILE.md, the record of how it was made (``record``)."""
     path = Path(path)
-    if path.exists():
-        raise FileExistsError(f"--save-weights {path}: the file exists; give a new name")
+    if path.exists() or path.with_suffix(".md").exists():
+        raise FileExistsError(f"--save-weights {path}: the file (or its .md) exists; give a "
+                              f"new name")
     model, config = load_model(checkpoint)
     arrays = {f"model/{k}": p.data.astype(np.float16) for k, p in model.named_parameters()}
     best = io.load_checkpoint(checkpoint)[1].get("best")
     path.parent.mkdir(parents=True, exist_ok=True)
     io.save_checkpoint(path, arrays, {"config": config, "best": best, "learned_only": True})
-    print(f"wrote {path} (float16, {path.stat().st_size / 1e6:.2f} MB)")
+    io.atomic_write_text(path.with_suffix(".md"), record(path, config, best))
+    print(f"wrote {path} (float16, {path.stat().st_size / 1e6:.2f} MB) and its record "
+          f"{path.with_suffix('.md')}")
+
+
+def command(config):
+    """The pretrain command line that makes ``config``: the options that differ from the
+    defaults (derived ones, such as the number of classes, left out)."""
+    words = ["python -m minifcn.pretrain"]
+    for key, default in PRETRAIN_DEFAULTS.items():
+        value = config.get(key)
+        if key in parser_options() and default is not None and value != default:
+            flag = "--" + key.replace("_", "-")
+            words.append(flag if value is True else ("--no-flip" if key == "flip" else
+                                                     f"{flag} {value}"))
+    return " ".join(words)
+
+
+def parser_options():
+    return {a.dest for a in parser()._actions}
+
+
+def record(path, config, best):
+    """FILE.md: what the weights are, the command, data, seed, accuracy, commit and machine."""
+    import platform
+    import subprocess
+    import time
+
+    try:
+        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
+                                text=True, cwd=Path(__file__).parent, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        commit = "unknown (not a git checkout)"
+    cpu = next((line.split(":", 1)[1].strip() for line in
+                Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("model name")),
+               platform.processor()) if Path("/proc/cpuinfo").exists() else platform.processor()
+    minutes = best.get("elapsed_s", 0) / 60
+    device = config["device"] if config["device"] != "auto" else (
+        "cuda" if backend.gpu_available() else "cpu")
+    return (f"# {path.name}\n\n"
+            f"A `minifcn.models.VGGClassifier` (VGG16's topology at width {config['width']:g}) "
+            f"trained on `{config['data']}` ({config['n_train']} training images of "
+            f"{config['size']} x {config['size']}, data seed {config['data_seed']}; seed "
+            f"{config['seed']}), float16. Load it with `minifcn.models.pretrained_classifier()`;"
+            f" `python -m minifcn.train --init classifier` starts from it.\n\n"
+            f"- command: `{command(config)}`\n"
+            f"- best validation (iteration {best['iteration']}, {config['n_val']} held-out "
+            f"images): top-1 accuracy {best['top1']:.3f}, mean class accuracy "
+            f"{best['mean_acc']:.3f} (chance {1 / config['n_class']:.3f})\n"
+            f"- training time to that validation: {minutes:.1f} min\n"
+            f"- commit: {commit} · written {time.strftime('%Y-%m-%d')} · machine: "
+            f"{os.cpu_count()}-core {cpu}, {device}\n")
 
 
 def after(args, run_dir):

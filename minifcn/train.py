@@ -154,6 +154,9 @@ def main(argv=None, make_parser=parser, defaults=DEFAULTS, check=None, after=Non
         config = make_config(args, defaults)
         if check is not None:
             check(config)
+        if defaults is DEFAULTS and args.init is None and config["init"] == "scratch":
+            print(f"note: no classifier ships at --width {config['width']:g}: training from "
+                  f"scratch (--init scratch says so; --init-from FILE starts from weights)")
         if args.out is not None and not args.out.strip():
             raise SystemExit("error: --out is empty; give a folder for the run")
         run_dir = Path(args.out) if args.out else None

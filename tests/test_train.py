@@ -195,7 +195,7 @@ def test_from_scratch_defaults_and_their_effect():
     def config(*args):
         return train_cli.make_config(train_cli.parser().parse_args(list(args)))
 
-    for args in [(), ("--init-from", "runs/x/checkpoint_best.npz")]:  # scratch, or staged
+    for args in [("--init", "scratch"), ("--init-from", "runs/x/checkpoint_best.npz")]:  # or staged
         synthetic = config(*args)
         assert (synthetic["lr"], synthetic["warmup"], synthetic["dropout"]) == (0.08, 50, 0.0)
         assert synthetic["conv1_lr_mult"] == pytest.approx(1 / 64**2)
@@ -209,7 +209,7 @@ def test_from_scratch_defaults_and_their_effect():
         config("--conv1-lr-mult", "nan")
 
     # the trainer builds what the config says
-    scratch = dict(config(), n_class=5, size=64)
+    scratch = dict(config("--init", "scratch"), n_class=5, size=64)
     model = training.build_model(scratch)
     assert model.drop6.p == 0.0 and model.drop7.p == 0.0
     groups = training.make_optimizer(model, scratch).groups

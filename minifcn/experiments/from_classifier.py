@@ -25,7 +25,7 @@ def jobs(args):
     pad1 = common_pad1(args.width, args.size)
     out = []
     for init in INITS:
-        for variant in VARIANTS:
+        for variant in args.nets.split(","):
             for seed in range(args.seed, args.seed + args.seeds):
                 config = {**DEFAULTS, "model": variant, "data": args.data, "width": args.width,
                           "size": args.size, "seed": seed, "pad1": pad1, "device": args.device,
@@ -72,8 +72,9 @@ def plot(path, curve_sets, title):
     from matplotlib.figure import Figure
 
     fig = Figure(figsize=(9, 3.2), dpi=100)
-    axes = fig.subplots(1, len(VARIANTS), sharey=True)
-    for ax, variant in zip(axes, VARIANTS):
+    nets = [v for v in VARIANTS if any(k[0] == v for k in curve_sets)]
+    axes = fig.subplots(1, len(nets), sharey=True, squeeze=False)[0]
+    for ax, variant in zip(axes, nets):
         for init, colour in zip(INITS, ("tab:gray", "tab:blue")):
             for k, run in enumerate(curve_sets.get((variant, init), [])):
                 xs, ys = zip(*run)
@@ -102,8 +103,12 @@ def main(argv=None):
     p.add_argument("--seeds", type=int, default=3)
     p.add_argument("--jobs", type=int, default=1)
     p.add_argument("--device", default="auto", choices=["cpu", "cuda", "auto"])
+    p.add_argument("--nets", default=",".join(VARIANTS), help="comma-separated (default all three)")
     p.add_argument("--out", default="runs/from-classifier")
     args = p.parse_args(argv)
+    if not args.nets or set(args.nets.split(",")) - set(VARIANTS):
+        p.error(f"--nets must be a comma-separated subset of {','.join(VARIANTS)}, got "
+                f"{args.nets!r}")
     for name in ("iters", "val_every", "seeds", "jobs"):
         if getattr(args, name) < 1:
             p.error(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")

@@ -134,7 +134,7 @@ def fit(config, run_dir, resume=False, overwrite=False, log=print, on_iteration=
             checkpoint()  # before validating: a failure there loses no training
     if iteration < total:  # stopped early
         log(f"\nstopped at iteration {iteration}: checkpoint written to {run.path(LAST)}; "
-            f"continue with: python -m minifcn.train --resume {run.dir}")
+            f"continue with: python -m {command_of(config)} --resume {run.dir}")
         raise KeyboardInterrupt
     _report(run, best, log)
     return best
@@ -166,6 +166,11 @@ def _end_of_epoch(model, val_loader, val_set, config, run, device, epoch, iterat
         save_training_checkpoint(run.path(BEST), model, None,
                                  position(epoch, 0, iteration, best, config))
     return best
+
+
+def command_of(config):
+    """The command that trains this config's model: pretrain for the classifier."""
+    return "minifcn.pretrain" if config["model"] == "vgg16" else "minifcn.train"
 
 
 def best_key(config):
