@@ -123,7 +123,10 @@ def load_weights_into(model, path, log=print):
     state = read_weights(path)
     own = dict(model.named_parameters())
     loaded = {k: v for k, v in state.items() if k in own and tuple(v.shape) == own[k].shape}
-    learned = {k: p.data.size for k, p in own.items() if p.requires_grad}
+    # the weights a file should fill: every learned one, and a frozen trunk's too (--freeze-trunk
+    # starts from the file and keeps it); not the fixed bilinear upsampling the model makes
+    learned = {k: p.data.size for k, p in own.items()
+               if p.requires_grad or not k.startswith("upscore")}
     share = sum(learned.get(k, 0) for k in loaded) / sum(learned.values())
     if share < MIN_INIT_SHARE:  # e.g. a checkpoint of another --width: only a bias would match
         raise ValueError(
