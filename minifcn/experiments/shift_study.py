@@ -12,6 +12,10 @@ shift-and-stitch with f = 2 and f = 4 (the same strides, the weights of the same
 and FCN-8s. Nothing is retrained for the denser methods: they reuse FCN-32s's weights.
 
 Cost, per image (batch 1, inference, no gradient):
+- work: multiply-adds of every layer, counted by ``geometry.trace`` (no timing): for
+  shift-and-stitch, the f² copies (each a little larger, by its padding) up to score_fr and the
+  bilinear upsampling of the stitched map. ``work_table`` counts it for nets of any width and
+  image size, e.g. VGG16's on 500x500 (the paper's), which no CPU run here reaches.
 - time: the median over --time-rounds rounds; each round runs every method once on the same
   validation image, in the order A B C ... and the next round in reverse, so that a slow spell
   of a shared machine falls on all of them alike. Wall-clock time on whatever threads NumPy has.
@@ -35,7 +39,7 @@ from .. import backend, io, training
 from ..autograd import Tensor, no_grad
 from ..data import Loader
 from ..metrics import RunningScore
-from ..models import fcn32s, geometry, rarefy, stitched_scores
+from ..models import fcn8s, fcn16s, fcn32s, geometry, rarefy, shift, stitched_scores
 from .skip_architectures import METRICS, common_pad1
 
 NETS = ("fcn32s", "fcn16s", "fcn8s")
@@ -77,6 +81,53 @@ def methods(models):
             "stitch2": lambda x: stitched_scores(m32, x, 2),
             "stitch4": lambda x: stitched_scores(m32, x, 4),
             "fcn16s": models["fcn16s"], "fcn8s": models["fcn8s"]}
+
+
+def macs(net, size):
+    """Multiply-adds of one size x size image through ``net``."""
+    return sum(s.macs for s in geometry.trace(net, (1, net.conv1_1.in_channels, size, size)))
+
+
+def stitched_macs(net, f, size):
+    """Multiply-adds of stitched_scores(net, x, f) for a size x size image: every copy to
+    score_fr, then the k 2a, stride a bilinear upsampling of the stitched map."""
+    a = int(shift.coarse_map(net).a) // f
+    total, rows = 0, []
+    for y in range(f):
+        for c in range(f):
+            steps = geometry.trace(net, (1, 3, size + y * a, size + c * a))
+            end = next(i for i, st in enumerate(steps) if st.name == "score_fr") + 1
+            total += sum(st.macs for st in steps[:end])
+            if c == 0:
+                rows.append(f * steps[end - 1].shape[2] + f - 1 - y)  # as shift_and_stitch
+    n = net.score_fr.out_channels
+    return total + min(rows) ** 2 * n * n * (2 * a) ** 2
+
+
+def work(nets, size):
+    """{method key: multiply-adds per size x size image} for {net name: model}; FCN-32s's five
+    methods, and FCN-16s's and FCN-8s's where ``nets`` has them."""
+    m32 = nets["fcn32s"]
+    r16 = rarefy(m32, "pool5")
+    counts = {"fcn32s": macs(m32, size), "rarefied16": macs(r16, size),
+              "rarefied8": macs(rarefy(r16, "pool4"), size),
+              "stitch2": stitched_macs(m32, 2, size), "stitch4": stitched_macs(m32, 4, size)}
+    return {**counts, **{n: macs(nets[n], size) for n in ("fcn16s", "fcn8s") if n in nets}}
+
+
+def work_table(width=1.0, size=500, pad1=105, n_class=21):
+    """Markdown table of every method's multiply-adds per image for nets of that width (1.0:
+    VGG16's) on size x size images, e.g. the paper's scale, where fc6 weighs far more than in
+    the miniature. Builds the nets one at a time (width 1: about 0.5 GB each, twice that while
+    FCN-32s is rarefied)."""
+    counts = work({"fcn32s": fcn32s(n_class=n_class, width=width, pad1=pad1)}, size)
+    for name, build in (("fcn16s", fcn16s), ("fcn8s", fcn8s)):
+        counts[name] = macs(build(n_class=n_class, width=width, pad1=pad1), size)
+    lines = ["| method | stride | GMACs per image | x FCN-32s |", "|---|---|---|---|"]
+    for k, (label, stride, _) in METHODS.items():
+        lines.append(f"| {label} | {stride} | {counts[k] / 1e9:.1f} | "
+                     f"{counts[k] / counts['fcn32s']:.2f} |")
+    return "\n".join(lines)
 
 
 def evaluate(predict, loader, n_class, device="cpu"):
@@ -153,7 +204,7 @@ def measure(run_dirs, rounds, device="cpu"):
     trained = {net: io.load_checkpoint(Path(d) / training.BEST)[1]["best"]["mean_iu"]
                for net, d in run_dirs.items()}
     return {"scores": scores, "seconds": seconds, "bytes": peaks, "twins": twins,
-            "trained": trained, "config": config}
+            "trained": trained, "config": config, "macs": work(models, config["size"])}
 
 
 def table(per_seed):
@@ -162,7 +213,7 @@ def table(per_seed):
     and its ratio to FCN-32s's, the peak memory per image."""
     cols = ["method", "stride", "pixel acc.", "mean acc.", "mean IU", "f.w. IU"]
     cols += ["mean IU per seed"] if len(per_seed) > 1 else []
-    cols += ["ms per image", "x FCN-32s", "peak MB per image"]
+    cols += ["MMACs per image", "ms per image", "x FCN-32s", "peak MB per image"]
     lines = ["| " + " | ".join(cols) + " |", "|---" * len(cols) + "|"]
     med = {k: 1000 * statistics.median(s for m in per_seed for s in m["seconds"][k])
            for k in METHODS}
@@ -174,7 +225,8 @@ def table(per_seed):
                  f"{mean['mean_iu']:.1f}{spread}", f"{mean['fw_iu']:.1f}"]
         cells += [" / ".join(f"{v:.1f}" for v in ius)] if len(per_seed) > 1 else []
         peaks = [r["bytes"][k] for r in per_seed if k in r["bytes"]]
-        cells += [f"{med[k]:.0f}", f"{med[k] / med['fcn32s']:.1f}",
+        cells += [f"{per_seed[0]['macs'][k] / 1e6:.0f}", f"{med[k]:.0f}",
+                  f"{med[k] / med['fcn32s']:.1f}",
                   f"{statistics.fmean(peaks) / 2**20:.1f}" if peaks else "-"]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines), med
@@ -235,7 +287,7 @@ def report(study_jobs, results, out, rounds, device="cpu"):
     plot(Path(out) / "shift.png", per_seed, med)
     print(f"\ntable: {Path(out) / 'shift.md'}, plot: {Path(out) / 'shift.png'}")
     return [{"setting": k, "seed": seed, **{m: r["scores"][k][m] for m in METRICS},
-             "ms_per_image": 1000 * statistics.median(r["seconds"][k]),
+             "ms_per_image": 1000 * statistics.median(r["seconds"][k]), "macs": r["macs"][k],
              "peak_bytes": r["bytes"].get(k), "trained_best_mean_iu":
              r["trained"].get(METHODS[k][2]) if k in NETS else None}
             for seed, r in zip(used, per_seed) for k in METHODS]
