@@ -68,6 +68,30 @@ class SegmentationDataset:
         return f"{type(self).__name__}(name={self.name!r}, n={len(self)}, n_class={self.n_class})"
 
 
+class SyntheticDataset(SegmentationDataset):
+    """What the generated sets (Shapes, Digits, ShapesClassification) share: ``n`` square
+    images of side ``size`` per split, item ``i`` drawn from its own generator seeded by (seed,
+    the split's stream, i), so that any item can be made in any order and nothing is cached.
+    Subclasses set ``streams`` ({split: stream}) and ``default_n`` ({split: count})."""
+
+    streams, default_n = {}, {}
+
+    def __init__(self, split, n, size, seed):
+        where = type(self).__name__
+        self.split = check_split(split, tuple(self.streams), where)
+        self.n = default_count(n, split, self.default_n, where)
+        self.size, self.seed = check_size_seed(size, seed, where)
+
+    def __len__(self):
+        return self.n
+
+    def _image_size(self, i):
+        return self.size, self.size
+
+    def _rng(self, i):
+        return np.random.default_rng([self.seed, self.streams[self.split], i])
+
+
 def check_split(split, allowed, where):
     """Raise ValueError unless ``split`` is one of ``allowed`` (a tuple of names)."""
     if split not in allowed:

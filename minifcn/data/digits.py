@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .base import SegmentationDataset, check_size_seed, check_split, default_count
+from .base import SyntheticDataset
 from .synth import bilinear_matrix, distinct_colors, finish, layer
 
 DATA_FILE = Path(__file__).parent / "digits.csv.gz"
@@ -64,7 +64,7 @@ def split_rows(split):
     return rows
 
 
-class Digits(SegmentationDataset):
+class Digits(SyntheticDataset):
     """Handwritten-digit scenes: ``ds[i]`` -> (image (size, size, 3) uint8, label (size, size)
     int64). Classes: 0 background, d + 1 for digit d ("0".."9"), so n_class = 11.
 
@@ -72,6 +72,7 @@ class Digits(SegmentationDataset):
     seeded by (seed, split, i): random access and deterministic, as for ``Shapes``.
     """
 
+    streams, default_n = SPLIT_STREAMS, DEFAULT_N
     name = "digits"
     class_names = list(DIGIT_CLASSES)
     n_class = len(DIGIT_CLASSES)
@@ -80,14 +81,11 @@ class Digits(SegmentationDataset):
                  digits_per_image=DIGITS_PER_IMAGE, digit_size=DIGIT_SIZE,
                  texture_amplitude=TEXTURE_AMPLITUDE, noise_std=NOISE_STD,
                  min_color_distance=MIN_COLOR_DISTANCE):
-        self.split = check_split(split, tuple(SPLIT_STREAMS), "Digits")
-        self.n = default_count(n, split, DEFAULT_N, "Digits")
-        check_size_seed(size, seed, "Digits")
+        super().__init__(split, n, size, seed)
         lo, hi = digits_per_image
         if not 1 <= lo <= hi:
             raise ValueError(f"Digits: digits_per_image must be (lo, hi) with 1 <= lo <= hi, "
                              f"got {digits_per_image!r}")
-        self.size, self.seed = int(size), int(seed)
         self.digits_per_image = (int(lo), int(hi))
         # digit heights scale with the canvas, and never exceed it
         self.digit_size = tuple(min(size, max(4, int(round(s * size / 96)))) for s in digit_size)
@@ -95,16 +93,10 @@ class Digits(SegmentationDataset):
         self.min_color_distance = float(min_color_distance)
         self.rows = split_rows(self.split)
 
-    def __len__(self):
-        return self.n
-
-    def _image_size(self, i):
-        return self.size, self.size
-
     def _get(self, i):
         size = self.size
         grids, digits = load_digits()
-        rng = np.random.default_rng([self.seed, SPLIT_STREAMS[self.split], i])
+        rng = self._rng(i)
         k = int(rng.integers(self.digits_per_image[0], self.digits_per_image[1] + 1))
         colors = distinct_colors(rng, k + 1, self.min_color_distance)
         canvas = layer(rng, size, colors[0], self.texture_amplitude)

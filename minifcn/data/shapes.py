@@ -14,7 +14,7 @@ The difficulty knobs are the module constants below, also keyword arguments of `
 """
 import numpy as np
 
-from .base import SegmentationDataset, check_size_seed, check_split, default_count
+from .base import SyntheticDataset
 from .synth import distinct_colors, finish, layer, pixel_grid, window
 
 SHAPE_CLASSES = ("background", "disc", "rectangle", "triangle", "cross")
@@ -70,7 +70,7 @@ def cross_mask(rng, dy, dx, r, size, arm_width):
 MASKS = (None, disc_mask, rectangle_mask, triangle_mask, cross_mask)  # indexed by class
 
 
-class Shapes(SegmentationDataset):
+class Shapes(SyntheticDataset):
     """Procedural shapes: ``ds[i]`` -> (image (size, size, 3) uint8, label (size, size) int64).
 
     Classes: 0 background, 1 disc, 2 rectangle, 3 triangle, 4 cross (thin arms).
@@ -79,6 +79,7 @@ class Shapes(SegmentationDataset):
     arrays on every machine and in any order of access.
     """
 
+    streams, default_n = SPLIT_STREAMS, DEFAULT_N
     name = "shapes"
     class_names = list(SHAPE_CLASSES)
     n_class = len(SHAPE_CLASSES)
@@ -87,25 +88,17 @@ class Shapes(SegmentationDataset):
                  shape_scale=SHAPE_SCALE, arm_width=ARM_WIDTH,
                  texture_amplitude=TEXTURE_AMPLITUDE, noise_std=NOISE_STD,
                  min_color_distance=MIN_COLOR_DISTANCE):
-        self.split = check_split(split, tuple(SPLIT_STREAMS), "Shapes")
-        self.n = default_count(n, split, DEFAULT_N, "Shapes")
-        check_size_seed(size, seed, "Shapes")
+        super().__init__(split, n, size, seed)
         if not isinstance(max_shapes, (int, np.integer)) or max_shapes < 1:
             raise ValueError(f"Shapes: max_shapes must be an integer >= 1, got {max_shapes!r}")
-        self.size, self.seed, self.max_shapes = int(size), int(seed), int(max_shapes)
+        self.max_shapes = int(max_shapes)
         self.shape_scale, self.arm_width = tuple(shape_scale), tuple(arm_width)
         self.texture_amplitude, self.noise_std = float(texture_amplitude), float(noise_std)
         self.min_color_distance = float(min_color_distance)
 
-    def __len__(self):
-        return self.n
-
-    def _image_size(self, i):
-        return self.size, self.size
-
     def _get(self, i):
         size = self.size
-        rng = np.random.default_rng([self.seed, SPLIT_STREAMS[self.split], i])
+        rng = self._rng(i)
         yy, xx = pixel_grid(size)
         k = int(rng.integers(1, self.max_shapes + 1))
         colors = distinct_colors(rng, k + 1, self.min_color_distance)

@@ -15,7 +15,7 @@ Image ``i`` is drawn from its own generator seeded by (seed, split, i), as ``Sha
 """
 import numpy as np
 
-from .base import SegmentationDataset, check_size_seed, check_split, default_count
+from .base import SyntheticDataset
 from .synth import distinct_colors, finish, layer, pixel_grid, window
 
 SPLIT_STREAMS = {"train": 10, "val": 11}  # streams of their own: no image shared with Shapes
@@ -149,12 +149,13 @@ CATEGORIES = {  # name -> mask; the first four are the object classes of Shapes
 MASKS = tuple(CATEGORIES.values())
 
 
-class ShapesClassification(SegmentationDataset):
+class ShapesClassification(SyntheticDataset):
     """16 shape categories, one dominant object per image: ``ds[i]`` -> (image (size, size, 3)
     uint8, label (1, 1) int64, the category). ``n`` defaults to 20000 for "train" and 500 for
     "val" (different seed streams). ``size`` defaults to 224: VGG's input, whose pool5 is the
     7x7 map that fc6 reads. Deterministic for (seed, split, i)."""
 
+    streams, default_n = SPLIT_STREAMS, DEFAULT_N
     name = "shapes-cls"
     classification = True  # the Loader: labels are one per image, not per pixel
     class_names = list(CATEGORIES)
@@ -162,20 +163,12 @@ class ShapesClassification(SegmentationDataset):
 
     def __init__(self, split="train", n=None, size=224, seed=0, *, object_scale=OBJECT_SCALE,
                  max_distractors=MAX_DISTRACTORS):
-        self.split = check_split(split, tuple(SPLIT_STREAMS), "ShapesClassification")
-        self.n = default_count(n, split, DEFAULT_N, "ShapesClassification")
-        self.size, self.seed = check_size_seed(size, seed, "ShapesClassification")
+        super().__init__(split, n, size, seed)
         self.object_scale, self.max_distractors = tuple(object_scale), int(max_distractors)
-
-    def __len__(self):
-        return self.n
-
-    def _image_size(self, i):
-        return self.size, self.size
 
     def _get(self, i):
         size = self.size
-        rng = np.random.default_rng([self.seed, SPLIT_STREAMS[self.split], i])
+        rng = self._rng(i)
         yy, xx = pixel_grid(size)
         cls = int(rng.integers(self.n_class))
         r = rng.uniform(*self.object_scale) * size
