@@ -30,7 +30,8 @@ def jobs(args):
                 config = {**DEFAULTS, "model": variant, "data": args.data, "width": args.width,
                           "size": args.size, "seed": seed, "pad1": pad1, "device": args.device,
                           "iters": args.iters, "epochs": None, "init": init,
-                          "val_every": args.val_every}
+                          "val_every": args.val_every, "n_train": args.n_train,
+                          "n_val": args.n_val}
                 out.append((resolve(config), Path(args.out) / f"{init}-{variant}-seed{seed}"))
     return out
 
@@ -99,6 +100,8 @@ def main(argv=None):
     p.add_argument("--val-every", type=int, default=100, help="validate every N iterations")
     p.add_argument("--width", type=float, default=DEFAULTS["width"])
     p.add_argument("--size", type=int, default=DEFAULTS["size"])
+    p.add_argument("--n-train", type=int, default=DEFAULTS["n_train"])
+    p.add_argument("--n-val", type=int, default=None)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--seeds", type=int, default=3)
     p.add_argument("--jobs", type=int, default=1)
