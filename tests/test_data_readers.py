@@ -285,7 +285,7 @@ def test_get_dataset(tmp_path):
     assert len(get_dataset(f"voc:{tmp_path / 'v' / 'VOCdevkit'}", "val")) == 1
     make_folder(tmp_path / "f", splits=True)
     assert len(get_dataset(f"folder:{tmp_path / 'f'}", "train")) == 5
-    with pytest.raises(ValueError, match="shapes, digits, voc:ROOT, folder:ROOT"):
+    with pytest.raises(ValueError, match="shapes, digits, shapes-cls, voc:ROOT, folder:ROOT"):
         get_dataset("cityscapes", "train")
     with pytest.raises(ValueError, match="needs a folder"):
         get_dataset("voc:", "train")
