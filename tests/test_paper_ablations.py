@@ -66,6 +66,21 @@ def test_the_shift_study_runs_from_the_cli_writes_its_table_and_rescores(tmp_pat
     assert [r["mean_iu"] for r in again] == [r["mean_iu"] for r in rows]
     with pytest.raises(SystemExit):
         ab.main(["--study", "fixed", "--rescore", "--out", str(out)])
+    # --score-weights: the float16 learned weights that skip_architectures --save-weights writes
+    from minifcn.experiments.skip_architectures import save_weights
+
+    for net in shift_study.NETS:
+        save_weights(out / "shift" / f"{net}-seed0" / "checkpoint_best.npz",
+                     tmp_path / "weights" / f"shapes-{net}.npz")
+    assert ab.main(args[:-4] + ["--out", str(tmp_path / "w"), "--time-rounds", "1",
+                                "--score-weights", str(tmp_path / "weights")]) == 0
+    weighed = json.loads((tmp_path / "w" / "summary.json").read_text())["shift"]
+    assert [r["setting"] for r in weighed] == list(shift_study.METHODS)
+    assert [r["mean_iu"] for r in weighed] == pytest.approx([r["mean_iu"] for r in rows], abs=0.02)
+    (tmp_path / "weights" / "shapes-fcn8s.npz").unlink()
+    with pytest.raises(SystemExit, match="shapes-fcn8s.npz"):
+        ab.main(args[:-4] + ["--out", str(tmp_path / "w"), "--score-weights",
+                             str(tmp_path / "weights")])
     with pytest.raises(SystemExit, match="no checkpoint_best"):
         ab.main(args[:-4] + ["--out", str(tmp_path / "empty"), "--rescore"])
 

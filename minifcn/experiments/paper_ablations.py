@@ -16,7 +16,9 @@
   (f = 2, 4), against FCN-16s and FCN-8s: mean IU against time and peak memory per image, the
   paper's "cost to improvement ratio worse than layer fusion" (section 4.2). It trains the three
   nets (--model does not apply) at one conv1_1 padding; see shift_study.py. Writes
-  OUT/shift.md (the table) and OUT/shift.png (mean IU against ms per image).
+  OUT/shift.md (the table) and OUT/shift.png (mean IU against ms per image). --rescore scores
+  the nets of an earlier call again; --score-weights DIR scores, training nothing, the nets that
+  skip_architectures --save-weights wrote (tutorials/assets: the same recipe, seed 0).
 
 Every run is FCN-32s by default (the net of the paper's Figure 5 and its "fixed" row; --model
 picks another), trained from scratch (``--init scratch``, whatever train's default)
@@ -119,6 +121,9 @@ def main(argv=None):
                    "and seed timed, one image at a time, alternating the methods (default 20)")
     p.add_argument("--rescore", action="store_true", help="shift study: score the nets that an "
                    "earlier call trained in --out again (time, memory, metrics), training nothing")
+    p.add_argument("--score-weights", metavar="DIR", help="shift study: score, training nothing, "
+                   "the nets DIR/DATA-fcn32s|16s|8s.npz that skip_architectures --save-weights "
+                   "wrote (tutorials/assets: its 600-step seed-0 nets)")
     args = p.parse_args(argv)
     for name in ("iters", "seeds", "jobs", "batch_size", "time_rounds"):
         if getattr(args, name) < 1:
@@ -143,15 +148,22 @@ def main(argv=None):
                 jobs.append((resolve(config), Path(args.out) / study / f"{i}-seed{seed}"))
                 labels.append((study, label))
     out, summary = Path(args.out), {}
+    if (args.rescore or args.score_weights) and studies != ["shift"]:
+        p.error("--rescore and --score-weights apply to --study shift only")
+    if (out / "summary.json").exists() and (args.rescore or args.score_weights):
+        summary = json.loads((out / "summary.json").read_text())  # keep the other studies' rows
+    if args.score_weights:
+        sets = shift_study.weight_sets(args.score_weights, args.data)
+        summary["shift"] = shift_study.report(sets, out, args.time_rounds,
+                                              backend.check_device(args.device))
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+        return 0
     if args.rescore:
-        if studies != ["shift"]:
-            p.error("--rescore applies to --study shift only")
         results = [({}, 0.0) if (d / training.BEST).exists() else None for _, d in jobs]
         if results.count(None):
             raise SystemExit(f"error: --rescore: {results.count(None)} of the {len(jobs)} runs "
                              f"have no {training.BEST} in {out / 'shift'}; train them first")
-        if (out / "summary.json").exists():  # keep the other studies' rows
-            summary = json.loads((out / "summary.json").read_text())
     else:
         taken = [str(d) for _, d in jobs
                  if any((d / f).exists() for f in training.runs.RUN_FILES)]
@@ -165,9 +177,9 @@ def main(argv=None):
     for study in studies:
         if study == "shift":
             mine = [i for i, (s, _) in enumerate(labels) if s == study]
-            summary[study] = shift_study.report([jobs[i] for i in mine],
-                                                [results[i] for i in mine], out,
-                                                args.time_rounds, backend.check_device(args.device))
+            sets = shift_study.trained_sets([jobs[i] for i in mine], [results[i] for i in mine])
+            summary[study] = shift_study.report(sets, out, args.time_rounds,
+                                                backend.check_device(args.device))
             continue
         rows = []
         for label, _ in STUDIES[study]:

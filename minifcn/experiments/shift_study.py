@@ -184,13 +184,14 @@ def peak_bytes(predict, x):
             tracemalloc.stop()
 
 
-def measure(run_dirs, rounds, device="cpu"):
-    """Everything the table shows for one seed: run_dirs {net: run folder with a best
-    checkpoint}. Returns {'scores': {key: metrics}, 'seconds': {key: [s, ...]}, 'bytes':
-    {key: peak}, 'twins': {key: (max diff, share)}, 'trained': {net: best mean IU of its run}}."""
+def measure(checkpoints, rounds, device="cpu"):
+    """Everything the table shows for one seed: checkpoints {net: a training checkpoint or a
+    learned-weights file, as training.load_model reads}. Returns {'scores': {key: metrics},
+    'seconds': {key: [s, ...]}, 'bytes': {key: peak}, 'twins': {key: (max diff, share)},
+    'trained': {net: best mean IU of its run}, 'config': the FCN-8s's, 'macs': {key: MACs}}."""
     models, config = {}, None
-    for net, run_dir in run_dirs.items():
-        models[net], config = training.load_model(Path(run_dir) / training.BEST, device)
+    for net, path in checkpoints.items():
+        models[net], config = training.load_model(path, device)
     val = training.dataset(config, "val")
     loader = Loader(val, config["val_batch_size"], shuffle=False)
     predicts = methods(models)
@@ -201,8 +202,8 @@ def measure(run_dirs, rounds, device="cpu"):
     seconds = time_methods(predicts, images, rounds)
     peaks = ({k: peak_bytes(f, images[0]) for k, f in predicts.items()} if device == "cpu"
              else {})  # tracemalloc sees host allocations only
-    trained = {net: io.load_checkpoint(Path(d) / training.BEST)[1]["best"]["mean_iu"]
-               for net, d in run_dirs.items()}
+    trained = {net: (io.load_checkpoint(path)[1].get("best") or {}).get("mean_iu")
+               for net, path in checkpoints.items()}
     return {"scores": scores, "seconds": seconds, "bytes": peaks, "twins": twins,
             "trained": trained, "config": config, "macs": work(models, config["size"])}
 
@@ -253,27 +254,43 @@ def plot(path, per_seed, med):
     fig.savefig(path)
 
 
-def report(study_jobs, results, out, rounds, device="cpu"):
-    """Score every seed whose three nets trained (results: None for a failed run), print
-    and write the table (OUT/shift.md) and the plot (OUT/shift.png); returns the rows for
-    summary.json."""
-    seeds = sorted({config["seed"] for config, _ in study_jobs})
-    per_seed, used = [], []
-    for seed in seeds:
-        done = {c["model"]: d for (c, d), r in zip(study_jobs, results)
+def trained_sets(study_jobs, results):
+    """[{net: best checkpoint}] of every seed whose three nets trained (results: None for a
+    run that failed), in the order of the seeds."""
+    sets = []
+    for seed in sorted({config["seed"] for config, _ in study_jobs}):
+        done = {c["model"]: Path(d) / training.BEST for (c, d), r in zip(study_jobs, results)
                 if c["seed"] == seed and r is not None}
         if len(done) == len(NETS):
-            per_seed.append(measure(done, rounds, device))
-            used.append(seed)
-    if not per_seed:
+            sets.append(done)
+    return sets
+
+
+def weight_sets(folder, data="shapes"):
+    """[{net: FOLDER/DATA-NET.npz}]: the nets that ``skip_architectures --save-weights FOLDER``
+    wrote (tutorials/assets holds its seed-0 nets), one set; SystemExit naming a missing file."""
+    found = {net: Path(folder) / f"{data}-{net}.npz" for net in NETS}
+    missing = [str(p) for p in found.values() if not p.is_file()]
+    if missing:
+        raise SystemExit(f"error: --score-weights {folder}: no {', '.join(missing)} (written by "
+                         f"python -m minifcn.experiments.skip_architectures --save-weights)")
+    return [found]
+
+
+def report(sets, out, rounds, device="cpu"):
+    """Score every set of nets ({net: checkpoint}, one per seed), print and write the table
+    (OUT/shift.md) and the plot (OUT/shift.png); returns the rows for summary.json."""
+    if not sets:
         print("\nshift: no seed has all three nets trained; nothing to score")
         return []
+    per_seed = [measure(checkpoints, rounds, device) for checkpoints in sets]
+    used = [r["config"]["seed"] for r in per_seed]
     config = per_seed[0]["config"]  # as trained (--rescore reads earlier runs)
     text, med = table(per_seed)
     head = (f"shift: {config['data']} {config['size']}x{config['size']}, width "
             f"{config['width']}, conv1_1 padding {config['pad1']}, {config['iters']} steps, "
-            f"seeds {', '.join(map(str, used))}; validation, batch 1 for the cost, "
-            f"{rounds} rounds per seed:")
+            f"seeds {', '.join(map(str, used))}; {len(per_seed[0]['scores'])} ways to score "
+            f"on the validation images, batch 1 for the cost, {rounds} rounds per seed:")
     print(f"\n{head}\n\n{text}")
     for a, b in TWINS:
         diff = max(r["twins"][a][0] for r in per_seed)
