@@ -249,10 +249,10 @@ def worker(impl, args):
         threadpool_limits(args.threads)
     except ImportError:
         pass
-    pad1 = geometry.min_pad1("fcn8s", 96)
+    pad1 = geometry.min_pad1("fcn8s", args.size)
     model, opt = minifcn_setup(args, pad1)
-    data = batches(96, 8)
-    x0, y0 = next(batches(96, 8, seed=1))
+    data = batches(args.size, args.batch)
+    x0, y0 = next(batches(args.size, args.batch, seed=1))
     if impl == "minifcn":
         rec, instrumented = Recorder(), []
 
@@ -314,6 +314,10 @@ def main(argv=None):
     ap.add_argument("--pairs", type=int, default=7, help="uninstrumented A B rounds (>= 5)")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--width", type=float, default=0.0625)
+    ap.add_argument("--size", type=int, default=96, help="image side (the default run's 96)")
+    ap.add_argument("--batch", type=int, default=8, help="images per step (the default run's 8)")
+    ap.add_argument("--block", default="profile_step",
+                    help="the docs/performance.md block --write-docs replaces")
     ap.add_argument("--no-torch", action="store_true", help="minifcn only")
     ap.add_argument("--before", metavar="TREE", help="also profile minifcn imported from TREE")
     ap.add_argument("--write-docs", action="store_true",
@@ -324,7 +328,8 @@ def main(argv=None):
         return worker(args.worker, args)
     load = os.getloadavg()[0]
     print(blas_report())
-    child = [os.path.abspath(__file__), "--threads", str(args.threads), "--width", str(args.width)]
+    child = [os.path.abspath(__file__), "--threads", str(args.threads), "--width", str(args.width),
+             "--size", str(args.size), "--batch", str(args.batch)]
     workers = {"minifcn": Worker(child + ["--worker", "minifcn"], args.threads)}
     if args.before:
         workers["before"] = Worker(child + ["--worker", "minifcn"], args.threads, args.before)
@@ -385,7 +390,7 @@ def main(argv=None):
     print(prof_table)
     print(stamp(load))
     if args.write_docs:
-        write_docs("profile_step", f"{total_table}\n\n{prof_table}\n\n{stamp(load)}")
+        write_docs(args.block, f"{total_table}\n\n{prof_table}\n\n{stamp(load)}")
     return 0
 
 
