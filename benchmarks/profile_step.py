@@ -59,7 +59,7 @@ def minifcn_setup(args, pad1):
     model = build("fcn8s", n_class=5, width=args.width, pad1=pad1, dropout=0.0)
     groups = optim.param_groups(model, lr_mults={
         "conv1_1.weight": optim.first_layer_lr_mult(vgg.PIXEL_STD)})
-    return model, optim.SGD(groups, lr=0.08, momentum=0.9, weight_decay=5e-4)
+    return model, optim.SGD(groups, lr=args.lr, momentum=0.9, weight_decay=5e-4)
 
 
 def torch_setup(torch, args, pad1, offsets):
@@ -68,10 +68,10 @@ def torch_setup(torch, args, pad1, offsets):
     model = torch_fcn("fcn8s", args.width, offsets, n_class=5, pad1=pad1, dropout=0.0)
     named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
     groups = [{"params": [p for n, p in named if n.endswith("weight") and n != "conv1_1.weight"]},
-              {"params": [p for n, p in named if n.endswith("bias")], "lr": 0.16,
+              {"params": [p for n, p in named if n.endswith("bias")], "lr": 2 * args.lr,
                "weight_decay": 0.0},
-              {"params": [model.conv1_1.weight], "lr": 0.08 / vgg.PIXEL_STD ** 2}]
-    return model, torch.optim.SGD(groups, lr=0.08, momentum=0.9, weight_decay=5e-4)
+              {"params": [model.conv1_1.weight], "lr": args.lr / vgg.PIXEL_STD ** 2}]
+    return model, torch.optim.SGD(groups, lr=args.lr, momentum=0.9, weight_decay=5e-4)
 
 
 # ----------------------------------------------------------------------------- minifcn's timers
@@ -316,6 +316,8 @@ def main(argv=None):
     ap.add_argument("--width", type=float, default=0.0625)
     ap.add_argument("--size", type=int, default=96, help="image side (the default run's 96)")
     ap.add_argument("--batch", type=int, default=8, help="images per step (the default run's 8)")
+    ap.add_argument("--lr", type=float, default=0.08,
+                    help="SGD's rate (the default run's 0.08; width 1 diverges there: 0.001)")
     ap.add_argument("--block", default="profile_step",
                     help="the docs/performance.md block --write-docs replaces")
     ap.add_argument("--no-torch", action="store_true", help="minifcn only")
@@ -329,7 +331,7 @@ def main(argv=None):
     load = os.getloadavg()[0]
     print(blas_report())
     child = [os.path.abspath(__file__), "--threads", str(args.threads), "--width", str(args.width),
-             "--size", str(args.size), "--batch", str(args.batch)]
+             "--size", str(args.size), "--batch", str(args.batch), "--lr", str(args.lr)]
     workers = {"minifcn": Worker(child + ["--worker", "minifcn"], args.threads)}
     if args.before:
         workers["before"] = Worker(child + ["--worker", "minifcn"], args.threads, args.before)

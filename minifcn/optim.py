@@ -82,6 +82,7 @@ class SGD:
             raise ValueError("SGD: no parameters to optimise")
         self.lr, self.momentum, self.weight_decay = lr, momentum, weight_decay
         self.velocity = [[None] * len(g["params"]) for g in self.groups]
+        self._buffers = {}
 
     def zero_grad(self):
         for g in self.groups:
@@ -95,13 +96,39 @@ class SGD:
             for i, p in enumerate(group["params"]):
                 if p.grad is None:
                     continue
-                step = lr * (p.grad + decay * p.data) if decay else lr * p.grad
+                # The same arithmetic as lr * (g + decay * w), in place in one reused buffer:
+                # each temporary of VGG16's fc6 (410 MB) was a fresh allocation and its page
+                # faults, five per step, which made this step 3x PyTorch's at width 1.
+                step = self._scratch(p.data)
+                xp = get_array_module(step)
+                if decay:
+                    xp.multiply(p.data, decay, out=step)
+                    step += p.grad
+                    step *= lr
+                else:
+                    xp.multiply(p.grad, lr, out=step)
                 v = velocities[i]
-                velocities[i] = v = step if v is None else self.momentum * v + step
+                if v is None:
+                    velocities[i] = v = step.copy()
+                else:
+                    v *= self.momentum
+                    v += step
                 p.data -= v
 
+    def _scratch(self, like):
+        """A reused buffer shaped like ``like`` (one per array module and dtype, sized by the
+        largest parameter seen)."""
+        xp = get_array_module(like)
+        key = (xp.__name__, like.dtype.str)
+        buf = self._buffers.get(key)
+        if buf is None or buf.size < like.size:
+            buf = self._buffers[key] = xp.empty(like.size, dtype=like.dtype)
+        return buf[:like.size].reshape(like.shape)
+
     def state_dict(self):
-        """{'velocity.G.I': array} for every buffer that exists (group G, parameter I)."""
+        """{'velocity.G.I': array} for every buffer that exists (group G, parameter I). The
+        arrays are the live buffers, updated in place by ``step`` (as PyTorch's): copy them to
+        keep a snapshot."""
         return {f"velocity.{gi}.{pi}": v for gi, vs in enumerate(self.velocity)
                 for pi, v in enumerate(vs) if v is not None}
 
@@ -115,7 +142,8 @@ class SGD:
             if tuple(value.shape) != p.shape:
                 raise ValueError(f"SGD.load_state_dict: {key} has shape {tuple(value.shape)}, "
                                  f"its parameter {p.shape}")
-            self.velocity[int(gi)][int(pi)] = get_array_module(p.data).asarray(value, dtype=p.dtype)
+            # a copy: step updates it in place, and the caller's array stays theirs
+            self.velocity[int(gi)][int(pi)] = get_array_module(p.data).array(value, dtype=p.dtype)
 
 
 def constant():

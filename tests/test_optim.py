@@ -149,3 +149,39 @@ def test_warmup_ramps_then_follows_the_schedule():
     assert optim.make_schedule("constant", 10, warmup_iters=0)(0) == 1.0
     with pytest.raises(ValueError, match="warmup"):
         optim.warmup(optim.constant(), -1)
+
+
+def test_in_place_step_matches_the_formula_bit_for_bit():
+    # the formula written out with fresh arrays, as the docstring states it
+    rng = np.random.default_rng(0)
+    shapes = [(4, 3, 3, 3), (4,), (2, 4, 1, 1), (7,)]
+    params = [nn.Parameter(rng.standard_normal(s).astype(np.float32)) for s in shapes]
+    ref = [p.data.copy() for p in params]
+    groups = [{"params": params[:1] + params[2:3]},
+              {"params": params[1:2] + params[3:], "lr_mult": 2.0, "decay_mult": 0.0}]
+    opt = optim.SGD(groups, lr=0.05, momentum=0.9, weight_decay=5e-4)
+    mults = [(1.0, 1.0), (2.0, 0.0), (1.0, 1.0), (2.0, 0.0)]
+    vel = [None] * 4
+    for it in range(5):
+        grads = [rng.standard_normal(s).astype(np.float32) for s in shapes]
+        for p, g in zip(params, grads):
+            p.grad = g.copy()
+        opt.lr = 0.05 * (it + 1)  # a schedule changes lr between steps
+        opt.step()
+        for i, (g, (lm, dm)) in enumerate(zip(grads, mults)):
+            lr, decay = np.float32(opt.lr * lm), opt.weight_decay * dm
+            step = lr * (g + np.float32(decay) * ref[i]) if decay else lr * g
+            vel[i] = step if vel[i] is None else np.float32(0.9) * vel[i] + step
+            ref[i] = ref[i] - vel[i]
+            np.testing.assert_array_equal(params[i].data, ref[i])
+            np.testing.assert_array_equal(params[i].grad, g)  # the gradient is left alone
+
+
+def test_load_state_dict_copies_the_callers_arrays():
+    w = nn.Parameter(np.array([1.0, 2.0]))
+    opt = optim.SGD([w], lr=0.1)
+    state = {"velocity.0.0": np.array([0.5, 0.5])}
+    opt.load_state_dict(state)
+    w.grad = np.array([1.0, 1.0])
+    opt.step()
+    np.testing.assert_array_equal(state["velocity.0.0"], [0.5, 0.5])
