@@ -132,6 +132,12 @@ class Tensor:
 
         order = _topological_order(self)
         grads = {id(self): grad}
+        # A leaf may keep the array it is handed only if no other gradient shares its memory:
+        # backward functions hand the same array to several inputs (add) or views of one array
+        # (reshape, transpose), and the caller's `grad` is the caller's. So every array handed
+        # on is counted by the buffer it lives in, and a leaf copies unless its gradient is the
+        # whole of a buffer handed on once (fc6's 410 MB weight gradient at width 1, not copied).
+        handed = {id(_buffer(grad)): 2}
         for t in reversed(order):
             g = grads.pop(id(t), None)
             if g is None:
@@ -139,7 +145,7 @@ class Tensor:
             fn = t._fn
             if fn is None:  # a leaf: accumulate
                 if t.requires_grad:
-                    t.grad = g.copy() if t.grad is None else t.grad + g
+                    t.grad = (_own(g, handed) if t.grad is None else t.grad + g)
                 continue
             if getattr(t, "_retain", False):
                 t.grad = g.copy() if t.grad is None else t.grad + g
@@ -153,7 +159,8 @@ class Tensor:
                     raise RuntimeError(f"{type(fn).__name__}.backward returned a gradient of "
                                        f"shape {gx.shape} for an input of shape {x.shape}")
                 prev = grads.get(id(x))
-                grads[id(x)] = gx if prev is None else prev + gx
+                grads[id(x)] = gx = gx if prev is None else prev + gx
+                handed[id(_buffer(gx))] = handed.get(id(_buffer(gx)), 0) + 1
             if not retain_graph:
                 fn.release()
                 t._fn = None
@@ -215,6 +222,21 @@ def _F():
     from . import functional  # functional sits above autograd; imported when first used
 
     return functional
+
+
+def _buffer(a):
+    """The array that owns ``a``'s memory (``a`` itself, or the base of a view)."""
+    while a.base is not None:
+        a = a.base
+    return a
+
+
+def _own(g, handed):
+    """``g`` itself where it is the whole of a buffer handed on once, else a copy of it."""
+    buf = _buffer(g)
+    if handed.get(id(buf)) == 1 and g.size == buf.size and g.flags.c_contiguous:
+        return g
+    return g.copy()
 
 
 def _topological_order(root):

@@ -122,3 +122,55 @@ def test_operators_with_numbers_and_arrays():
     y = (1.0 - a) / 2.0 + 3.0 * a - a / 4.0 + np.array([1.0, 1.0])
     y.backward(np.ones(2))
     np.testing.assert_allclose(a.grad, -0.5 + 3.0 - 0.25)
+
+
+def _no_two_share(*arrays):
+    return not any(np.shares_memory(a, b) for i, a in enumerate(arrays) for b in arrays[i + 1:])
+
+
+def test_leaf_gradients_never_share_memory():
+    # add hands one array to both inputs, reshape and transpose hand views: each leaf must
+    # still own its gradient, or changing one (clipping in place) would change the others
+    a = Tensor(np.ones((2, 3)), requires_grad=True)
+    b = Tensor(np.ones((2, 3)), requires_grad=True)
+    c = Tensor(np.ones((3, 2)), requires_grad=True)
+    d = Tensor(np.ones(6), requires_grad=True)
+    y = (a + b) + c.transpose((1, 0)) + d.reshape((2, 3))
+    upstream = np.random.default_rng(0).standard_normal((2, 3))
+    y.backward(upstream)
+    grads = [a.grad, b.grad, c.grad, d.grad]
+    assert _no_two_share(upstream, *grads)
+    a.grad *= 0
+    np.testing.assert_array_equal(b.grad, upstream)
+    np.testing.assert_array_equal(c.grad, upstream.T)
+    np.testing.assert_array_equal(d.grad, upstream.ravel())
+
+
+def test_leaf_gradient_is_not_the_callers_array():
+    x = Tensor(np.zeros((2, 2)), requires_grad=True)
+    upstream = np.ones((2, 2))
+    x.backward(upstream)  # a leaf given the caller's array itself
+    y = Tensor(np.zeros(4), requires_grad=True)
+    y.reshape((2, 2)).backward(upstream)  # and a view of it
+    assert not np.shares_memory(x.grad, upstream) and not np.shares_memory(y.grad, upstream)
+    upstream[:] = 5
+    assert x.grad.sum() == 4 and y.grad.sum() == 4
+
+
+def test_conv_weight_gradient_handed_over_without_a_copy(monkeypatch):
+    # the fresh weight gradient of a conv is the leaf's .grad itself (fc6's is 410 MB at
+    # width 1), not a copy of it
+    from minifcn import conv
+    made = {}
+    real = conv._conv_weight_grad
+
+    def spy(*args, **kwargs):
+        made["gw"] = real(*args, **kwargs)
+        return made["gw"]
+
+    monkeypatch.setattr(conv, "_conv_weight_grad", spy)
+    rng = np.random.default_rng(1)
+    x = Tensor(rng.standard_normal((1, 2, 5, 5)), requires_grad=True)
+    w = Tensor(rng.standard_normal((3, 2, 3, 3)), requires_grad=True)
+    F.conv2d(x, w, padding=1).sum().backward()
+    assert w.grad is made["gw"]
