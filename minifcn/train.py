@@ -20,10 +20,12 @@ import time
 from pathlib import Path
 
 from .training import DEFAULTS, FROM_SCRATCH, REFERENCE, fit, resolve
+from .training.config import FINE_TUNE, REAL_FINE_TUNE
 from .training.config import resume_config
 from .training.runs import new_run_dir
 
 D, S, R = DEFAULTS, FROM_SCRATCH, REFERENCE  # the help texts quote them
+F, RF = FINE_TUNE, REAL_FINE_TUNE
 
 
 def _pad1(text):
@@ -44,26 +46,34 @@ def parser():
     a("--pad1", type=_pad1, help="conv1_1 padding; 'auto': the smallest whose crops cover the "
                                 "input; 'full': the smallest at which the coarse scores reach "
                                 "every pixel at full strength (geometry.full_cover_pad1) "
-                                f"(default {R['pad1']}; {S['pad1']} on synthetic data)")
+                                f"(default {S['pad1']} on the synthetic sets, {R['pad1']} on "
+                                "real data)")
     g = p.add_mutually_exclusive_group()
-    g.add_argument("--epochs", type=int, help=f"default {S['epochs']}")
-    g.add_argument("--iters", type=int, help="train this many iterations instead of --epochs")
+    g.add_argument("--epochs", type=int, help=f"default {S['epochs']} from scratch, "
+                                               f"{F['epochs']} from the classifier on the "
+                                               f"synthetic sets, {R['epochs']} on real data "
+                                               "from other weights")
+    g.add_argument("--iters", type=int, help="train this many iterations instead of --epochs "
+                                             f"(default {RF['iters']} on real data from the "
+                                             "shipped classifier)")
     a("--batch-size", type=int, help=f"default {D['batch_size']} (1 = the paper's, any image size)")
     a("--crop", type=int, help="random square crop for batching images of different sizes")
-    a("--lr", type=float, help=f"base learning rate for a mean loss (default {S['lr']} on the "
-                              f"synthetic sets, from scratch; {R['lr']} on real data)")
+    a("--lr", type=float, help=f"base learning rate for a mean loss (default {S['lr']}; on real "
+                              f"data {RF['lr']} from the shipped classifier, {R['lr']} from "
+                              "other weights)")
     a("--lr-schedule", choices=["constant", "step", "poly"], help=f"default {D['lr_schedule']}")
-    a("--warmup", type=int, help=f"iterations of linear lr warm-up (default {S['warmup']} on the "
-                                  f"synthetic sets, {R['warmup']} on real data)")
+    a("--warmup", type=int, help=f"iterations of linear lr warm-up (default {S['warmup']}; on "
+                                  f"real data {RF['warmup']} from the shipped classifier, "
+                                  f"{R['warmup']} from other weights)")
     a("--momentum", type=float, help=f"default {D['momentum']} (the reference heavy recipe: 0.99)")
     a("--weight-decay", type=float, help=f"default {D['weight_decay']}")
     a("--loss-reduction", choices=["mean", "sum"], help="mean over pixels (default) or the paper's sum")
     a("--no-flip", dest="flip", action="store_const", const=False, help="no random flips")
-    a("--dropout", type=float, help=f"dropout after fc6 and fc7 (default {R['dropout']}, the "
-                                    f"reference's; {S['dropout']} on the synthetic sets, where "
-                                    "the small nets underfit)")
-    a("--conv1-lr-mult", type=float, help="lr multiplier of conv1_1's weight (default 1/64^2 on "
-                                          "the synthetic sets, 1 on real data; see "
+    a("--dropout", type=float, help=f"dropout after fc6 and fc7 (default {S['dropout']}: the "
+                                    f"small nets underfit; {R['dropout']}, the reference's, on "
+                                    "real data from other weights)")
+    a("--conv1-lr-mult", type=float, help="lr multiplier of conv1_1's weight (default 1/64^2; 1 "
+                                          "on real data from other weights; see "
                                           "optim.first_layer_lr_mult)")
     a("--init", choices=["classifier", "scratch"], help="where the weights start without "
                                                         "--init-from: 'classifier' (default), "

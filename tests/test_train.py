@@ -325,3 +325,34 @@ def test_pad1_full_builds_the_net_whose_scores_cover_the_input():
     assert geometry.score_coverage(model, 64).min() >= 0.99
     with pytest.raises(SystemExit):
         train_cli.parser().parse_args(["--pad1", "most"])
+
+
+def test_real_data_defaults_fine_tune_the_shipped_classifier_for_a_number_of_steps():
+    # what docs/training.md's table promises, written out: from the shipped classifier on real
+    # data, the fine-tuning recipe at lr 0.04 with 100 warm-up steps for 800 steps; from other
+    # weights the reference's recipe for 5 epochs
+    ours = training.resolve({**training.DEFAULTS, "data": "voc:/somewhere"})
+    assert ours["init"] == "classifier"
+    assert (ours["lr"], ours["warmup"], ours["dropout"], ours["pad1"]) == (0.04, 100, 0.0, 100)
+    assert (ours["iters"], ours["epochs"]) == (800, None)
+    assert ours["conv1_lr_mult"] == 1 / 64 ** 2
+    given = training.resolve({**training.DEFAULTS, "data": "folder:/x", "epochs": 3})
+    assert (given["epochs"], given["iters"]) == (3, None)
+    for other in ({"init": "scratch"}, {"init_from": "vgg16.pth"}):
+        ref = training.resolve({**training.DEFAULTS, "data": "voc:/somewhere", **other})
+        assert (ref["lr"], ref["warmup"], ref["dropout"], ref["pad1"]) == (0.01, 0, 0.5, 100)
+        assert (ref["epochs"], ref["iters"]) == (5, None)
+
+
+def test_a_voc_folder_trains_from_the_shipped_classifier_by_default(tmp_path, capsys):
+    voc = make_voc(tmp_path, n=6, size=(100, 100))
+    run = tmp_path / "r"
+    assert train_cli.main(["--data", f"voc:{voc}", "--iters", "2", "--device", "cpu",
+                           "--out", str(run)]) == 0
+    out = capsys.readouterr().out
+    assert "classifier-shapes-cls-w0.0625.npz: loaded 30 tensors" in out
+    config = json.loads((run / "config.json").read_text())
+    assert (config["init"], config["lr"], config["iters"]) == ("classifier", 0.04, 2)
+    # resumed for longer, the run keeps its recipe
+    assert train_cli.main(["--resume", str(run), "--iters", "3"]) == 0
+    assert [r["iteration"] for r in read_records(run)][-1] == 3

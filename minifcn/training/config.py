@@ -38,9 +38,19 @@ FROM_SCRATCH = dict(pad1="auto", lr=0.08, warmup=50, dropout=0.0, epochs=5,
 # pixel-scaled (x 1/PIXEL_STD).
 FINE_TUNE = dict(pad1="auto", lr=0.08, warmup=50, dropout=0.0, epochs=7,
                  conv1_lr_mult=optim.first_layer_lr_mult(vgg.PIXEL_STD))
-# On real data (voc:, folder:): the reference's choices, meant for fine-tuning ImageNet weights.
+# On real data (voc:, folder:): the reference's choices, meant for fine-tuning ImageNet weights
+# (--init-from, or --init scratch).
 REFERENCE = dict(pad1=vgg.PAD1, lr=0.01, warmup=0, dropout=vgg.DROPOUT, conv1_lr_mult=1.0,
                  epochs=5)
+# On real data from the shipped classifier (the default at its width): the fine-tuning recipe at
+# half its lr and a longer warm-up, run for a number of steps rather than epochs. A user's small
+# set is few steps an epoch (200 images at batch 8: 25), so 5 or 7 epochs stop early; and the
+# synthetic sets' lr 0.08 turned the loss NaN by step 60 on a 240-image VOC-format stand-in,
+# where 0.04 (warm-up 100) reached mean IU 0.46 in 800 steps
+# (docs/training.md#your-own-data-from-the-classifier).
+# conv1_1 keeps the reference's padding 100, which takes an image of any size ("auto" is sized
+# for the synthetic sets' square images and refuses a small one).
+REAL_FINE_TUNE = dict(FINE_TUNE, pad1=vgg.PAD1, lr=0.04, warmup=100, epochs=None, iters=800)
 # What a config.json written before these options existed was trained with.
 BEFORE_OPTIONS = dict(warmup=0, dropout=vgg.DROPOUT, conv1_lr_mult=1.0, loss_sampling=1.0,
                       sampling_batch="scaled", freeze_trunk=False, class_weights="none",
@@ -64,8 +74,13 @@ def resolve(config):
     recipe = REFERENCE
     if config["data"] in SYNTHETIC:
         recipe = FINE_TUNE if config["init"] == "classifier" else FROM_SCRATCH
+    elif config["init"] == "classifier":
+        recipe = REAL_FINE_TUNE
+    length_given = config.get("epochs") or config.get("iters")
     for key, value in recipe.items():
-        if config.get(key) is None and not (key == "epochs" and config.get("iters")):
+        if key in ("epochs", "iters") and length_given:
+            continue  # --epochs or --iters says how long: the recipe's length does not apply
+        if config.get(key) is None:
             config[key] = value
     if not 0 <= config["dropout"] < 1:
         raise SystemExit(f"error: --dropout must be in [0, 1), got {config['dropout']}")
