@@ -137,6 +137,8 @@ class Tensor:
         # (reshape, transpose), and the caller's `grad` is the caller's. So every array handed
         # on is counted by the buffer it lives in, and a leaf copies unless its gradient is the
         # whole of a buffer handed on once (fc6's 410 MB weight gradient at width 1, not copied).
+        # Only minifcn's own ops are known to return fresh arrays or views of g; what another
+        # Function returns (it may be an array it saved) counts as shared.
         handed = {id(_buffer(grad)): 2}
         for t in reversed(order):
             g = grads.pop(id(t), None)
@@ -150,6 +152,7 @@ class Tensor:
             if getattr(t, "_retain", False):
                 t.grad = g.copy() if t.grad is None else t.grad + g
             in_grads = fn.backward(g)
+            ours = type(fn).__module__.startswith("minifcn.")
             if not isinstance(in_grads, tuple):
                 in_grads = (in_grads,)
             for x, gx in zip(fn.inputs, in_grads):
@@ -160,7 +163,7 @@ class Tensor:
                                        f"shape {gx.shape} for an input of shape {x.shape}")
                 prev = grads.get(id(x))
                 grads[id(x)] = gx = gx if prev is None else prev + gx
-                handed[id(_buffer(gx))] = handed.get(id(_buffer(gx)), 0) + 1
+                handed[id(_buffer(gx))] = handed.get(id(_buffer(gx)), 0) + (1 if ours else 2)
             if not retain_graph:
                 fn.release()
                 t._fn = None
@@ -225,16 +228,18 @@ def _F():
 
 
 def _buffer(a):
-    """The array that owns ``a``'s memory (``a`` itself, or the base of a view)."""
-    while a.base is not None:
+    """What owns ``a``'s memory: ``a`` itself, the array a view is of, or a non-array (a
+    memoryview, an mmap) under an array made from raw memory."""
+    while getattr(a, "base", None) is not None:
         a = a.base
     return a
 
 
 def _own(g, handed):
-    """``g`` itself where it is the whole of a buffer handed on once, else a copy of it."""
+    """``g`` itself where it is the whole of an array handed on once, else a copy of it."""
     buf = _buffer(g)
-    if handed.get(id(buf)) == 1 and g.size == buf.size and g.flags.c_contiguous:
+    if (type(buf) is type(g) and handed.get(id(buf)) == 1 and g.size == buf.size
+            and g.flags.c_contiguous):
         return g
     return g.copy()
 
@@ -274,7 +279,9 @@ def as_tensor(x, like=None):
 class Function:
     """One differentiable op. Subclasses write ``forward(self, *arrays, **options)`` returning
     an ndarray and ``backward(self, grad)`` returning one gradient (or None) per input tensor.
-    Store what backward needs in ``self.saved`` (dropped by ``release`` after use)."""
+    Store what backward needs in ``self.saved`` (dropped by ``release`` after use). A leaf's
+    ``.grad`` is a copy of what backward returned, except from minifcn's own ops, whose fresh
+    gradients the leaf keeps (Tensor.backward says when)."""
 
     def __init__(self):
         self.inputs = ()

@@ -9,6 +9,7 @@ import pytest
 import minifcn
 import minifcn.functional as F
 from minifcn import Tensor, no_grad
+from minifcn.autograd import Function
 
 
 def test_float32_by_default_and_float64_kept():
@@ -174,3 +175,29 @@ def test_conv_weight_gradient_handed_over_without_a_copy(monkeypatch):
     w = Tensor(rng.standard_normal((3, 2, 3, 3)), requires_grad=True)
     F.conv2d(x, w, padding=1).sum().backward()
     assert w.grad is made["gw"]
+
+
+def test_callers_raw_memory_and_custom_functions_are_copied():
+    # a caller's gradient on raw memory (np.frombuffer, a memmap) is read, never kept; and a
+    # Function written outside minifcn may return an array it saved: its leaf gets a copy
+    raw = np.frombuffer(bytearray(np.ones(4).tobytes()), np.float64)
+    x = Tensor(np.zeros(4), requires_grad=True)
+    (x * 2.0).backward(raw)
+    np.testing.assert_array_equal(x.grad, 2 * np.ones(4))
+    x2 = Tensor(np.zeros(4), requires_grad=True)
+    x2.backward(raw)
+    assert not np.shares_memory(x2.grad, raw)
+
+    class Saved(Function):
+        def forward(self, a):
+            self.saved = (np.ones_like(a),)
+            return a.copy()
+
+        def backward(self, g):
+            return self.saved[0]  # an array the op keeps, not a fresh one
+
+    z = Tensor(np.zeros(3), requires_grad=True)
+    fn_out = Saved.apply(z)
+    kept = fn_out._fn.saved[0]
+    fn_out.backward(np.ones(3))
+    assert not np.shares_memory(z.grad, kept)
