@@ -147,7 +147,7 @@ class Tensor:
             fn = t._fn
             if fn is None:  # a leaf: accumulate
                 if t.requires_grad:
-                    t.grad = (_own(g, handed) if t.grad is None else t.grad + g)
+                    t.grad = _own(g, handed) if t.grad is None else t.grad + g
                 continue
             if getattr(t, "_retain", False):
                 t.grad = g.copy() if t.grad is None else t.grad + g
@@ -163,7 +163,8 @@ class Tensor:
                                        f"shape {gx.shape} for an input of shape {x.shape}")
                 prev = grads.get(id(x))
                 grads[id(x)] = gx = gx if prev is None else prev + gx
-                handed[id(_buffer(gx))] = handed.get(id(_buffer(gx)), 0) + (1 if ours else 2)
+                buf = id(_buffer(gx))
+                handed[buf] = handed.get(buf, 0) + (1 if ours else 2)
             if not retain_graph:
                 fn.release()
                 t._fn = None

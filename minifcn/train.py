@@ -20,8 +20,7 @@ import time
 from pathlib import Path
 
 from .training import DEFAULTS, FROM_SCRATCH, REFERENCE, fit, resolve
-from .training.config import FINE_TUNE, REAL_FINE_TUNE
-from .training.config import resume_config
+from .training.config import FINE_TUNE, REAL_FINE_TUNE, resume_config
 from .training.runs import new_run_dir
 
 D, S, R = DEFAULTS, FROM_SCRATCH, REFERENCE  # the help texts quote them
