@@ -24,7 +24,8 @@ from _common import markdown_table, torch_or_none  # noqa: E402
 
 import minifcn  # noqa: E402
 import minifcn.functional as F  # noqa: E402
-from minifcn import Tensor, backend, cuda  # noqa: E402
+from minifcn import Tensor, backend  # noqa: E402
+from minifcn.gpu import cuda  # noqa: E402
 from minifcn.models import fcn8s  # noqa: E402
 
 
@@ -108,7 +109,7 @@ class Spec:
 
 
 def record_kernel_calls(cp, run):
-    """Run ``run()`` once with every minifcn.cuda kernel wrapped; return {(op, args): count},
+    """Run ``run()`` once with every minifcn.gpu.cuda kernel wrapped; return {(op, args): count},
     arrays in args replaced by Specs."""
     calls = {}
     originals = {name: getattr(cuda, name) for name in KERNELS}

@@ -114,6 +114,34 @@ class Tensor:
         this tensor's shape; None is allowed only for a single-element tensor (it means 1).
         After the walk the graph's saved buffers are freed unless ``retain_graph`` is True.
         """
+        grad = self._upstream(grad)
+        grads = {id(self): grad}  # the gradient reaching each tensor so far, summed
+        leaves = _LeafBuffers(grad)
+        for t in reversed(_topological_order(self)):  # every tensor after all that use it
+            g = grads.pop(id(t), None)
+            if g is None:
+                continue
+            if t._fn is None:  # a leaf: accumulate
+                if t.requires_grad:
+                    t.grad = leaves.keep_or_copy(g) if t.grad is None else t.grad + g
+                continue
+            if getattr(t, "_retain", False):
+                t.grad = g.copy() if t.grad is None else t.grad + g
+            fn = t._fn
+            in_grads = fn.backward(g)  # the chain rule, one op at a time
+            for x, gx in zip(fn.inputs, in_grads if isinstance(in_grads, tuple) else (in_grads,)):
+                if gx is None or not x.requires_grad:
+                    continue
+                _check_grad_shape(fn, gx, x)
+                prev = grads.get(id(x))
+                grads[id(x)] = gx = gx if prev is None else prev + gx  # used twice: sum
+                leaves.handed_on(gx, fn)
+            if not retain_graph:  # free what the op saved as soon as its backward has run
+                fn.release()
+                t._fn = None
+
+    def _upstream(self, grad):
+        """The gradient backward starts from, checked: ones for a one-element tensor."""
         if not self.requires_grad:
             raise RuntimeError("backward: this tensor does not require grad (no input required "
                                "grad, or it was computed under no_grad())")
@@ -122,110 +150,55 @@ class Tensor:
             if self.size != 1:
                 raise ValueError(f"backward: grad can be omitted only for a single-element "
                                  f"output, this one has shape {self.shape}")
-            grad = xp.ones_like(self.data)
-        else:
-            grad = grad.data if isinstance(grad, Tensor) else xp.asarray(grad)
-            if grad.shape != self.shape:
-                raise ValueError(f"backward: grad has shape {grad.shape}, expected the output's "
-                                 f"shape {self.shape}")
-            grad = grad.astype(self.dtype, copy=False)
-
-        order = _topological_order(self)
-        grads = {id(self): grad}
-        # A leaf may keep the array it is handed only if no other gradient shares its memory:
-        # backward functions hand the same array to several inputs (add) or views of one array
-        # (reshape, transpose), and the caller's `grad` is the caller's. So every array handed
-        # on is counted by the buffer it lives in, and a leaf copies unless its gradient is the
-        # whole of a buffer handed on once (fc6's 410 MB weight gradient at width 1, not copied).
-        # Only minifcn's own ops are known to return fresh arrays or views of g; what another
-        # Function returns (it may be an array it saved) counts as shared.
-        handed = {id(_buffer(grad)): 2}
-        for t in reversed(order):
-            g = grads.pop(id(t), None)
-            if g is None:
-                continue
-            fn = t._fn
-            if fn is None:  # a leaf: accumulate
-                if t.requires_grad:
-                    t.grad = _own(g, handed) if t.grad is None else t.grad + g
-                continue
-            if getattr(t, "_retain", False):
-                t.grad = g.copy() if t.grad is None else t.grad + g
-            in_grads = fn.backward(g)
-            ours = type(fn).__module__.startswith("minifcn.")
-            if not isinstance(in_grads, tuple):
-                in_grads = (in_grads,)
-            for x, gx in zip(fn.inputs, in_grads):
-                if gx is None or not x.requires_grad:
-                    continue
-                if gx.shape != x.shape:  # early tinygrad's habit: catch a wrong backward at once
-                    raise RuntimeError(f"{type(fn).__name__}.backward returned a gradient of "
-                                       f"shape {gx.shape} for an input of shape {x.shape}")
-                prev = grads.get(id(x))
-                grads[id(x)] = gx = gx if prev is None else prev + gx
-                buf = id(_buffer(gx))
-                handed[buf] = handed.get(buf, 0) + (1 if ours else 2)
-            if not retain_graph:
-                fn.release()
-                t._fn = None
+            return xp.ones_like(self.data)
+        grad = grad.data if isinstance(grad, Tensor) else xp.asarray(grad)
+        if grad.shape != self.shape:
+            raise ValueError(f"backward: grad has shape {grad.shape}, expected the output's "
+                             f"shape {self.shape}")
+        return grad.astype(self.dtype, copy=False)
 
     def retain_grad(self):
         """Keep the gradient of this non-leaf tensor in ``.grad`` during backward."""
         self._retain = True
         return self
 
-    # ---- operators (the ops themselves live in functional.py) ------------------------------
-    def __add__(self, other):
-        return _F().add(self, other)
-
-    def __radd__(self, other):
-        return _F().add(other, self)
-
-    def __sub__(self, other):
-        return _F().sub(self, other)
-
-    def __rsub__(self, other):
-        return _F().sub(other, self)
-
-    def __mul__(self, other):
-        return _F().mul(self, other)
-
-    def __rmul__(self, other):
-        return _F().mul(other, self)
-
-    def __truediv__(self, other):
-        return _F().div(self, other)
-
-    def __rtruediv__(self, other):
-        return _F().div(other, self)
-
-    def __neg__(self):
-        return _F().neg(self)
-
-    def __matmul__(self, other):
-        return _F().matmul(self, other)
-
-    def sum(self, axis=None, keepdims=False):
-        return _F().sum(self, axis, keepdims)
-
-    def mean(self, axis=None, keepdims=False):
-        return _F().mean(self, axis, keepdims)
-
-    def reshape(self, *shape):
-        return _F().reshape(self, shape[0] if len(shape) == 1 else shape)
-
-    def transpose(self, *axes):
-        return _F().transpose(self, (axes[0] if len(axes) == 1 else axes) or None)
-
-    @property
-    def T(self):
-        return _F().transpose(self, None)
+    # Operators (a + b, a * b, a @ b, t.sum(), t.reshape(...)) are the ops of functional.py,
+    # attached to Tensor there: this file needs no op, and functional.py needs Tensor.
 
 
-def _F():
-    from . import functional  # functional sits above autograd; imported when first used
+def _check_grad_shape(fn, gx, x):
+    # early tinygrad's habit: catch a wrong backward where it happens, not three ops later
+    if gx.shape != x.shape:
+        raise RuntimeError(f"{type(fn).__name__}.backward returned a gradient of shape "
+                           f"{gx.shape} for an input of shape {x.shape}")
 
-    return functional
+
+class _LeafBuffers:
+    """Which gradients a leaf may keep as its ``.grad`` without a copy.
+
+    Why: fc6's weight gradient at width 1 is 410 MB; copying it costs time and memory for
+    nothing when no other array shares it. But backward functions hand the same array to several
+    inputs (add) or views of one array (reshape, transpose), and the caller's ``grad`` is the
+    caller's. So every array handed on is counted by the buffer it lives in, and a leaf keeps
+    its gradient only if it is the whole of a buffer handed on once. Only minifcn's own ops are
+    known to return fresh arrays or views of g; what another Function returns (it may be an
+    array it saved) counts as shared.
+    """
+
+    def __init__(self, upstream):
+        self.count = {id(_buffer(upstream)): 2}  # the caller's array: never kept
+
+    def handed_on(self, g, fn):
+        ours = type(fn).__module__.startswith("minifcn.")
+        buf = id(_buffer(g))
+        self.count[buf] = self.count.get(buf, 0) + (1 if ours else 2)
+
+    def keep_or_copy(self, g):
+        buf = _buffer(g)
+        if (type(buf) is type(g) and self.count.get(id(buf)) == 1 and g.size == buf.size
+                and g.flags.c_contiguous):
+            return g
+        return g.copy()
 
 
 def _buffer(a):
@@ -234,15 +207,6 @@ def _buffer(a):
     while getattr(a, "base", None) is not None:
         a = a.base
     return a
-
-
-def _own(g, handed):
-    """``g`` itself where it is the whole of an array handed on once, else a copy of it."""
-    buf = _buffer(g)
-    if (type(buf) is type(g) and handed.get(id(buf)) == 1 and g.size == buf.size
-            and g.flags.c_contiguous):
-        return g
-    return g.copy()
 
 
 def _topological_order(root):

@@ -1,8 +1,7 @@
-"""The spatial ops of ``minifcn.functional``: conv2d, conv_transpose2d, max_pool2d, crop.
+"""Convolution and transposed convolution: ``F.conv2d`` and ``F.conv_transpose2d``.
 
 Convolution is Caffe's: unfold the input's windows into columns (im2col), then one matrix
-product with the weights (a GEMM); on the CPU a conv whose columns would pass COL_BYTES is
-computed in blocks of output rows. Three array-level helpers carry all the arithmetic:
+product with the weights (a GEMM). Three array-level products carry all the arithmetic:
 
     _conv(x, w)                 y  = W @ im2col(x)                  conv2d forward
     _conv_input_grad(gy, w)     gx = col2im(W^T @ gy)               conv2d's input gradient
@@ -12,91 +11,110 @@ conv_transpose2d is the adjoint of conv2d, so it is made of the same three piece
 roles swapped: its forward is conv2d's input gradient, its input gradient is conv2d's forward,
 and its weight gradient is conv2d's weight gradient with input and output exchanged.
 
-The plain version to read first is ``minifcn.simple.conv2d_simple`` (and ``max_pool2d_simple``):
-what is here besides is speed (the zero ring, the flipped kernel, scratch buffers).
+The plain version to read first is ``minifcn.simple.conv2d_simple``. This file reads top down:
+the two ops, then the three products, then (in a marked section) the speed paths that give
+the same numbers with less work, then the argument checks.
 
-conv2d and max_pool2d take a dilation d (PyTorch's meaning: kernel tap i sits at i*d), which
-rarefied filters (paper section 3.2, ``minifcn.models.rarefy``) are made of. With d = 1 every
-path below is exactly the undilated one. For d > 1: the zero ring and the flipped kernel still
-apply, with the window's extent d*(k-1) + 1 in place of k; the stride blocks of im2col/col2im
-do not (a dilated kernel's taps do not tile), so those take the loop over taps.
+Dilation d (PyTorch's meaning: kernel tap i sits at i*d) makes the rarefied filters of paper
+section 3.2 (``minifcn.models.rarefy``); with d = 1 every path is the undilated one.
 """
 import numpy as np
 
 from . import primitives as P
 from .autograd import Function
 from .backend import get_array_module
-
-
-def _pair(value, name, op, minimum):
-    """(a, b) from an int or a pair of ints, each >= minimum; a clear error otherwise."""
-    pair = (value, value) if isinstance(value, int) else value
-    if not isinstance(pair, (tuple, list)) or len(pair) != 2 or not all(isinstance(v, int) and not isinstance(v, bool) for v in pair):
-        raise TypeError(f"{op}: {name} must be an int or a pair of ints, got {value!r}")
-    pair = tuple(pair)
-    if min(pair) < minimum:
-        raise ValueError(f"{op}: {name} must be >= {minimum}, got {value!r}")
-    return pair
-
-
-def _check_4d(op, name, x):
-    if x.ndim != 4:
-        raise ValueError(f"{op}: {name} must be 4-D (N, C, H, W), got shape {tuple(x.shape)}")
-
-
-def _check_float(op, name, x):
-    if x.dtype.kind != "f":
-        raise TypeError(f"{op}: {name} must be a floating array, got dtype {x.dtype}")
-
-
-def _check_conv_args(op, x, weight, bias, stride, padding, in_axis, layout):
-    """Shared checks of conv2d and conv_transpose2d; returns (stride, padding) as pairs.
-    in_axis: the weight axis that must match the input's channels (the other one is C_out)."""
-    stride = _pair(stride, "stride", op, 1)
-    padding = _pair(padding, "padding", op, 0)
-    _check_4d(op, "input", x)
-    _check_4d(op, "weight", weight)
-    _check_float(op, "input", x)
-    if weight.shape[in_axis] != x.shape[1]:
-        raise ValueError(f"{op}: weight {tuple(weight.shape)} {layout} expects "
-                         f"{weight.shape[in_axis]} input channels, input {tuple(x.shape)} has "
-                         f"{x.shape[1]}")
-    c_out = weight.shape[1 - in_axis]
-    if bias is not None and tuple(bias.shape) != (c_out,):
-        raise ValueError(f"{op}: bias must have shape ({c_out},), got {tuple(bias.shape)}")
-    return stride, padding
-
-
-# ---------------------------------------------------------------- shared array-level helpers
-
+from .primitives import check_4d, check_float, check_window, pair
 
 NO_DILATION = (1, 1)
 
 
-def _im2col_scratch(x, kh, kw, stride, padding, oh, ow, dilation=NO_DILATION):
-    """im2col into the reused scratch block on the CPU (a fresh array on the GPU, where CuPy's
-    memory pool already reuses blocks). The columns live only within the calling op."""
-    out = None
-    if get_array_module(x) is np:
-        out = P.workspace("col", (x.shape[0], x.shape[1], kh, kw, oh, ow), x.dtype)
-    return P.im2col(x, kh, kw, *stride, *padding, *dilation, out=out)
+# ---------------------------------------------------------------- conv2d
+
+class Conv2d(Function):
+    def forward(self, x, w, b=None, stride=(1, 1), padding=(0, 0), dilation=NO_DILATION):
+        inner, (rh, rw) = _zero_ring(w.shape[2:], stride, padding, dilation)
+        self.saved = (x, w, stride, inner, (rh, rw), dilation, b is not None)
+        y = _conv(x, w, stride, inner, dilation)
+        if rh or rw:  # the ring whose windows see only padding: zero, before the bias
+            n, k, oh, ow = y.shape
+            full = get_array_module(y).zeros((n, k, oh + 2 * rh, ow + 2 * rw), y.dtype)
+            full[:, :, rh:rh + oh, rw:rw + ow] = y
+            y = full
+        if b is not None:
+            y += b.reshape(1, -1, 1, 1)
+        return y
+
+    def backward(self, g):
+        x, w, stride, inner, (rh, rw), dilation, has_bias = self.saved
+        gb = g.sum(axis=(0, 2, 3)) if has_bias else None
+        if rh or rw:  # the ring depends on the bias alone: x and w see the inner part
+            g = g[:, :, rh:g.shape[2] - rh, rw:g.shape[3] - rw].copy()
+        hw, k = x.shape[2:], w.shape[2:]
+        gx = _conv_input_grad(g, w, hw, stride, inner, dilation) if self.needs_grad[0] else None
+        gw = _conv_weight_grad(x, g, k, stride, inner, dilation) if self.needs_grad[1] else None
+        return (gx, gw, gb) if has_bias else (gx, gw)
 
 
-def _shifted(x, ksize, stride, padding, dilation):
-    """Whether the CPU's weight gradient without columns applies (``P.conv_weight_grad_shifted``):
-    stride 1 only (other strides do not line the taps up), where ``P.shifted_pays``."""
-    return (stride == (1, 1) and get_array_module(x) is np
-            and P.shifted_pays(x.shape, *ksize, *padding, *dilation))
+def conv2d(x, weight, bias=None, stride=1, padding=0, dilation=1):
+    """2-D convolution (cross-correlation, as every framework).
+
+    x (N, C_in, H, W), weight (C_out, C_in, kH, kW), bias (C_out,) or None ->
+    (N, C_out, (H + 2p - d*(kH-1) - 1) // s + 1, (W + 2p - d*(kW-1) - 1) // s + 1). Zero
+    padding. dilation d: tap i of the kernel reads the input i*d pixels from the window's start
+    (PyTorch's meaning; the rarefied filters of paper section 3.2).
+    The plain version to read first is ``minifcn.simple.conv2d_simple``.
+    """
+    op = "conv2d"
+    stride, padding = _check_conv_args(op, x, weight, bias, stride, padding, 1,
+                                       "(C_out, C_in, kH, kW)")
+    dilation = pair(dilation, "dilation", op, 1)
+    check_window(op, x, weight.shape[2:], padding, dilation)
+    args = (x, weight) if bias is None else (x, weight, bias)
+    return Conv2d.apply(*args, stride=stride, padding=padding, dilation=dilation)
 
 
-# the most bytes of im2col columns built at once on the CPU: a bigger conv is computed in
-# blocks of output rows (VGG16's conv1_2 at 224 x 224, padding 100, would need 410 MB at once)
-COL_BYTES = 64 << 20
+# ---------------------------------------------------------------- conv_transpose2d
 
 
-def _row_block(n, rows_of_col, oh, ow, itemsize):
-    """Output rows per block so that the block's columns stay within COL_BYTES (>= 1)."""
-    return max(1, min(oh, COL_BYTES // max(1, n * rows_of_col * ow * itemsize)))
+class ConvTranspose2d(Function):
+    def forward(self, x, w, b=None, stride=(1, 1), padding=(0, 0)):
+        # w is (C_in, C_out, kh, kw): read as a conv2d weight (K=C_in, C=C_out), this op's
+        # forward is exactly that conv2d's input gradient
+        kh, kw = w.shape[2:]
+        out_hw = tuple((size - 1) * s - 2 * p + k
+                       for size, s, p, k in zip(x.shape[2:], stride, padding, (kh, kw)))
+        self.saved = (x, w, stride, padding, b is not None)
+        y = _conv_input_grad(x, w, out_hw, stride, padding)
+        if b is not None:
+            y += b.reshape(1, -1, 1, 1)
+        return y
+
+    def backward(self, g):
+        x, w, stride, padding, has_bias = self.saved
+        gx = _conv(g, w, stride, padding) if self.needs_grad[0] else None
+        gw = _conv_weight_grad(g, x, w.shape[2:], stride, padding) if self.needs_grad[1] else None
+        gb = g.sum(axis=(0, 2, 3)) if has_bias else None
+        return (gx, gw, gb) if has_bias else (gx, gw)
+
+
+def conv_transpose2d(x, weight, bias=None, stride=1, padding=0):
+    """Transposed convolution ("deconvolution", FCN's learnable upsampling; paper section 3.3).
+
+    x (N, C_in, H, W), weight (C_in, C_out, kH, kW), bias (C_out,) or None ->
+    (N, C_out, (H - 1) * s - 2p + kH, (W - 1) * s - 2p + kW).
+    """
+    op = "conv_transpose2d"
+    stride, padding = _check_conv_args(op, x, weight, bias, stride, padding, 0,
+                                       "(C_in, C_out, kH, kW)")
+    for size, s, p, k in zip(x.shape[2:], stride, padding, weight.shape[2:]):
+        if (size - 1) * s + k - 2 * p < 1:
+            raise ValueError(f"{op}: padding {padding} leaves an empty output for input "
+                             f"{tuple(x.shape)} and kernel {tuple(weight.shape[2:])}")
+    args = (x, weight) if bias is None else (x, weight, bias)
+    return ConvTranspose2d.apply(*args, stride=stride, padding=padding)
+
+
+# ---------------------------------------------------------------- the three products
 
 
 def _conv(x, w, stride, padding, dilation=NO_DILATION):
@@ -158,10 +176,10 @@ def _conv_input_grad(gy, w, hw, stride, padding, dilation=NO_DILATION):
 def _conv_weight_grad(x, gy, ksize, stride, padding, dilation=NO_DILATION):
     """The adjoint of _conv in w: x (N, C, H, W), gy (N, K, oh, ow) -> gW (K, C, kh, kw).
 
-    On the CPU at stride 1 the columns are not built: P.conv_weight_grad_shifted sums one GEMM
+    On the CPU at stride 1 the columns are not built: _conv_weight_grad_shifted sums one GEMM
     per kernel tap over shifted views of the padded input (the same sums in another order)."""
     if _shifted(x, ksize, stride, padding, dilation):
-        return P.conv_weight_grad_shifted(x, gy, *ksize, *padding, *dilation)
+        return _conv_weight_grad_shifted(x, gy, *ksize, *padding, *dilation)
     n, k, oh, ow = gy.shape
     col = _im2col_scratch(x, *ksize, stride, padding, oh, ow, dilation).reshape(n, -1, oh * ow)
     gy = gy.reshape(n, k, oh * ow)
@@ -176,7 +194,10 @@ def _conv_weight_grad(x, gy, ksize, stride, padding, dilation=NO_DILATION):
     return gw.reshape(k, x.shape[1], *ksize)
 
 
-# ---------------------------------------------------------------- conv2d
+# ---------------------------------------------------------------- speed paths
+# The same numbers with less work: conv1_1's zero ring (FCN's padding of 100), row blocks
+# that bound the column matrix, one reused scratch block, and the stride-1 weight
+# gradient without columns. The tests hold every path to minifcn.simple's plain conv.
 
 
 def _zero_ring(ksize, stride, padding, dilation=NO_DILATION):
@@ -196,172 +217,111 @@ def _zero_ring(ksize, stride, padding, dilation=NO_DILATION):
     return inner, tuple(p - q for p, q in zip(padding, inner))
 
 
-class Conv2d(Function):
-    def forward(self, x, w, b=None, stride=(1, 1), padding=(0, 0), dilation=NO_DILATION):
-        inner, (rh, rw) = _zero_ring(w.shape[2:], stride, padding, dilation)
-        self.saved = (x, w, stride, inner, (rh, rw), dilation, b is not None)
-        y = _conv(x, w, stride, inner, dilation)
-        if rh or rw:  # the ring whose windows see only padding: zero, before the bias
-            n, k, oh, ow = y.shape
-            full = get_array_module(y).zeros((n, k, oh + 2 * rh, ow + 2 * rw), y.dtype)
-            full[:, :, rh:rh + oh, rw:rw + ow] = y
-            y = full
-        if b is not None:
-            y += b.reshape(1, -1, 1, 1)
-        return y
-
-    def backward(self, g):
-        x, w, stride, inner, (rh, rw), dilation, has_bias = self.saved
-        gb = g.sum(axis=(0, 2, 3)) if has_bias else None
-        if rh or rw:  # the ring depends on the bias alone: x and w see the inner part
-            g = g[:, :, rh:g.shape[2] - rh, rw:g.shape[3] - rw].copy()
-        hw, k = x.shape[2:], w.shape[2:]
-        gx = _conv_input_grad(g, w, hw, stride, inner, dilation) if self.needs_grad[0] else None
-        gw = _conv_weight_grad(x, g, k, stride, inner, dilation) if self.needs_grad[1] else None
-        return (gx, gw, gb) if has_bias else (gx, gw)
+def _im2col_scratch(x, kh, kw, stride, padding, oh, ow, dilation=NO_DILATION):
+    """im2col into the reused scratch block on the CPU (a fresh array on the GPU, where CuPy's
+    memory pool already reuses blocks). The columns live only within the calling op."""
+    out = None
+    if get_array_module(x) is np:
+        out = P.workspace("col", (x.shape[0], x.shape[1], kh, kw, oh, ow), x.dtype)
+    return P.im2col(x, kh, kw, *stride, *padding, *dilation, out=out)
 
 
-def _check_window(op, x, ksize, padding, dilation):
-    """Refuse a (dilated) window that spans more than the padded input, naming the argument."""
-    spans = tuple(P.extent(k, d) for k, d in zip(ksize, dilation))
-    padded = tuple(s + 2 * q for s, q in zip(x.shape[2:], padding))
-    if any(a > b for a, b in zip(spans, padded)):
-        if dilation == NO_DILATION:
-            raise ValueError(f"{op}: kernel {tuple(ksize)} is larger than the padded input "
-                             f"{padded}")
-        raise ValueError(f"{op}: kernel {tuple(ksize)} at dilation {dilation} spans {spans}, "
-                         f"larger than the padded input {padded}")
+def _shifted(x, ksize, stride, padding, dilation):
+    """Whether the CPU's weight gradient without columns applies (``_conv_weight_grad_shifted``):
+    stride 1 only (other strides do not line the taps up), where ``P.shifted_pays``."""
+    return (stride == (1, 1) and get_array_module(x) is np
+            and _shifted_pays(x.shape, *ksize, *padding, *dilation))
 
 
-def conv2d(x, weight, bias=None, stride=1, padding=0, dilation=1):
-    """2-D convolution (cross-correlation, as every framework).
-
-    x (N, C_in, H, W), weight (C_out, C_in, kH, kW), bias (C_out,) or None ->
-    (N, C_out, (H + 2p - d*(kH-1) - 1) // s + 1, (W + 2p - d*(kW-1) - 1) // s + 1). Zero
-    padding. dilation d: tap i of the kernel reads the input i*d pixels from the window's start
-    (PyTorch's meaning; the rarefied filters of paper section 3.2).
-    The plain version to read first is ``minifcn.simple.conv2d_simple``.
-    """
-    op = "conv2d"
-    stride, padding = _check_conv_args(op, x, weight, bias, stride, padding, 1,
-                                       "(C_out, C_in, kH, kW)")
-    dilation = _pair(dilation, "dilation", op, 1)
-    _check_window(op, x, weight.shape[2:], padding, dilation)
-    args = (x, weight) if bias is None else (x, weight, bias)
-    return Conv2d.apply(*args, stride=stride, padding=padding, dilation=dilation)
+# the most bytes of im2col columns built at once on the CPU: a bigger conv is computed in
+# blocks of output rows (VGG16's conv1_2 at 224 x 224, padding 100, would need 410 MB at once)
+COL_BYTES = 64 << 20
 
 
-# ---------------------------------------------------------------- conv_transpose2d
+def _row_block(n, rows_of_col, oh, ow, itemsize):
+    """Output rows per block so that the block's columns stay within COL_BYTES (>= 1)."""
+    return max(1, min(oh, COL_BYTES // max(1, n * rows_of_col * ow * itemsize)))
 
 
-class ConvTranspose2d(Function):
-    def forward(self, x, w, b=None, stride=(1, 1), padding=(0, 0)):
-        # w is (C_in, C_out, kh, kw): read as a conv2d weight (K=C_in, C=C_out), this op's
-        # forward is exactly that conv2d's input gradient
-        kh, kw = w.shape[2:]
-        out_hw = tuple((size - 1) * s - 2 * p + k
-                       for size, s, p, k in zip(x.shape[2:], stride, padding, (kh, kw)))
-        self.saved = (x, w, stride, padding, b is not None)
-        y = _conv_input_grad(x, w, out_hw, stride, padding)
-        if b is not None:
-            y += b.reshape(1, -1, 1, 1)
-        return y
+# ---- the stride-1 weight gradient without a column matrix (CPU) -----------------------------
+#
+# im2col copies every input pixel kh*kw times. At stride 1 the weight gradient needs no columns:
+# lay the padded input out channels first and flatten it, (C, N*Hp*Wp). Then tap (i, j) of
+# every window is the same flat array shifted by i*dh*Wp + j*dw, and gW[:, :, i, j] is one GEMM,
+# gy_wide @ x_flat[:, shift : shift + T]^T, read in place (BLAS takes the row stride). gy is laid
+# out on the padded grid ("wide": Wp columns per row, zeros in the last dw*(kw-1) of them and in
+# the last rows of each image). Each GEMM sums over pixels (long) into a small K x C result, and
+# runs block by block of pixels so that a block of gy stays in cache over its kh*kw taps. The
+# same sums as gy @ im2col(x)^T in another order (float32: last bits). The forward keeps im2col:
+# there a per-tap GEMM sums over C channels only, too little work per call at small widths.
 
-    def backward(self, g):
-        x, w, stride, padding, has_bias = self.saved
-        gx = _conv(g, w, stride, padding) if self.needs_grad[0] else None
-        gw = _conv_weight_grad(g, x, w.shape[2:], stride, padding) if self.needs_grad[1] else None
-        gb = g.sum(axis=(0, 2, 3)) if has_bias else None
-        return (gx, gw, gb) if has_bias else (gx, gw)
+_BLOCK = 1 << 20  # floats of one block of gy and x (4 MB): few BLAS calls, each with enough work
 
 
-def conv_transpose2d(x, weight, bias=None, stride=1, padding=0):
-    """Transposed convolution ("deconvolution", FCN's learnable upsampling; paper section 3.3).
-
-    x (N, C_in, H, W), weight (C_in, C_out, kH, kW), bias (C_out,) or None ->
-    (N, C_out, (H - 1) * s - 2p + kH, (W - 1) * s - 2p + kW).
-    """
-    op = "conv_transpose2d"
-    stride, padding = _check_conv_args(op, x, weight, bias, stride, padding, 0,
-                                       "(C_in, C_out, kH, kW)")
-    for size, s, p, k in zip(x.shape[2:], stride, padding, weight.shape[2:]):
-        if (size - 1) * s + k - 2 * p < 1:
-            raise ValueError(f"{op}: padding {padding} leaves an empty output for input "
-                             f"{tuple(x.shape)} and kernel {tuple(weight.shape[2:])}")
-    args = (x, weight) if bias is None else (x, weight, bias)
-    return ConvTranspose2d.apply(*args, stride=stride, padding=padding)
+def _channels_first_padded(x, ph, pw, name):
+    """x (N, C, H, W) -> (C, N*Hp*Wp): zero-padded, channels first, in workspace ``name``."""
+    n, c, h, w = x.shape
+    hp, wp = h + 2 * ph, w + 2 * pw
+    buf = P.workspace(name, (c, n, hp, wp), x.dtype)
+    buf[:, :, :ph], buf[:, :, ph + h:] = 0, 0  # only the padding needs zeros
+    buf[:, :, ph:ph + h, :pw], buf[:, :, ph:ph + h, pw + w:] = 0, 0
+    buf[:, :, ph:ph + h, pw:pw + w] = x.transpose(1, 0, 2, 3)
+    return buf.reshape(c, -1)
 
 
-# ---------------------------------------------------------------- max_pool2d
+def _shifted_pays(shape, kh, kw, ph, pw, dh=1, dw=1):
+    """Whether ``_conv_weight_grad_shifted`` suits a stride-1 conv of an input of ``shape``: a
+    1x1 kernel needs no columns anyway, and the wide grid's junk columns must stay a minority
+    (fc6's 7x7 window over a 14x14 map keeps 8 of 14 in each row: 49 taps of junk, 3x the work)."""
+    hp, wp = shape[2] + 2 * ph, shape[3] + 2 * pw
+    oh, ow = hp - dh * (kh - 1), wp - dw * (kw - 1)
+    return kh * kw > 1 and 2 * oh * ow >= hp * wp
 
 
-class MaxPool2d(Function):
-    def forward(self, x, ksize, stride, padding, dilation, ceil_mode):
-        y, argmax = P.maxpool_forward(x, *ksize, *stride, *padding, ceil_mode, *dilation)
-        self.saved = (argmax, x.shape[2:], ksize, stride, padding, dilation)
-        return y
-
-    def backward(self, g):
-        argmax, hw, ksize, stride, padding, dilation = self.saved
-        return P.maxpool_backward(g, argmax, *hw, *ksize, *stride, *padding, *dilation)
+def _shifts(kh, kw, dh, dw, wp):
+    return [(i, j, i * dh * wp + j * dw) for i in range(kh) for j in range(kw)]
 
 
-def max_pool2d(x, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=False):
-    """Max pooling over kernel_size windows; x (N, C, H, W) -> (N, C, oh, ow).
-
-    ceil_mode=True rounds the output size up as Caffe's pooling (FCN's nets): the last window
-    may hang over the edge, and only the real elements in it compete. Padding never wins a max
-    (it is -inf, not 0). Backward sends each gradient to its window's first maximum.
-    dilation d: the window's taps sit d pixels apart (PyTorch's meaning and argument order, so
-    ceil_mode comes after it). The plain version to read first is
-    ``minifcn.simple.max_pool2d_simple``.
-    """
-    op = "max_pool2d"
-    _check_4d(op, "input", x)
-    ksize = _pair(kernel_size, "kernel_size", op, 1)
-    stride = ksize if stride is None else _pair(stride, "stride", op, 1)
-    padding = _pair(padding, "padding", op, 0)
-    if isinstance(dilation, bool):  # max_pool2d(x, k, s, p, True) from before dilation existed
-        raise TypeError(f"{op}: dilation must be an int or a pair of ints, got {dilation!r} "
-                        "(ceil_mode comes after dilation, as in PyTorch: pass ceil_mode=...)")
-    dilation = _pair(dilation, "dilation", op, 1)
-    # half the kernel's taps, not of its dilated span: PyTorch's rule, dilated or not
-    for k, p in zip(ksize, padding):
-        if 2 * p > k:
-            raise ValueError(f"{op}: padding {padding} must be at most half the kernel {ksize}")
-    _check_window(op, x, ksize, padding, dilation)
-    return MaxPool2d.apply(x, ksize=ksize, stride=stride, padding=padding, dilation=dilation,
-                           ceil_mode=ceil_mode)
+def _conv_weight_grad_shifted(x, gy, kh, kw, ph, pw, dh=1, dw=1):
+    """The weight gradient of a stride-1 conv2d: x (N, C, H, W), gy (N, K, oh, ow) ->
+    (K, C, kh, kw), one GEMM per tap, gy_wide @ x_flat[:, shift : shift + T]^T, no columns."""
+    n, c, h, wd = x.shape
+    k, oh, ow = gy.shape[1:]
+    hp, wp = h + 2 * ph, wd + 2 * pw
+    flat = _channels_first_padded(x, ph, pw, "shift_in")
+    # gy on the same wide grid, zeros in the junk positions so that they add nothing
+    gwide = P.workspace("shift_out", (k, n, hp, wp), gy.dtype)
+    gwide[:, :, oh:], gwide[:, :, :oh, ow:] = 0, 0
+    gwide[:, :, :oh, :ow] = gy.transpose(1, 0, 2, 3)
+    gflat = gwide.reshape(k, -1)
+    shifts = _shifts(kh, kw, dh, dw, wp)
+    t = flat.shape[1] - shifts[-1][2]
+    gw = np.zeros((k, c, kh, kw), gy.dtype)  # summed in place: one tap's product at a time
+    step = max(4096, _BLOCK // (k + c))
+    for s in range(0, t, step):
+        e = min(t, s + step)
+        g = gflat[:, s:e]
+        for i, j, off in shifts:
+            gw[:, :, i, j] += g @ flat[:, s + off : e + off].T
+    return gw
 
 
-# ---------------------------------------------------------------- crop
+# ---------------------------------------------------------------- argument checks
 
 
-class Crop(Function):
-    def forward(self, x, offset, size):
-        (oy, ox), (h, w) = offset, size
-        self.saved = (x.shape, offset, size)
-        return x[:, :, oy : oy + h, ox : ox + w].copy()
-
-    def backward(self, g):
-        shape, (oy, ox), (h, w) = self.saved
-        gx = get_array_module(g).zeros(shape, dtype=g.dtype)
-        gx[:, :, oy : oy + h, ox : ox + w] = g
-        return gx
-
-
-def crop(x, offset, size):
-    """Caffe's Crop layer on the spatial axes: x[:, :, oy:oy+h, ox:ox+w].
-
-    offset: int or (oy, ox); size: (h, w), or a Tensor/array whose last two axes give it.
-    """
-    op = "crop"
-    _check_4d(op, "input", x)
-    if hasattr(size, "shape"):
-        size = tuple(size.shape[-2:])
-    offset = _pair(offset, "offset", op, 0)
-    size = _pair(size, "size", op, 1)
-    if offset[0] + size[0] > x.shape[2] or offset[1] + size[1] > x.shape[3]:
-        raise ValueError(f"{op}: offset {offset} + size {size} falls outside the input's "
-                         f"spatial size {tuple(x.shape[2:])}")
-    return Crop.apply(x, offset=offset, size=size)
+def _check_conv_args(op, x, weight, bias, stride, padding, in_axis, layout):
+    """Shared checks of conv2d and conv_transpose2d; returns (stride, padding) as pairs.
+    in_axis: the weight axis that must match the input's channels (the other one is C_out)."""
+    stride = pair(stride, "stride", op, 1)
+    padding = pair(padding, "padding", op, 0)
+    check_4d(op, "input", x)
+    check_4d(op, "weight", weight)
+    check_float(op, "input", x)
+    if weight.shape[in_axis] != x.shape[1]:
+        raise ValueError(f"{op}: weight {tuple(weight.shape)} {layout} expects "
+                         f"{weight.shape[in_axis]} input channels, input {tuple(x.shape)} has "
+                         f"{x.shape[1]}")
+    c_out = weight.shape[1 - in_axis]
+    if bias is not None and tuple(bias.shape) != (c_out,):
+        raise ValueError(f"{op}: bias must have shape ({c_out},), got {tuple(bias.shape)}")
+    return stride, padding

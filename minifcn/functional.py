@@ -1,18 +1,24 @@
 """Layer 4: the ops, each a Function with its forward and its hand-written backward.
 
-Import as ``import minifcn.functional as F``. Everything is written against ``xp`` (NumPy or
-CuPy, whichever the data lives in) and the primitives of ``minifcn.primitives``, so one source
-serves the CPU and the GPU.
+Import as ``import minifcn.functional as F``: it is the one module of ops a learner needs.
+This file holds the element-wise and shape ops (arithmetic, reshape, transpose, relu, dropout,
+crop); the other families live one to a file and are imported at the end:
 
-Arithmetic broadcasts like NumPy; its backward sums a gradient back to each input's own shape
-(``_unbroadcast``). The 2-D ops take NCHW inputs; the plain versions of conv2d and max_pool2d
-to read first are in ``minifcn.simple``.
+    conv.py      conv2d, conv_transpose2d
+    pooling.py   max_pool2d
+    loss.py      softmax_cross_entropy
+
+Everything is written against ``xp`` (NumPy or CuPy, whichever the data lives in) and the loops
+of ``minifcn.primitives``, so one source serves the CPU and the GPU. Arithmetic broadcasts like
+NumPy; its backward sums a gradient back to each input's own shape (``_unbroadcast``). The 2-D
+ops take NCHW inputs.
 """
 import numpy as np
 
 from . import backend
 from .autograd import Function, Tensor, as_tensor
 from .backend import get_array_module
+from .primitives import check_4d, pair
 
 # ----------------------------------------------------------------------------- arithmetic
 
@@ -189,6 +195,25 @@ def transpose(x, axes=None):
     return Transpose.apply(x, axes=tuple(axes) if axes is not None else None)
 
 
+# Tensor's operators are these ops (DeZero's setup_variable does the same): autograd.py defines
+# Tensor without them, so that it needs no op while the ops need Tensor.
+Tensor.__add__ = lambda self, other: add(self, other)
+Tensor.__radd__ = lambda self, other: add(other, self)
+Tensor.__sub__ = lambda self, other: sub(self, other)
+Tensor.__rsub__ = lambda self, other: sub(other, self)
+Tensor.__mul__ = lambda self, other: mul(self, other)
+Tensor.__rmul__ = lambda self, other: mul(other, self)
+Tensor.__truediv__ = lambda self, other: div(self, other)
+Tensor.__rtruediv__ = lambda self, other: div(other, self)
+Tensor.__neg__ = lambda self: neg(self)
+Tensor.__matmul__ = lambda self, other: matmul(self, other)
+Tensor.sum = lambda self, axis=None, keepdims=False: sum(self, axis, keepdims)
+Tensor.mean = lambda self, axis=None, keepdims=False: mean(self, axis, keepdims)
+Tensor.reshape = lambda self, *shape: reshape(self, shape[0] if len(shape) == 1 else shape)
+Tensor.transpose = lambda self, *axes: transpose(self, (axes[0] if len(axes) == 1 else axes) or None)
+Tensor.T = property(lambda self: transpose(self, None))
+
+
 # ----------------------------------------------------------------------------- activations
 
 
@@ -235,10 +260,44 @@ def dropout(x, p=0.5, training=True):
     return Dropout.apply(x, p=p)
 
 
-# ----------------------------------------------------------------------------- 2-D ops
+# ----------------------------------------------------------------------------- crop
 
-from .conv import conv2d, conv_transpose2d, crop, max_pool2d  # noqa: E402,F401
+
+class Crop(Function):
+    def forward(self, x, offset, size):
+        (oy, ox), (h, w) = offset, size
+        self.saved = (x.shape, offset, size)
+        return x[:, :, oy : oy + h, ox : ox + w].copy()
+
+    def backward(self, g):
+        shape, (oy, ox), (h, w) = self.saved
+        gx = get_array_module(g).zeros(shape, dtype=g.dtype)
+        gx[:, :, oy : oy + h, ox : ox + w] = g
+        return gx
+
+
+def crop(x, offset, size):
+    """Caffe's Crop layer on the spatial axes: x[:, :, oy:oy+h, ox:ox+w].
+
+    offset: int or (oy, ox); size: (h, w), or a Tensor/array whose last two axes give it.
+    """
+    op = "crop"
+    check_4d(op, "input", x)
+    if hasattr(size, "shape"):
+        size = tuple(size.shape[-2:])
+    offset = pair(offset, "offset", op, 0)
+    size = pair(size, "size", op, 1)
+    if offset[0] + size[0] > x.shape[2] or offset[1] + size[1] > x.shape[3]:
+        raise ValueError(f"{op}: offset {offset} + size {size} falls outside the input's "
+                         f"spatial size {tuple(x.shape[2:])}")
+    return Crop.apply(x, offset=offset, size=size)
+
+
+# ----------------------------------------------------------------------------- the op families
+
+from .conv import conv2d, conv_transpose2d  # noqa: E402,F401
 from .loss import softmax_cross_entropy  # noqa: E402,F401
+from .pooling import max_pool2d  # noqa: E402,F401
 
 __all__ = [
     "add", "sub", "mul", "div", "neg", "matmul", "sum", "mean", "reshape", "transpose",

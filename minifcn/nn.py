@@ -13,6 +13,7 @@ import numpy as np
 from . import backend
 from . import functional as F
 from .autograd import Tensor
+from .primitives import pair
 
 
 class Parameter(Tensor):
@@ -145,18 +146,13 @@ def _uniform(shape, bound):
     return (u * np.float32(2 * bound) - np.float32(bound)).astype(np.float32, copy=False)
 
 
-def _pair(v):
-    return (v, v) if isinstance(v, int) else tuple(v)
-
-
 def _dilation(value, layer, after):
-    """The dilation as a pair. A bool is a call written before dilation existed, whose next
-    positional argument (``after``) now lands here: say so instead of a puzzling forward error.
-    Other bad values are refused by the op (F.conv2d / F.max_pool2d) with its own message."""
+    """The dilation as a pair. PyTorch's argument order puts dilation before ``after``, so a
+    bool here is most likely ``after`` given by position: say so."""
     if isinstance(value, bool):
         raise TypeError(f"{layer}: dilation must be an int or a pair of ints, got {value!r} "
                         f"({after} comes after dilation, as in PyTorch: pass {after}=...)")
-    return _pair(value) if isinstance(value, (int, tuple, list)) else value
+    return pair(value, "dilation", layer, 1)
 
 
 class _ConvBase(Module):
@@ -164,9 +160,11 @@ class _ConvBase(Module):
 
     def __init__(self, in_channels, out_channels, kernel_size, stride, padding, bias, shape,
                  fan_in_channels):
-        kh, kw = _pair(kernel_size)
+        kh, kw = pair(kernel_size, "kernel_size", type(self).__name__, 1)
         self.in_channels, self.out_channels = in_channels, out_channels
-        self.kernel_size, self.stride, self.padding = (kh, kw), _pair(stride), _pair(padding)
+        name = type(self).__name__
+        self.kernel_size = (kh, kw)
+        self.stride, self.padding = pair(stride, "stride", name, 1), pair(padding, "padding", name)
         bound = 1 / math.sqrt(fan_in_channels * kh * kw)
         self.weight = Parameter(_uniform(shape + (kh, kw), bound))
         self.bias = Parameter(_uniform((out_channels,), bound)) if bias else None

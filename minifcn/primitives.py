@@ -2,7 +2,7 @@
 
 im2col / col2im (convolution and transposed convolution), max-pool forward (with argmax) and
 backward, and per-pixel softmax cross-entropy. Each function here is the NumPy reference; the
-CUDA twins live in ``kernels/*.cu`` and are reached through ``minifcn.cuda`` when the arrays are
+CUDA twins live in ``kernels/*.cu`` and are reached through ``minifcn.gpu.cuda`` when the arrays are
 CuPy arrays. Nothing above this module knows which one ran.
 
 The NumPy versions follow Chainer: a Python loop over the kH x kW kernel offsets only, each step
@@ -18,7 +18,8 @@ k-tap window spans d*(k-1) + 1 rows (its "extent"). Every function takes dh, dw 
 with d = 1 each line below is the undilated loop it always was.
 
 The plain versions to read first, without the threads, workspaces and stride blocks, are in
-``minifcn.simple``.
+``minifcn.simple``. This file reads top down: the sizes, then each loop, then (in marked sections
+at the end) the machinery that makes them fast and the argument checks the ops share.
 """
 import os
 from concurrent.futures import ThreadPoolExecutor
@@ -26,41 +27,6 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 
 from .backend import get_array_module
-
-# The NumPy loops below are memory-bound copies, during which NumPy releases the GIL: split
-# over channel blocks they run on every core at once, as BLAS does for the GEMMs.
-_THREADS = max(1, min(int(os.environ.get("MINIFCN_NUM_THREADS", os.cpu_count() or 1)), 8))
-_POOL = ThreadPoolExecutor(_THREADS) if _THREADS > 1 else None
-_PARALLEL_MIN_BYTES = 1 << 20  # below ~1 MB a thread hand-off costs more than it saves
-
-
-def _over_channels(work, c, nbytes):
-    """Run work(c0, c1) for channel blocks [c0, c1) covering range(c), in parallel when big."""
-    blocks = min(_THREADS, c) if _POOL is not None and nbytes >= _PARALLEL_MIN_BYTES else 1
-    if blocks == 1:
-        return work(0, c)
-    edges = np.linspace(0, c, blocks + 1).astype(int)
-    for f in [_POOL.submit(work, a, b) for a, b in zip(edges[:-1], edges[1:])]:
-        f.result()  # re-raises a worker's exception here
-
-
-_workspace = {}
-
-
-def workspace(name, shape, dtype):
-    """A scratch array reused across calls (one per name, grown when needed).
-
-    Fresh 100 MB arrays cost a page fault per 4 KB page on first touch, every time; the conv
-    ops' column buffers live only within one op, so they can share one block. Never hand a
-    workspace array to a caller that keeps it.
-    """
-    dtype = np.dtype(dtype)
-    size = int(np.prod(shape))
-    buf = _workspace.get((name, dtype.str))
-    if buf is None or buf.size < size:
-        _workspace.pop((name, dtype.str), None)  # free the old block before the new one
-        buf = _workspace[(name, dtype.str)] = np.empty(size, dtype)
-    return buf[:size].reshape(shape)
 
 
 def extent(k, d):
@@ -85,29 +51,6 @@ def conv_out_size(size, k, s, p, ceil_mode=False, d=1):
             out -= 1
         return out
     return (size + 2 * p - k) // s + 1
-
-
-def _gpu(xp):
-    """The CUDA twins module when ``xp`` is CuPy, else None (imported lazily)."""
-    if xp is np:
-        return None
-    from . import cuda
-
-    return cuda
-
-
-def _stride_blocks(kh, kw, sh, sw, dh=1, dw=1):
-    """The (r, q) block offsets of a kernel that is a whole number of strides in each direction
-    (and a stride above 1, no dilation), else an empty list.
-
-    Offset i = r*s + i' of such a kernel reads input row (y + r)*s + i': for one block r, the
-    s x s offsets i' of all the windows tile a band of the input without gaps or overlap, so the
-    whole block moves in one reshape. FCN's upscore (k 16, s 8) needs 4 moves instead of 256.
-    A dilated kernel's taps have gaps between them, so its s consecutive offsets do not tile a
-    band: d > 1 takes the general loop over taps."""
-    if dh != 1 or dw != 1 or (sh == 1 and sw == 1) or kh % sh or kw % sw:
-        return []
-    return [(r, q) for r in range(kh // sh) for q in range(kw // sw)]
 
 
 def im2col(x, kh, kw, sh, sw, ph, pw, dh=1, dw=1, out=None):
@@ -145,69 +88,6 @@ def im2col(x, kh, kw, sh, sw, ph, pw, dh=1, dw=1, out=None):
 
     _over_channels(work, c, col.nbytes)
     return col
-
-
-# ---- the stride-1 weight gradient without a column matrix (CPU) -----------------------------
-#
-# im2col copies every input pixel kh*kw times. At stride 1 the weight gradient needs no columns:
-# lay the padded input out channels first and flatten it, (C, N*Hp*Wp). Then tap (i, j) of
-# every window is the same flat array shifted by i*dh*Wp + j*dw, and gW[:, :, i, j] is one GEMM,
-# gy_wide @ x_flat[:, shift : shift + T]^T, read in place (BLAS takes the row stride). gy is laid
-# out on the padded grid ("wide": Wp columns per row, zeros in the last dw*(kw-1) of them and in
-# the last rows of each image). Each GEMM sums over pixels (long) into a small K x C result, and
-# runs block by block of pixels so that a block of gy stays in cache over its kh*kw taps. The
-# same sums as gy @ im2col(x)^T in another order (float32: last bits). The forward keeps im2col:
-# there a per-tap GEMM sums over C channels only, too little work per call at small widths.
-
-_BLOCK = 1 << 20  # floats of one block of gy and x (4 MB): few BLAS calls, each with enough work
-
-
-def _channels_first_padded(x, ph, pw, name):
-    """x (N, C, H, W) -> (C, N*Hp*Wp): zero-padded, channels first, in workspace ``name``."""
-    n, c, h, w = x.shape
-    hp, wp = h + 2 * ph, w + 2 * pw
-    buf = workspace(name, (c, n, hp, wp), x.dtype)
-    buf[:, :, :ph], buf[:, :, ph + h:] = 0, 0  # only the padding needs zeros
-    buf[:, :, ph:ph + h, :pw], buf[:, :, ph:ph + h, pw + w:] = 0, 0
-    buf[:, :, ph:ph + h, pw:pw + w] = x.transpose(1, 0, 2, 3)
-    return buf.reshape(c, -1)
-
-
-def shifted_pays(shape, kh, kw, ph, pw, dh=1, dw=1):
-    """Whether ``conv_weight_grad_shifted`` suits a stride-1 conv of an input of ``shape``: a
-    1x1 kernel needs no columns anyway, and the wide grid's junk columns must stay a minority
-    (fc6's 7x7 window over a 14x14 map keeps 8 of 14 in each row: 49 taps of junk, 3x the work)."""
-    hp, wp = shape[2] + 2 * ph, shape[3] + 2 * pw
-    oh, ow = hp - dh * (kh - 1), wp - dw * (kw - 1)
-    return kh * kw > 1 and 2 * oh * ow >= hp * wp
-
-
-def _shifts(kh, kw, dh, dw, wp):
-    return [(i, j, i * dh * wp + j * dw) for i in range(kh) for j in range(kw)]
-
-
-def conv_weight_grad_shifted(x, gy, kh, kw, ph, pw, dh=1, dw=1):
-    """The weight gradient of a stride-1 conv2d: x (N, C, H, W), gy (N, K, oh, ow) ->
-    (K, C, kh, kw), one GEMM per tap, gy_wide @ x_flat[:, shift : shift + T]^T, no columns."""
-    n, c, h, wd = x.shape
-    k, oh, ow = gy.shape[1:]
-    hp, wp = h + 2 * ph, wd + 2 * pw
-    flat = _channels_first_padded(x, ph, pw, "shift_in")
-    # gy on the same wide grid, zeros in the junk positions so that they add nothing
-    gwide = workspace("shift_out", (k, n, hp, wp), gy.dtype)
-    gwide[:, :, oh:], gwide[:, :, :oh, ow:] = 0, 0
-    gwide[:, :, :oh, :ow] = gy.transpose(1, 0, 2, 3)
-    gflat = gwide.reshape(k, -1)
-    shifts = _shifts(kh, kw, dh, dw, wp)
-    t = flat.shape[1] - shifts[-1][2]
-    gw = np.zeros((k, c, kh, kw), gy.dtype)  # summed in place: one tap's product at a time
-    step = max(4096, _BLOCK // (k + c))
-    for s in range(0, t, step):
-        e = min(t, s + step)
-        g = gflat[:, s:e]
-        for i, j, off in shifts:
-            gw[:, :, i, j] += g @ flat[:, s + off : e + off].T
-    return gw
 
 
 def col2im(col, h, w, sh, sw, ph, pw, dh=1, dw=1):
@@ -372,3 +252,107 @@ def softmax_cross_entropy_backward(logits, target, ignore_index, gloss, softmax=
     picked = (np.take_along_axis(softmax, t[:, None], axis=1) - 1) * scale
     np.put_along_axis(grad, t[:, None], picked, axis=1)
     return grad
+
+
+# =============================================================================================
+# Speed: the same numbers, less time. Threads over channel blocks, one reused scratch block,
+# stride blocks for kernels that are whole strides, and the hand-off to the CUDA twins. tests/test_simple.py holds them to the plain loops.
+# =============================================================================================
+
+def _gpu(xp):
+    """The CUDA twins module when ``xp`` is CuPy, else None (imported lazily)."""
+    if xp is np:
+        return None
+    from .gpu import cuda
+
+    return cuda
+
+
+# The NumPy loops below are memory-bound copies, during which NumPy releases the GIL: split
+# over channel blocks they run on every core at once, as BLAS does for the GEMMs.
+_THREADS = max(1, min(int(os.environ.get("MINIFCN_NUM_THREADS", os.cpu_count() or 1)), 8))
+_POOL = ThreadPoolExecutor(_THREADS) if _THREADS > 1 else None
+_PARALLEL_MIN_BYTES = 1 << 20  # below ~1 MB a thread hand-off costs more than it saves
+
+
+def _over_channels(work, c, nbytes):
+    """Run work(c0, c1) for channel blocks [c0, c1) covering range(c), in parallel when big."""
+    blocks = min(_THREADS, c) if _POOL is not None and nbytes >= _PARALLEL_MIN_BYTES else 1
+    if blocks == 1:
+        return work(0, c)
+    edges = np.linspace(0, c, blocks + 1).astype(int)
+    for f in [_POOL.submit(work, a, b) for a, b in zip(edges[:-1], edges[1:])]:
+        f.result()  # re-raises a worker's exception here
+
+
+_workspace = {}
+
+
+def workspace(name, shape, dtype):
+    """A scratch array reused across calls (one per name, grown when needed).
+
+    Fresh 100 MB arrays cost a page fault per 4 KB page on first touch, every time; the conv
+    ops' column buffers live only within one op, so they can share one block. Never hand a
+    workspace array to a caller that keeps it.
+    """
+    dtype = np.dtype(dtype)
+    size = int(np.prod(shape))
+    buf = _workspace.get((name, dtype.str))
+    if buf is None or buf.size < size:
+        _workspace.pop((name, dtype.str), None)  # free the old block before the new one
+        buf = _workspace[(name, dtype.str)] = np.empty(size, dtype)
+    return buf[:size].reshape(shape)
+
+
+def _stride_blocks(kh, kw, sh, sw, dh=1, dw=1):
+    """The (r, q) block offsets of a kernel that is a whole number of strides in each direction
+    (and a stride above 1, no dilation), else an empty list.
+
+    Offset i = r*s + i' of such a kernel reads input row (y + r)*s + i': for one block r, the
+    s x s offsets i' of all the windows tile a band of the input without gaps or overlap, so the
+    whole block moves in one reshape. FCN's upscore (k 16, s 8) needs 4 moves instead of 256.
+    A dilated kernel's taps have gaps between them, so its s consecutive offsets do not tile a
+    band: d > 1 takes the general loop over taps."""
+    if dh != 1 or dw != 1 or (sh == 1 and sw == 1) or kh % sh or kw % sw:
+        return []
+    return [(r, q) for r in range(kh // sh) for q in range(kw // sw)]
+
+
+# =============================================================================================
+# Argument checks shared by the ops (conv.py, pooling.py, functional.crop): one-line errors
+# that name the op and the argument at fault.
+# =============================================================================================
+
+
+def pair(value, name, op, minimum=0):
+    """(a, b) from an int or a pair of ints, each >= minimum; a clear error otherwise."""
+    two = (value, value) if isinstance(value, int) and not isinstance(value, bool) else value
+    if not (isinstance(two, (tuple, list)) and len(two) == 2
+            and all(isinstance(v, int) and not isinstance(v, bool) for v in two)):
+        raise TypeError(f"{op}: {name} must be an int or a pair of ints, got {value!r}")
+    two = tuple(two)
+    if min(two) < minimum:
+        raise ValueError(f"{op}: {name} must be >= {minimum}, got {value!r}")
+    return two
+
+
+def check_4d(op, name, x):
+    if x.ndim != 4:
+        raise ValueError(f"{op}: {name} must be 4-D (N, C, H, W), got shape {tuple(x.shape)}")
+
+
+def check_float(op, name, x):
+    if x.dtype.kind != "f":
+        raise TypeError(f"{op}: {name} must be a floating array, got dtype {x.dtype}")
+
+
+def check_window(op, x, ksize, padding, dilation):
+    """Refuse a (dilated) window that spans more than the padded input, naming the argument."""
+    spans = tuple(extent(k, d) for k, d in zip(ksize, dilation))
+    padded = tuple(s + 2 * q for s, q in zip(x.shape[2:], padding))
+    if any(a > b for a, b in zip(spans, padded)):
+        if tuple(dilation) == (1, 1):
+            raise ValueError(f"{op}: kernel {tuple(ksize)} is larger than the padded input "
+                             f"{padded}")
+        raise ValueError(f"{op}: kernel {tuple(ksize)} at dilation {dilation} spans {spans}, "
+                         f"larger than the padded input {padded}")

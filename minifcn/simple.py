@@ -12,11 +12,7 @@ so the only change from the plain loop is one multiplier in the slice's start (i
 """
 import numpy as np
 
-from .primitives import conv_out_size, extent
-
-
-def _pair(v):
-    return (v, v) if isinstance(v, int) else tuple(v)
+from .primitives import conv_out_size, extent, pair
 
 
 def _windows(xpad, kh, kw, sh, sw, oh, ow, dh=1, dw=1):
@@ -78,8 +74,8 @@ def conv2d_simple(x, w, b=None, stride=1, padding=0, dilation=1):
     - the backward (not here) flips the kernel at stride 1 (``conv._conv_input_grad``);
     - on CuPy arrays, im2col and col2im are the CUDA kernels in ``kernels/``.
     """
-    (kh, kw), (sh, sw), (ph, pw) = w.shape[2:], _pair(stride), _pair(padding)
-    col = im2col_simple(x, kh, kw, sh, sw, ph, pw, *_pair(dilation))
+    (kh, kw), (sh, sw), (ph, pw) = w.shape[2:], pair(stride, "stride", "conv2d_simple", 1), pair(padding, "padding", "conv2d_simple")
+    col = im2col_simple(x, kh, kw, sh, sw, ph, pw, *pair(dilation, "dilation", "conv2d_simple", 1))
     y = np.einsum("kcij,ncijyx->nkyx", w, col, optimize=True)
     return y if b is None else y + b.reshape(1, -1, 1, 1)
 
@@ -92,8 +88,10 @@ def max_pool2d_simple(x, kernel_size, stride=None, padding=0, dilation=1, ceil_m
     own rule (``primitives.conv_out_size``) for a last window that would start in the padding.
     Same values as ``F.max_pool2d`` (which also returns each window's argmax, for backward).
     """
-    (kh, kw), (ph, pw), (dh, dw) = _pair(kernel_size), _pair(padding), _pair(dilation)
-    sh, sw = (kh, kw) if stride is None else _pair(stride)
+    op = "max_pool2d_simple"
+    (kh, kw), (ph, pw) = pair(kernel_size, "kernel_size", op, 1), pair(padding, "padding", op)
+    dh, dw = pair(dilation, "dilation", op, 1)
+    sh, sw = (kh, kw) if stride is None else pair(stride, "stride", op, 1)
     n, c, h, w = x.shape
     oh = conv_out_size(h, kh, sh, ph, ceil_mode, dh)
     ow = conv_out_size(w, kw, sw, pw, ceil_mode, dw)

@@ -1,4 +1,4 @@
-"""Tests for minifcn.atomic: all-or-nothing writes, and the orphans of killed saves removed by the
+"""Tests for minifcn.io.atomic: all-or-nothing writes, and the orphans of killed saves removed by the
 next save to the same target (and nothing else)."""
 import os
 import signal

@@ -1,4 +1,4 @@
-"""minifcn.caffemodel (io.read_caffemodel), minifcn.fromcaffe and io.import_weights on .caffemodel
+"""minifcn.io.caffemodel (io.read_caffemodel), minifcn.io.fromcaffe and io.import_weights on .caffemodel
 files.
 
 The fixtures are written by a protobuf encoder in this file (varints and length-delimited
@@ -12,8 +12,8 @@ import pytest
 
 from minifcn import Tensor, io, models
 from minifcn import functional as F
-from minifcn.caffemodel import looks_like_caffemodel
-from minifcn.fromcaffe import AT_ONCE_SCALES, TRUNK, from_caffe
+from minifcn.io.caffemodel import looks_like_caffemodel
+from minifcn.io.fromcaffe import AT_ONCE_SCALES, TRUNK, from_caffe
 
 from _helpers import TINY
 

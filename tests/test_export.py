@@ -15,7 +15,7 @@ import pytest
 from minifcn import Tensor, export, io, models, no_grad, training
 from minifcn import train as train_cli
 from minifcn.models.vgg import FC_CHANNELS, VGG16_BLOCKS, scaled
-from minifcn.safetensors import load_safetensors
+from minifcn.io.safetensors import load_safetensors
 
 NETS = ("fcn32s", "fcn16s", "fcn8s", "fcn8s-atonce")
 WIDTH, N_CLASS = 0.0625, 5  # 4-8-16-32-32 channels, fc 256
@@ -392,7 +392,7 @@ def test_to_onnx_without_onnx_names_the_extra(tmp_path, monkeypatch):
 def test_minifcn_imports_neither_torch_nor_onnx():
     import subprocess
 
-    code = ("import sys, minifcn.export, minifcn.onnx_export, minifcn.safetensors; "
+    code = ("import sys, minifcn.export, minifcn.io.onnx, minifcn.io.safetensors; "
             "print(sorted(m for m in ('torch', 'onnx', 'onnxruntime', 'safetensors') "
             "if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
@@ -430,7 +430,7 @@ def test_export_to_safetensors_keeps_minifcns_names(tmp_path, ckpt, capsys):
     assert list(back) == list(own)
     for k in own:
         np.testing.assert_array_equal(back[k], own[k])  # RGB conv1_1, unchanged
-    from minifcn.safetensors import read_safetensors_metadata
+    from minifcn.io.safetensors import read_safetensors_metadata
 
     meta = read_safetensors_metadata(out)
     assert meta["model"] == "FCN8s" and json.loads(meta["config"])["pad1"] == 100

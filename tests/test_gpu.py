@@ -13,7 +13,8 @@ import os
 import numpy as np
 import pytest
 
-from minifcn import Tensor, backend, cuda, gradcheck, manual_seed
+from minifcn import Tensor, backend, gradcheck, manual_seed
+from minifcn.gpu import cuda
 from minifcn import functional as F
 from minifcn import primitives as P
 
@@ -48,7 +49,7 @@ def test_im2col_col2im_match_numpy(geom, dtype, rng):
     kh, kw, sh, sw, ph, pw, h, w, dh, dw = geom
     x = rng.standard_normal((2, 3, h, w)).astype(dtype)
     want = P.im2col(x, kh, kw, sh, sw, ph, pw, dh, dw)
-    got = P.im2col(gpu(x), kh, kw, sh, sw, ph, pw, dh, dw)  # dispatches to minifcn.cuda
+    got = P.im2col(gpu(x), kh, kw, sh, sw, ph, pw, dh, dw)  # dispatches to minifcn.gpu.cuda
     assert isinstance(got, cp.ndarray)
     np.testing.assert_array_equal(cp.asnumpy(got), want)
     col = rng.standard_normal(want.shape).astype(dtype)

@@ -7,7 +7,7 @@ import pytest
 import minifcn
 from minifcn import Tensor, gradcheck
 from minifcn.autograd import Function
-from minifcn.gradient_check import GradcheckError
+from minifcn.gradcheck import GradcheckError
 
 
 class SoftmaxWrongBackward(Function):
@@ -80,7 +80,7 @@ def test_nothing_to_check():
 
 
 def test_gradcheck_table(capsys):
-    from minifcn.gradient_check import run_cases
+    from minifcn.gradcheck import run_cases
     from minifcn.opcases import CASES
 
     assert run_cases(CASES[:3]) == 0
@@ -89,7 +89,7 @@ def test_gradcheck_table(capsys):
 
 
 def test_gradcheck_table_counts_a_failure(capsys):
-    from minifcn.gradient_check import run_cases
+    from minifcn.gradcheck import run_cases
 
     class Thrice(Function):  # forward x * 3, backward as if x * 2
         def forward(self, x):
@@ -121,10 +121,17 @@ def test_the_command_runs_and_the_function_keeps_its_name(capsys, monkeypatch):
     assert callable(minifcn.gradcheck) and minifcn.gradcheck(lambda a: a * 2.0, [x]) is True
 
 
-def test_importing_the_command_module_is_refused_and_leaves_the_function():
+def test_importing_the_command_leaves_minifcn_gradcheck_the_function():
     import importlib
+    import subprocess
+    import sys
 
-    with pytest.raises(ImportError, match="python -m minifcn.gradcheck"):
-        importlib.import_module("minifcn.gradcheck")
+    importlib.import_module("minifcn.gradcheck")
+    command = importlib.import_module("minifcn.gradcheck.__main__")  # imported, not run
+    assert callable(command.main)
     x = Tensor(np.ones(3), requires_grad=True)
     assert minifcn.gradcheck(lambda a: a * 2.0, [x]) is True
+    # python -m runs the package's __main__: no "found in sys.modules" RuntimeWarning
+    run = subprocess.run([sys.executable, "-W", "error", "-m", "minifcn.gradcheck", "--help"],
+                         capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0 and "central differences" in run.stdout, run.stderr

@@ -2,7 +2,7 @@
 
 The torch files under tests/fixtures/ were made by tests/fixtures/make_fixtures.py with real
 torch; expected.npz holds what torch itself gave for each tensor, so these tests need no torch.
-The torch-file reader itself (minifcn.torchfile) is tested in tests/test_torchfile.py.
+The torch-file reader itself (minifcn.io.torchfile) is tested in tests/test_torchfile.py.
 """
 import os
 
@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from minifcn import io
-from minifcn.torchfile import read_torch_state_dict
+from minifcn.io.torchfile import read_torch_state_dict
 
 from _helpers import assert_same, expected, fixture
 

@@ -1,6 +1,6 @@
 """The CUDA kernels (kernels/*.cu), run on the CPU emulator, against the NumPy primitives.
 
-minifcn.cuda's functions take NumPy arrays too: then the same .cu sources, compiled by g++ with
+minifcn.gpu.cuda's functions take NumPy arrays too: then the same .cu sources, compiled by g++ with
 kernels/emulator.h, run every GPU thread on the CPU, through the same Python glue (output
 allocation, argument types, grid size) as on a GPU. Only CuPy's final launch call is not run
 here (tests/test_gpu.py runs it where there is a GPU).
@@ -16,7 +16,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from minifcn import cuda, primitives as P
+from minifcn import primitives as P
+from minifcn.gpu import cuda
 
 if not (shutil.which("g++") or shutil.which("c++")):
     pytest.skip("the CUDA emulator needs a C++ compiler (g++)", allow_module_level=True)
@@ -28,7 +29,7 @@ DTYPES = [np.float32, np.float64]
 @pytest.fixture(scope="module", autouse=True)
 def built():
     """Compile the emulator once up front (a few seconds at most, then cached on disk)."""
-    from minifcn import emulator
+    from minifcn.gpu import emulator
 
     emulator.library()
 

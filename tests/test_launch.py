@@ -1,4 +1,4 @@
-"""minifcn.launch: the kernel table agrees with the CUDA sources, arguments reach the kernels
+"""minifcn.gpu.launch: the kernel table agrees with the CUDA sources, arguments reach the kernels
 with their exact C types (on the emulator and, through a stand-in for CuPy's compiled kernel,
 on the GPU branch), and bad arguments are refused with a clear error."""
 import re
@@ -7,7 +7,8 @@ import shutil
 import numpy as np
 import pytest
 
-from minifcn import cuda, launch as L, primitives as P
+from minifcn import primitives as P
+from minifcn.gpu import cuda, launch as L
 
 if not (shutil.which("g++") or shutil.which("c++")):
     pytest.skip("the CUDA emulator needs a C++ compiler (g++)", allow_module_level=True)
@@ -38,14 +39,14 @@ def test_kernel_table_matches_the_cuda_sources():
 
 
 def test_emulator_source_compiles_without_warnings(tmp_path):
-    from minifcn import emulator
+    from minifcn.gpu import emulator
 
     emulator.build(tmp_path, emulator.FLAGS + ("-Werror", "-Wshadow", "-Wconversion"))
 
 
 def _capture(monkeypatch):
     """Record what launch hands to the runner instead of running the kernel."""
-    from minifcn import emulator
+    from minifcn.gpu import emulator
 
     calls = []
     monkeypatch.setattr(emulator, "launch", lambda *a: calls.append(a))
@@ -78,7 +79,7 @@ def test_gpu_branch_hands_cupy_tuples_and_typed_scalars(monkeypatch, rng):
     """The CuPy branch of launch, with a stand-in for the compiled RawKernel: it receives
     (grid,), (block,) and a tuple of arrays and NumPy scalars, as cupy.RawKernel.__call__
     expects. The stand-in runs the emulator on them, so the result is checked too."""
-    from minifcn import emulator
+    from minifcn.gpu import emulator
 
     class FakeCupyArray(np.ndarray):
         pass
@@ -137,7 +138,7 @@ def test_launch_rejects_bad_arguments(rng):
         L.launch("im2col", col.size, x=x, col=readonly, **geom)
     with pytest.raises(TypeError, match="float32 or float64"):
         cuda.im2col(x.astype(np.float16), 2, 2, 1, 1, 0, 0, 3, 3)
-    with pytest.raises(ValueError, match=r"minifcn.cuda: dilation must be >= 1, got \(0, 1\)"):
+    with pytest.raises(ValueError, match=r"minifcn.gpu.cuda: dilation must be >= 1, got \(0, 1\)"):
         cuda.im2col(x, 2, 2, 1, 1, 0, 0, 3, 3, 0, 1)  # the kernels would divide by it
 
 

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from minifcn import launch as L
+from minifcn.gpu import launch as L
 
 SOURCES = sorted(L.kernels_dir().glob("*.cu"))
 ARCHS = ["sm_80", "sm_90"]

@@ -1,4 +1,4 @@
-"""minifcn.safetensors: .safetensors written and read by hand; the safetensors package reads ours
+"""minifcn.io.safetensors: .safetensors written and read by hand; the safetensors package reads ours
 and we read its; a header that lies about its tensors is refused before anything is allocated."""
 import json
 import struct
@@ -6,7 +6,7 @@ import struct
 import numpy as np
 import pytest
 
-from minifcn.safetensors import (SafetensorsError, load_safetensors, read_safetensors_metadata,
+from minifcn.io.safetensors import (SafetensorsError, load_safetensors, read_safetensors_metadata,
                                  save_safetensors)
 
 
@@ -201,7 +201,7 @@ def test_broken_framing_is_refused(tmp_path, raw, match):
 
 
 def test_a_header_larger_than_the_limit_is_refused_before_it_is_read(tmp_path, monkeypatch):
-    import minifcn.safetensors as st
+    import minifcn.io.safetensors as st
 
     path = tmp_path / "big.safetensors"
     path.write_bytes(encode(GOOD, DATA))

@@ -1,4 +1,4 @@
-"""Tests for minifcn.torchfile, the reader of torch.save files that needs no torch.
+"""Tests for minifcn.io.torchfile, the reader of torch.save files that needs no torch.
 
 The torch files under tests/fixtures/ were made by tests/fixtures/make_fixtures.py with real
 torch; expected.npz holds what torch itself gave for each tensor, so these tests need no torch.
@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from minifcn import io
-from minifcn.torchfile import read_torch_file, read_torch_state_dict
+from minifcn.io.torchfile import read_torch_file, read_torch_state_dict
 
 from _helpers import assert_same, expected, fixture
 

@@ -1,4 +1,4 @@
-"""minifcn.torchfile (via minifcn.torchlegacy) on torch's legacy (pre-1.6) stream format, the format
+"""minifcn.io.torchfile (via minifcn.io.torchlegacy) on torch's legacy (pre-1.6) stream format, the format
 of torchvision's vgg16-397923af.pth and the PyTorch FCN port's *_from_caffe.pth files.
 
 The committed fixtures (tests/fixtures/*legacy*.pt) were written by real torch with
@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 
 from minifcn import io
-from minifcn.torchfile import read_torch_file, read_torch_state_dict
+from minifcn.io.torchfile import read_torch_file, read_torch_state_dict
 
 from _helpers import assert_same, expected, fixture
 from test_torchfile import Evil, _glob, _state_pickle, _tup, _uni

@@ -1,4 +1,4 @@
-"""minifcn.torchfile on hostile and damaged files: it must not exhaust memory, and every failure
+"""minifcn.io.torchfile on hostile and damaged files: it must not exhaust memory, and every failure
 must be a one-line ValueError naming the file (what ``train --init-from`` prints).
 
 Files come from real torch (those tests skip without it) or from the hand encoder of
@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from minifcn import io
-from minifcn.torchfile import BUDGET_SLACK, read_torch_file, read_torch_state_dict
+from minifcn.io.torchfile import BUDGET_SLACK, read_torch_file, read_torch_state_dict
 
 from test_torchfile import Evil, _glob, _state_pickle, _tup, _uni, write_torch_zip
 

@@ -19,8 +19,9 @@ import time
 import numpy as np
 import matplotlib.pyplot as plt
 import minifcn
-from minifcn import cuda, primitives as P
-from minifcn.launch import BLOCK, KERNELS, kernels_dir, launch
+from minifcn import primitives as P
+from minifcn.gpu import cuda
+from minifcn.gpu.launch import BLOCK, KERNELS, kernels_dir, launch
 
 plt.rcParams.update({"figure.dpi": 70, "figure.figsize": (6, 3)})
 np.set_printoptions(precision=3, suppress=True, linewidth=110)
@@ -81,9 +82,9 @@ print(source[start:source.index("// One thread per input pixel")])
 #
 # ## 3. Running the kernels on the CPU
 #
-# `minifcn.cuda` has the same functions as `minifcn.primitives`. Called with CuPy arrays they run
+# `minifcn.gpu.cuda` has the same functions as `minifcn.primitives`. Called with CuPy arrays they run
 # on the GPU; called with NumPy arrays they take the very same path (argument checks, output
-# allocation, grid size) up to the last line, where `minifcn.launch` hands the arrays to the
+# allocation, grid size) up to the last line, where `minifcn.gpu.launch` hands the arrays to the
 # emulator instead of CuPy. So we can compare the kernels with NumPy here. The first call compiles
 # the kernels (a few seconds, once; the library is cached).
 
@@ -119,7 +120,7 @@ print("backward identical:", np.array_equal(cuda.maxpool_backward(gy, arg_k, 7, 
 # %% [markdown]
 # ### One level down: `launch`
 #
-# Every kernel goes through `minifcn.launch.launch(name, total, **arguments)`: `total` threads
+# Every kernel goes through `minifcn.gpu.launch.launch(name, total, **arguments)`: `total` threads
 # (one per output element), in blocks of 256. It checks each argument against the kernel's C
 # parameter list (a wrong dtype would be read as garbage bytes by the kernel, silently) and picks
 # the `float` or `double` instance. Calling it directly:

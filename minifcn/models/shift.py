@@ -56,6 +56,7 @@ import numpy as np
 from .. import functional as F
 from ..autograd import Tensor, no_grad
 from ..backend import get_array_module
+from ..primitives import pair
 from ..nn import Conv2d, ConvTranspose2d, Dropout, MaxPool2d
 from . import geometry
 from .fcn import FCN32s
@@ -85,10 +86,6 @@ def coarse_scores(model, x):
 # ---------------------------------------------------------------- filter rarefaction
 
 
-def _pair(v):
-    return (v, v) if isinstance(v, int) else tuple(v)
-
-
 def rarefy(model, layer):
     """A new FCN-32s in which pool ``layer`` has stride 1 and every later filter and pool is
     dilated by that stride (paper section 3.2's rarefied filters): its coarse scores are that
@@ -115,7 +112,7 @@ def rarefy(model, layer):
         raise ValueError(f"{op}: layer must name one of the model's pools {pools}, "
                          f"got {layer!r}")
     stride = pool.kernel_size if pool.stride is None else pool.stride
-    sh, sw = _pair(stride)
+    sh, sw = pair(stride, "stride", "rarefy", 1)
     if sh != sw:
         raise ValueError(f"{op}: {layer} has stride {stride}; only square strides are supported")
     if sh == 1:
@@ -127,8 +124,8 @@ def rarefy(model, layer):
     for name in order[order.index(layer) + 1: order.index("score_fr") + 1]:
         m = getattr(net, name)
         if isinstance(m, (Conv2d, MaxPool2d)):
-            m.dilation = tuple(d * sh for d in _pair(m.dilation))
-            m.padding = tuple(p * sh for p in _pair(m.padding))
+            m.dilation = tuple(d * sh for d in pair(m.dilation, "dilation", "rarefy", 1))
+            m.padding = tuple(p * sh for p in pair(m.padding, "padding", "rarefy"))
     a = int(a)  # a pool's stride divides the stride after it: 32 / 2 ... / 2
     old = net.upscore.weight
     n = old.shape[0]

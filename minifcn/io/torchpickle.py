@@ -1,6 +1,6 @@
 """The restricted unpickler for the object pickle of a ``torch.save`` file: the ``data.pkl``
-inside a zip, or the third pickle of a legacy stream (used by :mod:`minifcn.torchfile` and
-:mod:`minifcn.torchlegacy`, which read the file, check the limits and build the arrays).
+inside a zip, or the third pickle of a legacy stream (used by :mod:`minifcn.io.torchfile` and
+:mod:`minifcn.io.torchlegacy`, which read the file, check the limits and build the arrays).
 
 A pickle is a small program: it names Python globals (``module.name``) and calls them. Loading
 one with plain ``pickle.load`` runs whatever the file's author put there (``os.system`` included),
@@ -17,7 +17,7 @@ import reprlib
 
 import numpy as np
 
-from .messages import described, one_line  # noqa: F401 (torchfile imports them from here)
+from .errors import described, one_line  # noqa: F401 (torchfile imports them from here)
 
 # torch's storage classes (the type of a tensor's memory) -> NumPy dtype code.
 # "bfloat16" is not a NumPy dtype: read as 16-bit words, widened to float32 at the end.
@@ -122,9 +122,9 @@ class TensorUnpickler(pickle.Unpickler):
 
     ``find_class`` is the only way a pickle can reach a Python global; it returns methods of
     this object (a fresh bound method cannot be modified by the file) or refuses. ``reader`` is
-    minifcn.torchfile's: its ``path``, ``zf`` and ``prefix`` (the zip and its archive folder),
+    minifcn.io.torchfile's: its ``path``, ``zf`` and ``prefix`` (the zip and its archive folder),
     ``fail(message)`` and ``read_member(info)`` (which counts the bytes against its budget).
-    The legacy stream's unpickler (:mod:`minifcn.torchlegacy`) replaces ``persistent_load``.
+    The legacy stream's unpickler (:mod:`minifcn.io.torchlegacy`) replaces ``persistent_load``.
     """
 
     def __init__(self, reader, pkl):

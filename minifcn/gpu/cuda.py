@@ -2,12 +2,12 @@
 
 ``minifcn.primitives`` calls these when its arrays are CuPy arrays. Each function checks its
 inputs, allocates the output with the arrays' own module (``xp``), and hands the arrays and the
-geometry to ``minifcn.launch.launch``, which runs the kernel from ``kernels/*.cu``:
+geometry to ``minifcn.gpu.launch.launch``, which runs the kernel from ``kernels/*.cu``:
 
     CuPy arrays  -> on the GPU (cupy.RawModule)
     NumPy arrays -> on the CPU emulator (the same .cu files compiled by g++)
 
-So ``minifcn.cuda.im2col(numpy_array, ...)`` runs the GPU code path on the CPU, output
+So ``minifcn.gpu.cuda.im2col(numpy_array, ...)`` runs the GPU code path on the CPU, output
 allocation and argument passing included; only the final CuPy call is not exercised. That is
 how tests/test_kernels.py checks the kernels without a GPU.
 
@@ -16,26 +16,26 @@ NumPy runs as strided slices here get a hand-written kernel.
 """
 import numpy as np
 
-from .backend import get_array_module
+from ..backend import get_array_module
 from .launch import launch
 
 
 def _floating(op, name, a):
     """a as a C-contiguous float32/float64 array of its own module, or a TypeError."""
     if a.dtype not in (np.float32, np.float64):
-        raise TypeError(f"minifcn.cuda.{op}: {name} must be float32 or float64, got {a.dtype}")
+        raise TypeError(f"minifcn.gpu.cuda.{op}: {name} must be float32 or float64, got {a.dtype}")
     return get_array_module(a).ascontiguousarray(a)
 
 
 def _ndim(op, name, a, ndim, axes):
     if a.ndim != ndim:
-        raise ValueError(f"minifcn.cuda.{op}: {name} must be {ndim}-D {axes}, got shape "
+        raise ValueError(f"minifcn.gpu.cuda.{op}: {name} must be {ndim}-D {axes}, got shape "
                          f"{tuple(a.shape)}")
 
 
 def _geometry(h, w, kh, kw, sh, sw, ph, pw, oh, ow, dh, dw):
     if dh < 1 or dw < 1:  # the kernels divide by the dilation: refuse before launching
-        raise ValueError(f"minifcn.cuda: dilation must be >= 1, got ({dh}, {dw})")
+        raise ValueError(f"minifcn.gpu.cuda: dilation must be >= 1, got ({dh}, {dw})")
     return dict(h=h, w=w, kh=kh, kw=kw, sh=sh, sw=sw, ph=ph, pw=pw, dh=dh, dw=dw, oh=oh, ow=ow)
 
 
@@ -86,7 +86,7 @@ def maxpool_backward(gy, argmax, h, w, kh, kw, sh, sw, ph, pw, dh=1, dw=1):
     the gradients of the windows it won."""
     _ndim("maxpool_backward", "gy", gy, 4, "(N, C, oh, ow)")
     if tuple(argmax.shape) != tuple(gy.shape):
-        raise ValueError(f"minifcn.cuda.maxpool_backward: argmax has shape {tuple(argmax.shape)},"
+        raise ValueError(f"minifcn.gpu.cuda.maxpool_backward: argmax has shape {tuple(argmax.shape)},"
                          f" expected gy's {tuple(gy.shape)}")
     xp = get_array_module(gy)
     gy = _floating("maxpool_backward", "gy", gy)
@@ -103,10 +103,10 @@ def _loss_inputs(op, logits, target):
     _ndim(op, "logits", logits, 4, "(N, C, H, W)")
     n, c, h, w = logits.shape
     if tuple(target.shape) != (n, h, w):
-        raise ValueError(f"minifcn.cuda.{op}: target has shape {tuple(target.shape)}, expected "
+        raise ValueError(f"minifcn.gpu.cuda.{op}: target has shape {tuple(target.shape)}, expected "
                          f"({n}, {h}, {w}) for logits {tuple(logits.shape)}")
     if target.dtype.kind not in "iu":
-        raise TypeError(f"minifcn.cuda.{op}: target must be an integer array, got {target.dtype}")
+        raise TypeError(f"minifcn.gpu.cuda.{op}: target must be an integer array, got {target.dtype}")
     xp = get_array_module(logits)
     # xp.asarray first: a NumPy target (labels straight from a data loader) is copied over
     target = xp.ascontiguousarray(xp.asarray(target), dtype=np.int64)

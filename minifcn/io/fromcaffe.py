@@ -1,4 +1,4 @@
-"""Caffe's weights (``minifcn.caffemodel.read_caffemodel``'s ``{layer: [blobs]}``) renamed and
+"""Caffe's weights (``minifcn.io.caffemodel.read_caffemodel``'s ``{layer: [blobs]}``) renamed and
 reshaped into minifcn's state_dict: the authors' FCN nets and the VGG16 they fine-tune.
 
 Paper section 3.1: VGG16's fully connected fc6 and fc7 become 7x7 and 1x1 convolutions

@@ -1,7 +1,9 @@
 """``minifcn.gradcheck``: analytic gradients against central differences, Chainer's way.
 
 ``gradcheck(fn, inputs)`` checks one function; ``run_cases`` checks every case of the op table
-(``minifcn.opcases``) and prints the table that ``python -m minifcn.gradcheck`` shows.
+(``minifcn.opcases``) and prints the table that ``python -m minifcn.gradcheck`` shows (the
+command is ``__main__.py`` beside this file). ``import minifcn`` binds the name
+``minifcn.gradcheck`` to the function, as ``torch.autograd.gradcheck`` is one too.
 
 The function's output is contracted with a *random* upstream gradient ``g``, giving the scalar
 L = sum(g * f(inputs)). Checking sum(f) instead (g = 1) would pass a wrong backward wherever the
@@ -11,8 +13,8 @@ import sys
 
 import numpy as np
 
-from .autograd import Tensor
-from .backend import as_numpy, get_array_module
+from ..autograd import Tensor
+from ..backend import as_numpy, get_array_module
 
 
 class GradcheckError(AssertionError):
@@ -97,7 +99,7 @@ def run_cases(cases=None, seed=0, out=None):
     print one row per case (op, shapes, worst relative error, pass/fail) and the count of
     passes and failures; return the number of failures. A failure's message goes to stderr."""
     if cases is None:
-        from .opcases import CASES as cases
+        from ..opcases import CASES as cases
     out = out or sys.stdout  # looked up now, so that a redirected stdout is honoured
     rows, failures = [], 0
     for name, shapes, make in cases:

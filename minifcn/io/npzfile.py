@@ -18,7 +18,7 @@ import zipfile
 
 import numpy as np
 
-from .messages import described as _described, one_line as _one_line
+from .errors import described as _described, one_line as _one_line
 
 __all__ = ["read_npz", "NpzFileError"]
 

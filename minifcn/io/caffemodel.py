@@ -15,7 +15,7 @@ below knows the few fields that hold weights and skips every other field of ever
 Every length is checked against the bytes left before anything is read or allocated, so a
 truncated or damaged file is a one-line ValueError naming the file, not a crash or a MemoryError.
 :func:`read_caffemodel` gives the raw blobs (Caffe's layouts, BGR conv1_1);
-:func:`minifcn.fromcaffe.from_caffe` turns them into minifcn's state_dict
+:func:`minifcn.io.fromcaffe.from_caffe` turns them into minifcn's state_dict
 (``minifcn.io.import_weights`` does both).
 """
 import math

@@ -26,10 +26,10 @@ import json
 
 import numpy as np
 
-from . import nn
+from .. import nn
 from .atomic import atomic_path
-from .data.transforms import MEAN_RGB
-from .models.layers import Crop, Scale, Sum
+from ..data.transforms import MEAN_RGB
+from ..models.layers import Crop, Scale, Sum
 
 __all__ = ["to_onnx", "require_onnx", "OPSET", "IR_VERSION", "INPUT", "OUTPUT"]
 

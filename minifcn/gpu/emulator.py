@@ -7,7 +7,7 @@ something to a CPU compiler and adds one ``extern "C"`` entry point per kernel,
 built once and cached on disk under a hash of the sources, in ``$MINIFCN_CACHE_DIR`` (default
 ``~/.cache/minifcn``), and loaded with ctypes.
 
-``launch`` here is the CPU stand-in for a CUDA launch; ``minifcn.launch.launch`` calls it with
+``launch`` here is the CPU stand-in for a CUDA launch; ``minifcn.gpu.launch.launch`` calls it with
 the very arguments (NumPy arrays and NumPy scalars of the kernel's C types) that it would hand
 to CuPy. The emulator is for correctness, not speed: it runs one thread at a time.
 """
@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .launch import kernels_dir
+from . import kernels_dir
 
 FLAGS = ("-std=c++14", "-O2", "-shared", "-fPIC", "-Wall", "-Wextra")
 _library = None
@@ -47,7 +47,7 @@ def compiler():
     """The C++ compiler: $CXX, else g++, else c++."""
     found = os.environ.get("CXX") or shutil.which("g++") or shutil.which("c++")
     if not found:
-        raise RuntimeError("minifcn.emulator: no C++ compiler found (looked for $CXX, g++, c++); "
+        raise RuntimeError("minifcn.gpu.emulator: no C++ compiler found (looked for $CXX, g++, c++); "
                            "the CPU emulator of the CUDA kernels needs one (apt install g++)")
     return found
 
@@ -84,7 +84,7 @@ def build(directory=None, flags=FLAGS):
         command = [cxx, *flags, "-I", str(kernels_dir()), "-o", str(out), str(cpp)]
         result = subprocess.run(command, capture_output=True, text=True)
         if result.returncode != 0:
-            raise RuntimeError("minifcn.emulator: compiling the kernels failed:\n"
+            raise RuntimeError("minifcn.gpu.emulator: compiling the kernels failed:\n"
                                + " ".join(command) + "\n" + result.stderr)
         os.replace(out, target)  # atomic: a parallel test run sees the whole file or none
     return target
@@ -112,7 +112,7 @@ def launch(function, grid, block, values):
     try:
         entry = getattr(library(), f"emu_{function}")
     except AttributeError:
-        raise ValueError(f"minifcn.emulator: no kernel {function!r} in {kernels_dir()}") from None
+        raise ValueError(f"minifcn.gpu.emulator: no kernel {function!r} in {kernels_dir()}") from None
     held = [_as_ctypes(v) for v in values]  # kept alive until the call returns
     args = (ctypes.c_void_p * len(held))(*[ctypes.cast(ctypes.pointer(h), ctypes.c_void_p)
                                            for h in held])

@@ -12,7 +12,7 @@ line is the same for both runners:
 4. size the grid: ceil(total / BLOCK) blocks.
 
 Then CuPy arrays go to ``cupy.RawModule`` (NVRTC-compiled once per process and source file, and
-cached on disk by CuPy), NumPy arrays to ``minifcn.emulator``, which compiles the same ``.cu``
+cached on disk by CuPy), NumPy arrays to ``minifcn.gpu.emulator``, which compiles the same ``.cu``
 files with g++ and runs every thread of the grid on the CPU.
 
 Every kernel's first parameter is ``long long total``; ``launch`` passes it, the caller passes
@@ -20,9 +20,10 @@ the rest by name.
 """
 import numbers
 from collections import namedtuple
-from pathlib import Path
 
 import numpy as np
+
+from . import kernels_dir
 
 BLOCK = 256  # threads per block: a multiple of the warp size (32) that suits simple kernels
 MAX_BLOCKS = 2**31 - 1  # CUDA's limit on gridDim.x
@@ -61,17 +62,6 @@ KERNELS = {
 # platform CUDA supports). Scalar parameters are integers only; arrays are T, int or long long.
 _C_TYPES = {"int": np.int32, "long long": np.int64}
 _SUFFIX = {np.dtype(np.float32): "f32", np.dtype(np.float64): "f64"}
-
-
-def kernels_dir():
-    """The folder holding the ``.cu`` sources: ``minifcn/kernels`` in an installed wheel,
-    ``kernels/`` beside the package in a source checkout."""
-    package = Path(__file__).resolve().parent
-    for candidate in (package / "kernels", package.parent / "kernels"):
-        if (candidate / "im2col.cu").is_file():
-            return candidate
-    raise FileNotFoundError(f"minifcn.launch: CUDA sources not found in {package / 'kernels'} "
-                            f"or {package.parent / 'kernels'}; reinstall minifcn")
 
 
 def _is_cupy_array(value):

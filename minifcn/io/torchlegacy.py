@@ -18,10 +18,10 @@ a slice of its root (torch 0.4 to 1.5 wrote these for ``storage[a:b]``); a tenso
 counts from the view's start. The storage bytes are little-endian whatever machine wrote them:
 torch's writer converts (sys_info's ``little_endian`` is the writer's, not the data's).
 
-The pickles run through :mod:`minifcn.torchpickle`'s restricted unpicklers after
-:func:`~minifcn.torchpickle.scan_pickle` has walked their opcodes; bookkeeping pickles may hold
+The pickles run through :mod:`minifcn.io.torchpickle`'s restricted unpicklers after
+:func:`~minifcn.io.torchpickle.scan_pickle` has walked their opcodes; bookkeeping pickles may hold
 plain data only. Storages are slices of the one copy of the file in memory, counted against the
-reader's budget (see :mod:`minifcn.torchfile`), and every count, offset and size is checked
+reader's budget (see :mod:`minifcn.io.torchfile`), and every count, offset and size is checked
 against the bytes that are there before anything is sliced or built.
 """
 import io
@@ -125,7 +125,7 @@ def _data_pickle(reader, f, data, what):
 def load_stream(reader):
     """The object a legacy stream holds, each tensor a Pending whose storage's bytes are set.
 
-    ``reader`` is minifcn.torchfile's: its ``path``, ``disk`` (the file's size), ``fail`` and
+    ``reader`` is minifcn.io.torchfile's: its ``path``, ``disk`` (the file's size), ``fail`` and
     ``spend``; its ``endian`` is set to little.
     """
     with open(reader.path, "rb") as fh:

@@ -9,11 +9,11 @@ What is inside such a file (the zip format, the default since torch 1.6)::
     archive/version ...   bookkeeping we do not need
 
 Files written before torch 1.6 (and with ``_use_new_zipfile_serialization=False`` since) are one
-stream of pickles then storages instead, read by :mod:`minifcn.torchlegacy` into the same
+stream of pickles then storages instead, read by :mod:`minifcn.io.torchlegacy` into the same
 tensors; which format a file is in is told by its first bytes (``PK`` or a pickle), as torch does.
 
 A pickle is a small program that can call any Python global (``os.system`` included): data.pkl
-is run by :mod:`minifcn.torchpickle`'s restricted unpickler, which refuses every global but the
+is run by :mod:`minifcn.io.torchpickle`'s restricted unpickler, which refuses every global but the
 few a tensor state_dict needs, and only notes each tensor's storage and geometry; the arrays are
 built here after the pickle has run, when each tensor's key is known, so every error can name it.
 
@@ -92,7 +92,7 @@ class _Reader:
         if self.spent + nbytes > self.budget:
             self.fail(f"{what}, beyond what this reader builds from a {_human(self.disk)} file "
                       f"({_human(self.budget)} in all: {BUDGET_FACTOR} x its size + "
-                      f"{_human(BUDGET_SLACK)}, see minifcn.torchfile)")
+                      f"{_human(BUDGET_SLACK)}, see minifcn.io.torchfile)")
         self.spent += nbytes
 
     def read_member(self, info):

@@ -1,43 +1,21 @@
-"""Weights in and out: .npz files, training checkpoints, and importing PyTorch weights.
+"""Other projects' weights renamed into minifcn's: torchvision's VGG16, the PyTorch FCN port,
+and the authors' Caffe nets (paper section 3.1: fully connected layers become convolutions).
 
-A state_dict here is ``{name: ndarray}`` with the reference Caffe layer names (``conv1_1.weight``
-... ``fc7.bias``, ``score_fr.*``, ``upscore.weight``...). On disk it is an ``.npz``: a zip holding
-one ``<name>.npy`` per array, readable by ``np.load`` anywhere, with no pickled code.
-
-Every file is written atomically (:mod:`minifcn.atomic`: to a temporary file in the same folder,
-then renamed over the target), so a run killed mid-save leaves the previous file intact. Files
-are read with every record checked first (:mod:`minifcn.npzfile`), never unpickled.
-
-PyTorch files are read by :mod:`minifcn.torchfile` (no PyTorch needed, no code run); the
-importers below rename and reshape torchvision's VGG16 and the PyTorch FCN port's weights into
-ours (paper section 3.1: fully connected layers become convolutions).
+PyTorch files are read by :mod:`minifcn.io.torchfile` (no PyTorch needed, no code run), Caffe's
+by :mod:`minifcn.io.caffemodel`; ``import_weights`` tells the kinds apart.
 """
 import contextlib
-import json
 import os
 import warnings
 import zipfile
-from collections.abc import Mapping
 
 import numpy as np
 
-from .atomic import atomic_path, atomic_write_bytes, atomic_write_text
-from .backend import as_numpy
+from ..data.transforms import MEAN_RGB  # minifcn's input: RGB 0..255 minus this mean
 from .caffemodel import looks_like_caffemodel, read_caffemodel
-from .data.transforms import MEAN_RGB  # minifcn's input: RGB 0..255 minus this mean
+from .checkpoint import _state_of, load
 from .fromcaffe import from_caffe
-from .npzfile import read_npz
-from .safetensors import load_safetensors, save_safetensors
-from .torchfile import read_torch_file, read_torch_state_dict
-
-__all__ = [
-    "atomic_path", "atomic_write_bytes", "atomic_write_text", "save", "load", "save_checkpoint",
-    "load_checkpoint", "read_torch_state_dict", "read_torch_file", "from_torchvision_vgg16",
-    "from_fcn_port", "import_weights", "merge_state", "VGG16_CONV_NAMES", "MEAN_RGB",
-    "read_caffemodel",
-]
-
-META_KEY = "__meta__"  # reserved name of the checkpoint's JSON record inside the .npz
+from .torchfile import read_torch_state_dict
 
 VGG16_CONV_NAMES = ("conv1_1", "conv1_2", "conv2_1", "conv2_2", "conv3_1", "conv3_2", "conv3_3",
                     "conv4_1", "conv4_2", "conv4_3", "conv5_1", "conv5_2", "conv5_3")
@@ -48,111 +26,6 @@ _TORCHVISION_CONV_INDEX = (0, 2, 5, 7, 10, 12, 14, 17, 19, 21, 24, 26, 28)
 TORCHVISION_MEAN = (0.485, 0.456, 0.406)
 TORCHVISION_STD = (0.229, 0.224, 0.225)
 
-
-# --- .npz files and checkpoints -------------------------------------------------------------
-
-def _to_numpy(name, value, where):
-    """A NumPy array from an ndarray, a CuPy array, a Tensor/Parameter (``.data``) or a number."""
-    if not isinstance(value, (np.ndarray, np.generic, int, float, complex, list, tuple)):
-        if type(value).__module__.split(".")[0] == "cupy":
-            value = as_numpy(value)
-        elif hasattr(value, "data"):  # a minifcn Tensor / Parameter holds its array in .data
-            value = as_numpy(value.data)
-    array = np.asarray(value)
-    if array.dtype.hasobject:
-        raise TypeError(f"{where}: {name!r} is a {type(value).__name__}, expected a numeric array")
-    return array
-
-
-def _state_of(model_or_state, where):
-    """``{name: ndarray}`` from a Module (anything with ``state_dict()``) or a mapping."""
-    state = model_or_state.state_dict() if hasattr(model_or_state, "state_dict") else model_or_state
-    if not isinstance(state, Mapping):
-        raise TypeError(f"{where}: expected a model with state_dict() or a dict of arrays, "
-                        f"got {type(model_or_state).__name__}")
-    bad = [k for k in state if not (isinstance(k, str) and k)]
-    if bad:
-        raise TypeError(f"{where}: array names must be non-empty strings, got {bad[:5]}")
-    return {k: _to_numpy(k, v, where) for k, v in state.items()}
-
-
-def _write_npz(path, arrays):
-    # what np.savez does, minus its keyword-argument API (which breaks on a key named 'file')
-    with atomic_path(path) as tmp, zipfile.ZipFile(tmp, "w", zipfile.ZIP_STORED) as zf:
-        for name, array in arrays.items():
-            with zf.open(name + ".npy", "w", force_zip64=True) as f:
-                np.lib.format.write_array(f, array, allow_pickle=False)
-
-
-def _is_safetensors(path):
-    return str(path).lower().endswith(".safetensors")
-
-
-def save(model_or_state, path):
-    """Save a model's ``state_dict()`` (or a ``{name: array}`` dict) to ``path``: a
-    .safetensors file (Hugging Face's format, ``minifcn.safetensors``) when the name ends so,
-    else an .npz.
-
-    Arrays are copied to the CPU; dtypes and shapes are kept exactly. ``path`` is used as given
-    (no suffix is appended). The write is atomic.
-    """
-    arrays = _state_of(model_or_state, "minifcn.io.save")
-    if _is_safetensors(path):
-        return save_safetensors(arrays, path, where="minifcn.io.save")
-    if META_KEY in arrays:
-        raise ValueError(f"minifcn.io.save: the name {META_KEY!r} is reserved for checkpoint "
-                         "metadata")
-    _write_npz(path, arrays)
-
-
-def load(path):
-    """Read an .npz written by :func:`save` (or ``np.savez``), or a .safetensors file (by its
-    name): ``{name: ndarray}`` in file order.
-
-    Never unpickles. The metadata record of a checkpoint, if any, is left out (see
-    :func:`load_checkpoint`).
-    """
-    if _is_safetensors(path):
-        return load_safetensors(path, where="minifcn.io.load")
-    arrays = read_npz(path, "minifcn.io.load")
-    arrays.pop(META_KEY, None)
-    return arrays
-
-
-def save_checkpoint(path, arrays, meta):
-    """Save ``arrays`` (``{name: ndarray}``) and ``meta`` (a JSON-serialisable dict: step, lr,
-    config...) together in one .npz, atomically. ``meta`` travels as JSON text under the reserved
-    name ``'__meta__'``, so tuples come back as lists and dict keys as strings."""
-    arrays = _state_of(arrays, "minifcn.io.save_checkpoint")
-    if META_KEY in arrays:
-        raise ValueError(f"minifcn.io.save_checkpoint: the name {META_KEY!r} is reserved for meta")
-    if not isinstance(meta, Mapping):
-        raise TypeError("minifcn.io.save_checkpoint: meta must be a dict, "
-                        f"got {type(meta).__name__}")
-    try:
-        text = json.dumps(dict(meta))
-    except (TypeError, ValueError) as e:
-        raise TypeError(f"minifcn.io.save_checkpoint: meta is not JSON-serialisable: {e}") from None
-    _write_npz(path, {**arrays, META_KEY: np.array(text)})  # a 0-d unicode array: no pickle needed
-
-
-def load_checkpoint(path):
-    """Read a file written by :func:`save_checkpoint`: ``(arrays, meta)``."""
-    arrays = read_npz(path, "minifcn.io.load_checkpoint")
-    if META_KEY not in arrays:
-        raise ValueError(f"minifcn.io.load_checkpoint: {path} has no {META_KEY!r} record; it is a "
-                         "plain weights file (read it with minifcn.io.load)")
-    record, meta = arrays.pop(META_KEY), None
-    if record.ndim == 0 and record.dtype.kind == "U":
-        with contextlib.suppress(ValueError):
-            meta = json.loads(str(record[()]))
-    if not isinstance(meta, dict):
-        raise ValueError(f"minifcn.io.load_checkpoint: {path}: its {META_KEY!r} record is not the "
-                         "JSON text of a dict, as save_checkpoint writes")
-    return arrays, meta
-
-
-# --- importing PyTorch weights --------------------------------------------------------------
 
 def _check_keys(state, required, optional, where, hint=""):
     missing = [k for k in required if k not in state]
@@ -270,7 +143,7 @@ def import_weights(path_or_state, kind="auto", fold_normalisation=True, bgr_to_r
     them to ours.
 
     A .caffemodel (known by its suffix or its first bytes; never a zip) goes to
-    :func:`minifcn.fromcaffe.from_caffe`: the authors' FCN nets or their VGG16, conv1_1's
+    :func:`minifcn.io.fromcaffe.from_caffe`: the authors' FCN nets or their VGG16, conv1_1's
     input channels reversed from Caffe's BGR to minifcn's RGB unless ``bgr_to_rgb=False``
     (:func:`read_caffemodel` gives the raw blobs); ``kind`` must then be 'auto'.
 
