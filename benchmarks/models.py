@@ -323,10 +323,10 @@ def main(argv=None):
         parser.error("--width goes with --default-run (the other configurations are fixed)")
     variants = (args.variants or ("fcn8s" if args.default_run else "fcn32s,fcn16s,fcn8s")).split(",")
     if args.default_run:
-        from minifcn.models import geometry
+        from minifcn.models import padding
 
         configs = [dict(variant=v, width=args.width or 0.0625, size=96, batch=8, n_class=5,
-                        pad1=geometry.min_pad1(v, 96), dropout=0.0) for v in variants]
+                        pad1=padding.min_pad1(v, 96), dropout=0.0) for v in variants]
     else:  # the reference nets: one image, 21 classes, conv1_1 padding 100, dropout 0.5
         sizes = [(0.125, 96)] if args.quick else [(1.0, 224), (1.0, 320), (0.125, 96)]
         if args.sizes:

@@ -39,7 +39,7 @@ import minifcn.functional as F  # noqa: E402
 from minifcn import optim  # noqa: E402
 from minifcn.autograd import Function, Tensor  # noqa: E402
 from minifcn.data import Loader, get_dataset  # noqa: E402
-from minifcn.models import build, geometry, vgg  # noqa: E402
+from minifcn.models import build, padding, vgg  # noqa: E402
 from minifcn.training.step import train_step  # noqa: E402
 
 IGNORE = 255
@@ -249,7 +249,7 @@ def worker(impl, args):
         threadpool_limits(args.threads)
     except ImportError:
         pass
-    pad1 = geometry.min_pad1("fcn8s", args.size)
+    pad1 = padding.min_pad1("fcn8s", args.size)
     model, opt = minifcn_setup(args, pad1)
     data = batches(args.size, args.batch)
     x0, y0 = next(batches(args.size, args.batch, seed=1))

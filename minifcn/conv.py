@@ -130,7 +130,7 @@ def _conv(x, w, stride, padding, dilation=NO_DILATION):
         y = wm @ col.reshape(n, c * kh * kw, oh * ow)  # one GEMM per image
         return y.reshape(n, k, oh, ow)
     # blocks of output rows: each reads its band of the padded input (the same sums per pixel)
-    (sh, sw), (ph, pw), (dh, dw) = stride, padding, dilation
+    (sh, _), (ph, pw), (dh, _) = stride, padding, dilation
     xpad = np.pad(x, ((0, 0), (0, 0), (ph, ph), (pw, pw)))
     y = np.empty((n, k, oh, ow), x.dtype)
     for r0 in range(0, oh, rows):

@@ -51,9 +51,9 @@ def fit_padding(model, config, h, w, device):
 
     A model trained with a small padding (pad1 'auto' on small images) may be too tight for a
     smaller image; the weights do not depend on the padding, so the same weights serve."""
-    from .models import geometry
+    from .models import padding
 
-    need = geometry.min_pad1(model, min(h, w))
+    need = padding.min_pad1(model, min(h, w))
     if need <= model.conv1_1.padding[0]:
         return model
     bigger = build_model({**config, "pad1": need})

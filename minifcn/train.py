@@ -44,7 +44,7 @@ def parser():
     a("--n-val", type=int, help="number of synthetic validation images")
     a("--pad1", type=_pad1, help="conv1_1 padding; 'auto': the smallest whose crops cover the "
                                 "input; 'full': the smallest at which the coarse scores reach "
-                                "every pixel at full strength (geometry.full_cover_pad1) "
+                                "every pixel at full strength (padding.full_cover_pad1) "
                                 f"(default {S['pad1']} on the synthetic sets, {R['pad1']} on "
                                 "real data)")
     g = p.add_mutually_exclusive_group()

@@ -11,7 +11,7 @@ import pytest
 from hypothesis import given, settings, strategies as st
 
 from minifcn import Tensor, no_grad
-from minifcn.models import fcn8s, fcn8s_atonce, fcn16s, fcn32s, geometry
+from minifcn.models import fcn8s, fcn8s_atonce, fcn16s, fcn32s, geometry, padding
 from minifcn.models.geometry import CoordMap, conv_map, crop_offsets, deconv_map, trace
 
 TINY = 1 / 32
@@ -60,7 +60,7 @@ def test_offsets_follow_the_first_padding(variant, pad1):
         return
     model = BUILDERS[variant](n_class=2, width=TINY, pad1=pad1)
     assert model.offsets == dict(ref, score=final)
-    assert geometry.min_pad1(model) == 100 - ref["score"]  # 81, 73, 69
+    assert padding.min_pad1(model) == 100 - ref["score"]  # 81, 73, 69
 
 
 def _mirror_symmetric(model, seed=0):
@@ -122,7 +122,7 @@ def test_input_limits_follow_from_fc6(variant):
                                              rf"for pad1={min_pad}.*at least {smallest}; pad1="
                                              rf"{min_pad + 1} or more"):
             model(Tensor(np.zeros((1, 3, smallest - 1, smallest + 4))))
-    assert geometry.min_pad1(model, 1) == 97
+    assert padding.min_pad1(model, 1) == 97
 
 
 _MODELS = {}
@@ -172,11 +172,11 @@ def test_blob_maps_are_the_worked_ones():
 
 
 def test_min_pad1_takes_a_model_or_a_name():
-    assert geometry.min_pad1("fcn32s") == 81 == geometry.min_pad1(fcn32s(n_class=2, width=TINY))
-    assert geometry.min_pad1("fcn16s") == 73 and geometry.min_pad1("fcn8s") == 69
+    assert padding.min_pad1("fcn32s") == 81 == padding.min_pad1(fcn32s(n_class=2, width=TINY))
+    assert padding.min_pad1("fcn16s") == 73 and padding.min_pad1("fcn8s") == 69
     # fc6 needs pool5 >= 7: 32 + 2p - 2 >= 193 -> p >= 81.5
-    assert geometry.min_pad1("fcn8s", 32) == 82 and geometry.min_pad1("fcn8s", 96) == 69
-    model = fcn8s(n_class=2, width=TINY, pad1=geometry.min_pad1("fcn8s", 32)).eval()
+    assert padding.min_pad1("fcn8s", 32) == 82 and padding.min_pad1("fcn8s", 96) == 69
+    model = fcn8s(n_class=2, width=TINY, pad1=padding.min_pad1("fcn8s", 32)).eval()
     with no_grad():
         assert model(Tensor(np.zeros((1, 3, 32, 32)))).shape == (1, 2, 32, 32)
 
@@ -199,16 +199,16 @@ def _fcn32s_coverage_by_hand(size, pad1):
 
 @pytest.mark.parametrize("pad1", [81, 100, 113])
 def test_score_coverage_is_the_tent_sum_for_fcn32s(pad1):
-    np.testing.assert_allclose(geometry.score_coverage("fcn32s", 96, pad1),
+    np.testing.assert_allclose(padding.score_coverage("fcn32s", 96, pad1),
                                _fcn32s_coverage_by_hand(96, pad1), atol=1e-5)
 
 
 def test_full_cover_pad1_covers_and_the_minimal_pads_do_not():
     for name in ("fcn32s", "fcn8s"):
-        p = geometry.full_cover_pad1(name, 96)
-        assert geometry.score_coverage(name, 96, p).min() >= 0.99
-        assert geometry.score_coverage(name, 96, geometry.min_pad1(name, 96)).min() < 0.05
-    assert geometry.full_cover_pad1("fcn32s", 96) == 113  # by hand, the tent sum above:
+        p = padding.full_cover_pad1(name, 96)
+        assert padding.score_coverage(name, 96, p).min() >= 0.99
+        assert padding.score_coverage(name, 96, padding.min_pad1(name, 96)).min() < 0.05
+    assert padding.full_cover_pad1("fcn32s", 96) == 113  # by hand, the tent sum above:
     assert _fcn32s_coverage_by_hand(96, 113).min() >= 0.99 > _fcn32s_coverage_by_hand(96, 112).min()
 
 

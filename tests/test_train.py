@@ -315,14 +315,14 @@ def test_skip_architecture_workers_report_a_failed_run_and_go_on(tmp_path, capsy
 
 
 def test_pad1_full_builds_the_net_whose_scores_cover_the_input():
-    from minifcn.models import geometry
+    from minifcn.models import padding
 
     config = train_cli.make_config(train_cli.parser().parse_args(
         ["--model", "fcn32s", "--size", "64", "--pad1", "full"]))
     config["n_class"] = 5
     model = training.build_model(config)  # resolves "full" in the config, for config.json
-    assert config["pad1"] == model.config["pad1"] == geometry.full_cover_pad1("fcn32s", 64)
-    assert geometry.score_coverage(model, 64).min() >= 0.99
+    assert config["pad1"] == model.config["pad1"] == padding.full_cover_pad1("fcn32s", 64)
+    assert padding.score_coverage(model, 64).min() >= 0.99
     with pytest.raises(SystemExit):
         train_cli.parser().parse_args(["--pad1", "most"])
 

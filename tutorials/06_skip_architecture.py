@@ -25,7 +25,7 @@ import minifcn
 import minifcn.functional as F
 from minifcn import Tensor, metrics, models, optim, training
 from minifcn.data import Loader, Shapes, to_input
-from minifcn.models import geometry
+from minifcn.models import geometry, padding
 
 plt.rcParams.update({"figure.dpi": 70, "figure.figsize": (6, 3)})
 np.set_printoptions(precision=3, suppress=True, linewidth=110)
@@ -274,7 +274,7 @@ print(inspect.getsource(training.train_step))
 
 # %%
 STEPS = 3 if FAST else 60
-PAD1 = max(geometry.full_cover_pad1(name, 64) for name in ("fcn32s", "fcn16s", "fcn8s"))
+PAD1 = max(padding.full_cover_pad1(name, 64) for name in ("fcn32s", "fcn16s", "fcn8s"))
 LR, WARMUP = 0.08, 20
 train_set = Shapes("train", n=2000, size=64)
 
@@ -320,15 +320,15 @@ print(f"class shares {np.round(share, 3)}, their entropy {prior_loss:.3f}")
 # score cells; beyond the outermost cell centres there is only one neighbour, and the output
 # fades towards zero. On a 500-pixel VOC image that rim is a thin border, but our 96-pixel
 # images have only a few score cells, and with the smallest padding that fits, the rim is most
-# of the image. `geometry.score_coverage` shows it: the net's output when score_fr says 1
+# of the image. `padding.score_coverage` shows it: the net's output when score_fr says 1
 # everywhere (and the skips say 0).
 
 # %%
-pads = {"fcn32s": [geometry.min_pad1("fcn32s", 96), geometry.full_cover_pad1("fcn32s", 96)],
-        "fcn8s": [geometry.min_pad1("fcn8s", 96), geometry.full_cover_pad1("fcn8s", 96)]}
+pads = {"fcn32s": [padding.min_pad1("fcn32s", 96), padding.full_cover_pad1("fcn32s", 96)],
+        "fcn8s": [padding.min_pad1("fcn8s", 96), padding.full_cover_pad1("fcn8s", 96)]}
 fig, axes = plt.subplots(1, 4, figsize=(10, 2.6))
 for ax, (name, p) in zip(axes, [(n, p) for n, ps in pads.items() for p in ps]):
-    cov = geometry.score_coverage(name, 96, p)
+    cov = padding.score_coverage(name, 96, p)
     ax.imshow(cov, cmap="magma", vmin=0, vmax=1)
     ax.set_title(f"{name}, pad1 {p}\nmean {cov.mean():.2f}, min {cov.min():.2f}", fontsize=9)
     ax.set_xticks([]); ax.set_yticks([])

@@ -23,7 +23,7 @@
 Every run is FCN-32s by default (the net of the paper's Figure 5 and its "fixed" row; --model
 picks another), trained from scratch (``--init scratch``, whatever train's default)
 with the from-scratch recipe and the conv1_1 padding at which the coarse scores cover the whole
-image (``geometry.full_cover_pad1``); only the switch under study differs. Each run's
+image (``padding.full_cover_pad1``); only the switch under study differs. Each run's
 folder, with its training losses (train_loss.npy: iteration, loss, images), is under --out.
 """
 import argparse
@@ -37,7 +37,7 @@ import numpy as np
 
 from .. import backend, training
 from ..training import DEFAULTS, resolve
-from ..models import geometry
+from ..models import padding
 from . import shift_study
 from .skip_architectures import run_jobs, table
 
@@ -129,7 +129,7 @@ def main(argv=None):
         if getattr(args, name) < 1:
             p.error(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
     studies = [*STUDIES, "shift"] if args.study == "all" else [args.study]
-    pad1 = geometry.full_cover_pad1(args.model, args.size)  # the coarse scores cover every pixel
+    pad1 = padding.full_cover_pad1(args.model, args.size)  # the coarse scores cover every pixel
     seeds = list(range(args.seeds))
     base = {**DEFAULTS, "model": args.model, "data": args.data, "width": args.width,
             "size": args.size, "n_train": args.n_train, "n_val": args.n_val,

@@ -39,7 +39,7 @@ from .. import backend, io, training
 from ..autograd import Tensor, no_grad
 from ..data import Loader
 from ..metrics import RunningScore
-from ..models import fcn8s, fcn16s, fcn32s, geometry, rarefy, shift, stitched_scores
+from ..models import fcn8s, fcn16s, fcn32s, geometry, padding, rarefy, shift, stitched_scores
 from .skip_architectures import METRICS, common_pad1
 
 NETS = ("fcn32s", "fcn16s", "fcn8s")
@@ -61,7 +61,7 @@ def study_pad1(width, size):
     FCN-32s rarefied at pool5 and pool4 still covers a size x size input (105)."""
     probe = fcn32s(n_class=1, width=1 / 64, pad1=1024)  # the geometry alone
     probe = rarefy(rarefy(probe, "pool5"), "pool4")
-    return max(common_pad1(width, size), geometry.min_pad1(probe, size))
+    return max(common_pad1(width, size), padding.min_pad1(probe, size))
 
 
 def jobs(base, seeds, out):

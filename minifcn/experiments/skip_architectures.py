@@ -33,7 +33,7 @@ from pathlib import Path
 import numpy as np
 
 from .. import io, training
-from ..models import geometry
+from ..models import padding
 from ..training import DEFAULTS, FROM_SCRATCH, resolve
 
 VARIANTS = ("fcn32s", "fcn16s", "fcn8s")
@@ -42,13 +42,13 @@ METRICS = ("pixel_acc", "mean_acc", "mean_iu", "fw_iu")
 
 def common_pad1(width, size):
     """The conv1_1 padding for all three variants: the smallest at which every variant's coarse
-    scores reach the whole input at full strength (``geometry.full_cover_pad1``).
+    scores reach the whole input at full strength (``padding.full_cover_pad1``).
 
     With less (each net's minimal padding, say), the bilinear upsampling fades out over most of
     a small image, and FCN-32s, which has nothing but the coarse scores, would lose for that
     reason rather than for its stride: at 81, its validation loss stayed above that of always
     predicting the class shares for 1,250 steps; at 116 it went below within 100."""
-    return max(geometry.full_cover_pad1(v, size) for v in VARIANTS)
+    return max(padding.full_cover_pad1(v, size) for v in VARIANTS)
 
 
 def save_weights(checkpoint, path):

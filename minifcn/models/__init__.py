@@ -7,12 +7,13 @@
 
 Files: vgg.py (the trunk, the options), fcn.py (the heads and builders), classifier.py (the
 VGG16 classifier an FCN starts from, ``convolutionalize``, the shipped
-``pretrained_classifier``), layers.py (Crop, Sum, Scale), geometry.py (coordinate maps -> crop offsets), init.py (bilinear, He), summary.py,
+``pretrained_classifier``), layers.py (Crop, Sum, Scale), geometry.py (coordinate maps -> crop offsets), padding.py
+(how much to pad conv1_1: min_pad1, score_coverage, full_cover_pad1), init.py (bilinear, He), summary.py,
 shift.py (denser scores, paper section 3.2: ``rarefy(model, 'pool5')`` and
 ``shift_and_stitch(model, x, f)``; not named rarefy.py, so the function cannot hide the module).
 CLI: ``python -m minifcn.models fcn8s --width 1.0 --size 500`` prints the summary.
 """
-from . import geometry
+from . import geometry, padding
 from .classifier import (VGGClassifier, convolutionalize, pretrained_classifier,
                          shipped_classifier_path)
 from .fcn import (FCN8s, FCN8sAtOnce, FCN16s, FCN32s, MODELS, build, fcn8s, fcn8s_atonce,
@@ -25,6 +26,6 @@ from .vgg import FCNBase
 
 __all__ = ["FCN32s", "FCN16s", "FCN8s", "FCN8sAtOnce", "FCNBase", "fcn32s", "fcn16s", "fcn8s",
            "fcn8s_atonce", "build", "MODELS", "summary", "bilinear_kernel", "bilinear_weight",
-           "Crop", "Sum", "Scale", "geometry", "rarefy", "shift_and_stitch", "stitched_scores",
+           "Crop", "Sum", "Scale", "geometry", "padding", "rarefy", "shift_and_stitch", "stitched_scores",
            "coarse_scores", "VGGClassifier", "convolutionalize", "pretrained_classifier",
            "shipped_classifier_path"]

@@ -49,10 +49,7 @@ import math
 from dataclasses import dataclass
 from fractions import Fraction
 
-import numpy as np
-
 from .. import nn
-from ..autograd import Tensor, no_grad
 from ..primitives import conv_out_size
 from .layers import Crop, Scale, Sum
 
@@ -263,60 +260,9 @@ def min_input_size(model, limit=4096):
 
 def min_pad1(model, size=None, limit=1024):
     """The smallest conv1_1 padding for which the upsampled scores cover the input (every crop
-    offset >= 0) and, if ``size`` is given, a size x size input fits.
-
-    model: an FCN, or a model name ('fcn8s', ...; the geometry does not depend on the width or
-    the classes). Reference nets: 81 for FCN-32s, 73 for FCN-16s, 69 for FCN-8s; for small
-    images fc6 also needs pool5 >= 7, e.g. min_pad1('fcn8s', 32) == 82. A trainer on small
-    images can build with ``pad1=min_pad1(name, size)``: at 96x96 FCN-8s's conv1 maps shrink
-    from 294 to 232 pixels a side, about 0.6x the work.
-    """
-    if isinstance(model, str):
-        from .fcn import build  # fcn.py stands on this module: import when needed
-
-        model = build(model, n_class=1, width=1 / 64)
+    offset >= 0) and, if ``size`` is given, a size x size input fits. ``model``: an FCN (for a
+    model's name, ``minifcn.models.padding.min_pad1``)."""
     for p in range(limit + 1):
         if _fits(model, size, pad1=p):
             return p
     raise GeometryError(f"geometry: no conv1_1 padding up to {limit} fits {type(model).__name__}")
-
-
-def score_coverage(model, size, pad1=None):
-    """How much of a constant coarse score reaches each pixel of a size x size input: the output
-    of the net when score_fr says 1 everywhere and every other score layer 0. A (size, size)
-    array.
-
-    The fixed bilinear upsampling interpolates between neighbouring score cells; past the
-    outermost cell centres there is only one neighbour, and the output fades towards 0 there.
-    The crop keeps part of that fading rim when the padding is small, and on small images with
-    few score cells the rim is most of the image: FCN-8s at 96x96 with the minimal padding 69
-    passes on average 0.40 of its coarse scores, 0 at the corners. A net can learn to make up for
-    it, but slowly, and FCN-32s hardly does. ``full_cover_pad1`` finds the padding without rim.
-
-    model: an FCN, or a model name ('fcn8s', ...).
-    """
-    from .fcn import build  # fcn.py stands on this module: import when needed
-
-    if pad1 is None:
-        pad1 = 100 if isinstance(model, str) else model.config["pad1"]
-    options = dict(n_class=1, width=1 / 64, pad1=pad1, dropout=0.0)  # the geometry alone
-    net = (build(model, **options) if isinstance(model, str) else type(model)(**options)).eval()
-    state = net.state_dict()
-    for key in state:
-        if key.startswith("score"):  # score_fr, score_pool4, score_pool3: weights and biases
-            state[key] = np.zeros_like(state[key])
-    state["score_fr.bias"] = np.ones_like(state["score_fr.bias"])
-    net.load_state_dict(state)
-    with no_grad():
-        return net(Tensor(np.zeros((1, 3, size, size), np.float32))).data[0, 0]
-
-
-def full_cover_pad1(model, size, threshold=0.99, limit=1024):
-    """The smallest conv1_1 padding at which the coarse scores reach every pixel of a size x
-    size input at full strength (``score_coverage`` >= threshold everywhere). Reference nets at
-    96x96: 113 for FCN-32s, 121 for FCN-16s, 124 for FCN-8s (the paper's 100 leaves 0.37 in the
-    corners)."""
-    for p in range(min_pad1(model, size), limit + 1):
-        if score_coverage(model, size, p).min() >= threshold:
-            return p
-    raise GeometryError(f"geometry: no conv1_1 padding up to {limit} covers a {size}x{size} input")

@@ -19,7 +19,7 @@ MIN_INIT_SHARE = 0.5
 def build_model(config):
     """The model ``config`` names, with conv1_1's padding resolved ('auto', 'full' -> int);
     "vgg16" is the classifier that ``python -m minifcn.pretrain`` trains."""
-    from ..models import build, geometry
+    from ..models import build, padding
     from ..models.classifier import VGGClassifier
 
     if config["model"] == "vgg16":
@@ -27,9 +27,9 @@ def build_model(config):
                              dropout=option(config, "dropout"))
     pad1 = config["pad1"]
     if pad1 == "auto":  # the smallest conv1_1 padding whose crops still cover the input
-        pad1 = config["pad1"] = geometry.min_pad1(config["model"], config.get("size"))
+        pad1 = config["pad1"] = padding.min_pad1(config["model"], config.get("size"))
     elif pad1 == "full":  # the smallest at which the coarse scores reach every pixel in full
-        pad1 = config["pad1"] = geometry.full_cover_pad1(config["model"], config["size"])
+        pad1 = config["pad1"] = padding.full_cover_pad1(config["model"], config["size"])
     model = build(config["model"], n_class=config["n_class"], width=config["width"], pad1=pad1,
                   dropout=option(config, "dropout"),
                   learn_upsampling=LEARN_UPSAMPLING[option(config, "learn_upsampling")])
