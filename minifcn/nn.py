@@ -134,27 +134,6 @@ class Module:
         return ""
 
 
-def _is_array(value):
-    """A NumPy array or scalar, or an array of the GPU's module (CuPy)."""
-    return (isinstance(value, (np.ndarray, np.generic))
-            or backend.get_array_module(value) is not np)
-
-
-def _uniform(shape, bound):
-    # drawn in float32 directly: a float64 draw of fc6 at full width would be an extra 800 MB
-    u = backend.rng().random(shape, dtype=np.float32)
-    return (u * np.float32(2 * bound) - np.float32(bound)).astype(np.float32, copy=False)
-
-
-def _dilation(value, layer, after):
-    """The dilation as a pair. PyTorch's argument order puts dilation before ``after``, so a
-    bool here is most likely ``after`` given by position: say so."""
-    if isinstance(value, bool):
-        raise TypeError(f"{layer}: dilation must be an int or a pair of ints, got {value!r} "
-                        f"({after} comes after dilation, as in PyTorch: pass {after}=...)")
-    return pair(value, "dilation", layer, 1)
-
-
 class _ConvBase(Module):
     """What Conv2d and ConvTranspose2d share: geometry, PyTorch's default init, repr."""
 
@@ -268,3 +247,27 @@ class Sequential(Module):
         for m in self:
             x = m(x)
         return x
+
+
+# ---------------------------------------------------------------- helpers
+
+
+def _is_array(value):
+    """A NumPy array or scalar, or an array of the GPU's module (CuPy)."""
+    return (isinstance(value, (np.ndarray, np.generic))
+            or backend.get_array_module(value) is not np)
+
+
+def _uniform(shape, bound):
+    # drawn in float32 directly: a float64 draw of fc6 at full width would be an extra 800 MB
+    u = backend.rng().random(shape, dtype=np.float32)
+    return (u * np.float32(2 * bound) - np.float32(bound)).astype(np.float32, copy=False)
+
+
+def _dilation(value, layer, after):
+    """The dilation as a pair. PyTorch's argument order puts dilation before ``after``, so a
+    bool here is most likely ``after`` given by position: say so."""
+    if isinstance(value, bool):
+        raise TypeError(f"{layer}: dilation must be an int or a pair of ints, got {value!r} "
+                        f"({after} comes after dilation, as in PyTorch: pass {after}=...)")
+    return pair(value, "dilation", layer, 1)

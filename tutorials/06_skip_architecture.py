@@ -396,11 +396,10 @@ plt.tight_layout(); plt.show()
 # what it misses first. FCN-16s's pool4 skip halves the cell and FCN-8s's pool3 skip halves it
 # again, so their outlines follow the shapes more closely and the cross's arms begin to show. Each net here is also far
 # from converged (the paper trains for days from ImageNet weights), and each is a single run
-# (seed 0, on the CPU). Over three seeds (the tables in docs/experiments.md), the pool4 skip is the big step, 27
-# -> 51 mean IU on average after 600 steps and 40 -> 60 after 1,000, while pool3 adds little:
-# FCN-8s is 2.8 behind FCN-16s after 600 steps and 0.6 ahead after 1,000, with several points of
-# spread between its seeds. The paper's own Table 2 has the same shape: pool4 added 3.0 mean IU
-# and pool3 only 0.3 more.
+# (seed 0, on the CPU). Over three seeds (docs/gpu.md, "The skip architectures on the GPU"), the
+# pool4 skip is the big step and pool3 adds little, with several points of spread between the
+# seeds. The paper's own Table 2 has the same shape: pool4 added 3.0 mean IU and pool3 only 0.3
+# more.
 #
 # ## Exercise
 #

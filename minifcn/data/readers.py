@@ -19,14 +19,8 @@ def read_image(path, where):
 
     Raises FileNotFoundError if the file is missing, ValueError if Pillow cannot decode it.
     """
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"{where}: image file {path} not found")
-    try:
-        with Image.open(path) as im:
-            return np.array(im.convert("RGB"))  # greyscale or CMYK JPEGs exist in the wild
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
-        raise ValueError(f"{where}: cannot decode image {path}: {e}") from e
+    # greyscale or CMYK JPEGs exist in the wild: convert, and decode here, inside the checks
+    return _open(path, where, lambda im: np.array(im.convert("RGB")))
 
 
 def read_image_size(path, where):
@@ -34,15 +28,19 @@ def read_image_size(path, where):
 
     Raises FileNotFoundError if the file is missing, ValueError if Pillow cannot identify it.
     """
+    return _open(path, where, lambda im: im.size[::-1])
+
+
+def _open(path, where, read):
+    """``read(image)`` on the Pillow image at ``path``, with the file's errors in one line."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{where}: image file {path} not found")
     try:
         with Image.open(path) as im:
-            w, h = im.size
+            return read(im)
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
         raise ValueError(f"{where}: cannot decode image {path}: {e}") from e
-    return h, w
 
 
 def read_label(path, n_class, where):

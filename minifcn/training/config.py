@@ -33,7 +33,7 @@ FROM_SCRATCH = dict(pad1="auto", lr=0.08, warmup=50, dropout=0.0, epochs=5,
                     conv1_lr_mult=optim.first_layer_lr_mult(vgg.PIXEL_STD))
 # From the shipped classifier (--init classifier, the default where one ships) on the synthetic
 # sets (docs/training.md#starting-from-a-classifier). lr: from the classifier, 0.08 beat 0.04
-# (mean IU 0.54 against 0.46 after 500 steps); 7 epochs (1,750 steps) where scratch runs 5: the
+# in 500-step probes; 7 epochs (1,750 steps) where scratch runs 5: the
 # fine-tuned net is still rising at 1,250. conv1_1 keeps its small lr: its weights are still
 # pixel-scaled (x 1/PIXEL_STD).
 FINE_TUNE = dict(pad1="auto", lr=0.08, warmup=50, dropout=0.0, epochs=7,
