@@ -17,8 +17,6 @@ Every image is scored at its own size: a batch holds images of one size (``Loade
 import argparse
 import json
 import sys
-import tempfile
-from pathlib import Path
 
 import numpy as np
 
@@ -38,22 +36,6 @@ def format_table(scores, class_names):
     for name, iu in zip(class_names, scores["per_class_iu"]):
         lines.append(f"{name:<24}{'absent' if np.isnan(iu) else f'{iu:.4f}'}")
     return "\n".join(lines)
-
-
-def check_writable(path, option):
-    """Raise ValueError naming ``option`` unless a file can be written at ``path``: it is not a
-    folder, and a temporary file can be made beside it (so the scores are not lost after a
-    whole evaluation; as root, permission bits alone would say yes)."""
-    path = Path(path)
-    if path.is_dir():
-        raise ValueError(f"{option} {path}: is a folder; expected the name of a file to write")
-    folder = path.absolute().parent
-    try:
-        with tempfile.TemporaryFile(dir=folder):
-            pass
-    except OSError as e:
-        raise ValueError(f"{option} {path}: cannot write a file in {folder} "
-                         f"({e.strerror or e})") from None
 
 
 def load_weights_model(path, name, width, n_class, device):
@@ -104,13 +86,20 @@ def main(argv=None):
                                                         "(one a line), e.g. seg11valid.txt")
     p.add_argument("--batch-size", type=int, default=1)
     p.add_argument("--device", default="auto", choices=["cpu", "cuda", "auto"])
-    p.add_argument("--json", metavar="FILE", help="also write the scores as JSON")
+    p.add_argument("--json", metavar="FILE", help="also write the scores as JSON (an existing "
+                   "FILE only with --overwrite, never an input file; a missing folder is made)")
+    p.add_argument("--overwrite", action="store_true", help="let --json replace an existing "
+                                                            "file")
     args = p.parse_args(argv)
     try:
         if args.batch_size < 1:
             raise ValueError(f"--batch-size must be >= 1, got {args.batch_size}")
-        if args.json:
-            check_writable(args.json, "--json")
+        # --json never replaces the file scored or the ids read (by any path): checked now,
+        # and again once the scores are in
+        check_json = dict(option="--json", overwrite=args.overwrite,
+                          inputs=[args.checkpoint, args.split_file])
+        if args.json is not None:
+            io.check_output(args.json, **check_json)
         if args.split and args.split_file:
             raise ValueError("--split and --split-file: give one of them")
         split = args.split or "val"
@@ -149,7 +138,12 @@ def main(argv=None):
         out["loss"] = loss
         out["per_class_iu"] = {n: (None if np.isnan(v) else float(v))
                                for n, v in zip(data.class_names, scores["per_class_iu"])}
-        io.atomic_write_text(args.json, json.dumps(out, indent=2) + "\n")
+        try:
+            io.check_output(args.json, **check_json, create=True)
+            io.atomic_write_text(args.json, json.dumps(out, indent=2) + "\n")
+        except (OSError, ValueError) as e:  # the scores are printed above: only the file is lost
+            print(f"error: {e}", file=sys.stderr)
+            return 1
         print(f"\nwrote {args.json}")
     return 0
 

@@ -17,7 +17,8 @@ CHECKPOINT is a checkpoint of ``python -m minifcn.train`` (read with
                (:mod:`minifcn.io.safetensors`).
 
 Every input is RGB pixels 0..255 minus ``minifcn.data.transforms.MEAN_RGB`` (for the port:
-BGR minus the same mean in BGR order). An existing FILE is refused unless --overwrite; FILE is
+BGR minus the same mean in BGR order). An existing FILE is refused unless --overwrite, and
+CHECKPOINT itself always (by any path: a symlink too); a missing folder is made. FILE is
 written to a temporary name and renamed (``minifcn.io.atomic_path``), so a failed export
 leaves whatever was there before. Errors are one line naming the file or option.
 """
@@ -26,6 +27,7 @@ import os
 import sys
 import warnings
 
+from .io.atomic import check_output
 from .io.export import PORT_PAD1, pytorch_state_dict, to_onnx, to_pytorch, to_safetensors
 from .io.torchwrite import save_torch_state_dict
 
@@ -37,30 +39,14 @@ __all__ = ["to_pytorch", "to_onnx", "to_safetensors", "pytorch_state_dict",
 TARGETS = {"pytorch": to_pytorch, "onnx": to_onnx, "safetensors": to_safetensors}
 
 
-def check_out(out, overwrite):
-    """ValueError (one line, naming --out) unless ``out`` can be written as a new file (or an
-    existing one replaced, with ``overwrite``)."""
-    if not out:
-        raise ValueError("--out is empty: give the file to write")
-    folder = os.path.dirname(os.path.abspath(out))
-    if os.path.isdir(out):
-        raise ValueError(f"--out {out} is a folder; give a file name")
-    if not os.path.isdir(folder):
-        raise ValueError(f"--out {out}: folder {folder} does not exist")
-    if not os.access(folder, os.W_OK):
-        raise ValueError(f"--out {out}: folder {folder} is not writable")
-    if os.path.lexists(out) and not overwrite:
-        raise ValueError(f"--out {out} already exists: choose another name, or pass --overwrite "
-                         "to replace it")
-
-
 def parser():
     p = argparse.ArgumentParser(prog="python -m minifcn.export", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("checkpoint", help="a checkpoint written by python -m minifcn.train")
     p.add_argument("--to", required=True, choices=sorted(TARGETS), help="the format to write")
     p.add_argument("--out", required=True, help="the file to write")
-    p.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
+    p.add_argument("--overwrite", action="store_true", help="replace --out if it exists "
+                   "(never the checkpoint itself)")
     return p
 
 
@@ -81,12 +67,14 @@ def _load(checkpoint):
 def main(argv=None):
     args = parser().parse_args(argv)
     try:
-        check_out(args.out, args.overwrite)
+        rules = dict(option="--out", overwrite=args.overwrite, inputs=[args.checkpoint])
+        check_output(args.out, **rules)
         if args.to == "onnx":  # before the model is loaded, which can take a while
             from .io.onnx import require_onnx
 
             require_onnx("--to onnx")
         model = _load(args.checkpoint)
+        check_output(args.out, **rules, create=True)  # again: loading took a while
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
             TARGETS[args.to](model, args.out)

@@ -78,13 +78,104 @@ def test_evaluate_refuses_an_unwritable_json_before_evaluating(checkpoint, voc, 
     (tmp_path / "file.txt").write_text("a regular file")
     (tmp_path / "folder").mkdir()
     for bad in (tmp_path / "file.txt" / "scores.json",  # under a file: never writable
-                tmp_path / "no" / "such" / "scores.json",
                 tmp_path / "folder"):
         rc, out, err = run(capsys, checkpoint, "--data", f"voc:{voc}", "--json", bad)
         assert rc == 1 and err.count("\n") == 1
         assert err.startswith(f"error: --json {bad}: "), err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["VOCdevkit", "file.txt", "folder"]
     assert list((tmp_path / "folder").iterdir()) == []
+
+
+# ---------------------------------------------------------------- --json never loses a file
+
+@pytest.fixture
+def own_checkpoint(checkpoint, tmp_path):
+    """A copy of the checkpoint that a test may lose without spoiling the others."""
+    path = tmp_path / "mine.npz"
+    path.write_bytes(open(checkpoint, "rb").read())
+    return path
+
+
+def refuse_evaluating(monkeypatch):
+    monkeypatch.setattr(evaluate, "validate",
+                        lambda *a, **k: pytest.fail("evaluated before refusing --json"))
+
+
+@pytest.mark.parametrize("how", ["same name", "symlink", "another spelling"])
+@pytest.mark.parametrize("overwrite", [False, True])
+def test_json_never_replaces_the_checkpoint_it_scores(own_checkpoint, voc, tmp_path, capsys,
+                                                      monkeypatch, how, overwrite):
+    refuse_evaluating(monkeypatch)
+    before = own_checkpoint.read_bytes()
+    json_path = {"same name": own_checkpoint,
+                 "another spelling": tmp_path / "VOCdevkit" / ".." / own_checkpoint.name,
+                 "symlink": tmp_path / "scores.json"}[how]
+    if how == "symlink":
+        json_path.symlink_to(own_checkpoint)
+    rc, out, err = run(capsys, own_checkpoint, "--data", f"voc:{voc}", "--json", json_path,
+                       *(["--overwrite"] if overwrite else []))
+    assert rc == 1 and err.count("\n") == 1, err
+    assert err.startswith(f"error: --json {json_path} ") and str(own_checkpoint) in err, err
+    assert own_checkpoint.read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == []
+
+
+@pytest.mark.parametrize("overwrite", [False, True])
+def test_json_never_replaces_the_split_file(checkpoint, voc, tmp_path, capsys, monkeypatch,
+                                            overwrite):
+    refuse_evaluating(monkeypatch)
+    listed = tmp_path / "ids.txt"
+    listed.write_text("2007_000001\n")
+    rc, out, err = run(capsys, checkpoint, "--data", f"voc:{voc}", "--split-file", listed,
+                       "--json", listed, *(["--overwrite"] if overwrite else []))
+    assert rc == 1 and err.count("\n") == 1 and str(listed) in err, err
+    assert listed.read_text() == "2007_000001\n"
+
+
+def test_json_refuses_an_existing_file_without_overwrite(checkpoint, voc, tmp_path, capsys,
+                                                        monkeypatch):
+    refuse_evaluating(monkeypatch)
+    scores = tmp_path / "scores.json"
+    scores.write_bytes(b"last week's scores")
+    rc, out, err = run(capsys, checkpoint, "--data", f"voc:{voc}", "--json", scores)
+    assert rc == 1 and err == (f"error: --json {scores} already exists: choose another name, or "
+                               "pass --overwrite to replace it\n")
+    assert scores.read_bytes() == b"last week's scores"
+
+
+def test_json_overwrite_replaces_another_file(checkpoint, voc, tmp_path, capsys):
+    scores = tmp_path / "scores.json"
+    scores.write_bytes(b"last week's scores")
+    rc, out, err = run(capsys, checkpoint, "--data", f"voc:{voc}", "--json", scores,
+                       "--overwrite")
+    assert rc == 0, err
+    assert set(json.loads(scores.read_text())) >= {"pixel_acc", "mean_iu", "per_class_iu"}
+
+
+def test_json_that_appears_during_the_evaluation_is_kept(checkpoint, voc, tmp_path, capsys,
+                                                         monkeypatch):
+    scores, validate = tmp_path / "scores.json", evaluate.validate
+
+    def meanwhile(*args, **kw):
+        scores.write_bytes(b"another run's scores")
+        return validate(*args, **kw)
+
+    monkeypatch.setattr(evaluate, "validate", meanwhile)
+    rc, out, err = run(capsys, checkpoint, "--data", f"voc:{voc}", "--json", scores)
+    assert rc == 1 and "mean IU" in out and err.count("\n") == 1 and "already exists" in err
+    assert scores.read_bytes() == b"another run's scores"
+
+
+def test_json_makes_a_missing_folder_only_once_the_scores_are_in(checkpoint, voc, tmp_path,
+                                                                  capsys, monkeypatch):
+    scores = tmp_path / "no" / "such" / "scores.json"
+    with monkeypatch.context() as m:  # an evaluation that fails leaves no folder behind
+        m.setattr(evaluate, "validate", lambda *a, **k: (_ for _ in ()).throw(ValueError("x")))
+        assert run(capsys, checkpoint, "--data", f"voc:{voc}", "--json", scores)[0] == 1
+    assert not (tmp_path / "no").exists()
+    rc, out, err = run(capsys, checkpoint, "--data", f"voc:{voc}", "--json", scores)
+    assert rc == 0, err
+    assert "mean_iu" in json.loads(scores.read_text())
 
 
 # ---------------------------------------------------------------- weights files (--model)
@@ -134,8 +225,8 @@ def fcn8s_files(tmp_path_factory):
 
 
 def scores_of(capsys, tmp_path, *argv):
-    out = tmp_path / "scores.json"
-    rc, _, err = run(capsys, *argv, "--json", out)
+    out = tmp_path / "scores.json"  # one file for every call: --overwrite
+    rc, _, err = run(capsys, *argv, "--json", out, "--overwrite")
     assert rc == 0, err
     return json.loads(out.read_text())
 

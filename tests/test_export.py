@@ -474,15 +474,16 @@ def test_an_existing_out_is_refused_and_kept_unless_overwrite(tmp_path, ckpt, ca
     assert len(load_safetensors(out)) == len(port_keys("fcn8s"))
 
 
-@pytest.mark.parametrize("case", ["folder", "no-folder", "empty", "no-checkpoint",
+@pytest.mark.parametrize("case", ["folder", "under-a-file", "empty", "no-checkpoint",
                                   "not-a-checkpoint", "damaged-checkpoint", "odd-config",
                                   "weights-do-not-fit"])
 def test_the_commands_errors_are_one_line_naming_the_file(tmp_path, ckpt, capsys, case):
     out, checkpoint = tmp_path / "w.pth", ckpt
     if case == "folder":
         out.mkdir()
-    elif case == "no-folder":
-        out = tmp_path / "missing" / "w.pth"
+    elif case == "under-a-file":
+        (tmp_path / "file.txt").write_text("a regular file")
+        out = tmp_path / "file.txt" / "w.pth"
     elif case == "empty":
         out = ""
     elif case == "no-checkpoint":
@@ -503,13 +504,44 @@ def test_the_commands_errors_are_one_line_naming_the_file(tmp_path, ckpt, capsys
     args = [checkpoint, "--to", "pytorch", "--out", str(out)]
     assert export.main(args + (["--overwrite"] if case == "folder" else [])) == 1
     err = one_line_error(capsys)
-    named = {"folder": "is a folder", "no-folder": "does not exist", "empty": "--out is empty",
+    named = {"folder": "is a folder", "under-a-file": "file.txt is a file, not a folder", "empty": "--out is empty",
              "no-checkpoint": "none.npz", "not-a-checkpoint": "weights.npz",
              "damaged-checkpoint": "bad.npz", "odd-config": "odd.npz",
              "weights-do-not-fit": "misfit.npz"}[case]
     assert named in err
     if case.endswith(("checkpoint", "config", "fit")):
         assert not out.exists() and list(tmp_path.glob(".w.pth.*")) == []
+
+
+@pytest.mark.parametrize("how", ["same name", "symlink", "another spelling", "hard link"])
+@pytest.mark.parametrize("to", ["pytorch", "safetensors"])
+def test_export_never_replaces_its_own_input_even_with_overwrite(tmp_path, ckpt, capsys,
+                                                                  monkeypatch, how, to):
+    mine = tmp_path / "mine.npz"  # a copy: a test that loses it spoils no other
+    mine.write_bytes(open(ckpt, "rb").read())
+    before = mine.read_bytes()
+    out = {"same name": mine, "symlink": tmp_path / "w.pth", "hard link": tmp_path / "w.pth",
+           "another spelling": tmp_path / "sub" / ".." / "mine.npz"}[how]
+    (tmp_path / "sub").mkdir()
+    if how == "symlink":
+        out.symlink_to(mine)
+    elif how == "hard link":
+        out.hardlink_to(mine)
+    monkeypatch.setattr(training, "load_model", lambda *a, **k: pytest.fail("model loaded"))
+    assert export.main([str(mine), "--to", to, "--out", str(out), "--overwrite"]) == 1
+    err = one_line_error(capsys)
+    assert err.startswith(f"error: --out {out} ") and str(mine) in err, err
+    assert mine.read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted({"mine.npz", "sub", out.name})
+
+
+def test_export_makes_a_missing_folder(tmp_path, ckpt, capsys):
+    out = tmp_path / "no" / "such" / "w.safetensors"
+    assert export.main([ckpt, "--to", "safetensors", "--out", str(out)]) == 0
+    assert len(load_safetensors(out)) == len(port_keys("fcn8s"))
+    bad = tmp_path / "none.npz"  # a failed export leaves no folder behind
+    assert export.main([str(bad), "--to", "safetensors", "--out", str(tmp_path / "x" / "w")]) == 1
+    assert "none.npz" in one_line_error(capsys) and not (tmp_path / "x").exists()
 
 
 def test_export_to_onnx_without_onnx_refuses_before_loading(tmp_path, ckpt, capsys, monkeypatch):

@@ -5,15 +5,17 @@ through :func:`atomic_path`: written to a temporary file in the same folder, the
 the target, so a run killed mid-save leaves the previous file intact. A process killed outright
 cannot delete its temporary file; the next save to the same target does (only files named
 exactly as this module names that target's temporaries, whose writer has exited).
-Re-exported by :mod:`minifcn.io`.
+:func:`check_output` is the commands' check of a file they are about to write (never one of
+their inputs, never an existing file without ``--overwrite``). Re-exported by :mod:`minifcn.io`.
 """
 import contextlib
 import os
 import re
 import secrets
 import stat
+import tempfile
 
-__all__ = ["atomic_path", "atomic_write_bytes", "atomic_write_text"]
+__all__ = ["atomic_path", "atomic_write_bytes", "atomic_write_text", "check_output"]
 
 _IN_FLIGHT = set()  # names of this process's temporary files being written now: never orphans
 
@@ -110,3 +112,56 @@ def atomic_write_bytes(path, data):
 def atomic_write_text(path, text):
     """Write ``text`` (str, UTF-8) to ``path`` atomically (see :func:`atomic_path`)."""
     atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def _same_file(a, b):
+    """Whether paths ``a`` and ``b`` name one file: one spelling, a symlink or a hard link."""
+    if os.path.realpath(a) == os.path.realpath(b):
+        return True
+    try:
+        return os.path.samefile(a, b)
+    except OSError:  # one of them does not exist: nothing there to lose
+        return False
+
+
+def check_output(path, option, overwrite=False, inputs=(), create=False):
+    """ValueError (one line, naming ``option``) unless a command may write the file ``path``:
+
+    * never over one of its ``inputs`` (the same file by any path, symlinks and hard links
+      included), even with ``overwrite``;
+    * never over an existing file unless ``overwrite``; never at a folder;
+    * a missing folder is fine if it could be made: the nearest existing one above it must be a
+      folder a file can be written in. With ``create`` (right before the write: call it once
+      early to fail fast, and again with ``create`` when the file is ready) that folder is made,
+      as ``train`` and ``predict`` make theirs (``mkdir(parents=True, exist_ok=True)``).
+
+    Writing the file is :func:`atomic_path`'s (a temporary file renamed over ``path``).
+    """
+    if not path:
+        raise ValueError(f"{option} is empty: give the file to write")
+    path = os.fspath(path)
+    for given in inputs:
+        if given and _same_file(path, given):
+            raise ValueError(f"{option} {path} is the same file as the input {os.fspath(given)}, "
+                             "which is never replaced, even with --overwrite: choose another name")
+    if os.path.isdir(path):
+        raise ValueError(f"{option} {path}: is a folder; give the name of a file to write")
+    if os.path.lexists(path) and not overwrite:
+        raise ValueError(f"{option} {path} already exists: choose another name, or pass "
+                         "--overwrite to replace it")
+    folder = probe = os.path.dirname(os.path.abspath(path))
+    while not os.path.exists(probe):  # made later, by the write
+        probe = os.path.dirname(probe)
+    if not os.path.isdir(probe):
+        raise ValueError(f"{option} {path}: {probe} is a file, not a folder")
+    try:  # a file made there, not the permission bits, which say yes to root
+        tempfile.TemporaryFile(dir=probe).close()
+    except OSError as e:
+        raise ValueError(f"{option} {path}: cannot write a file in {probe} "
+                         f"({e.strerror or e})") from None
+    if create:
+        try:
+            os.makedirs(folder, exist_ok=True)
+        except OSError as e:
+            raise ValueError(f"{option} {path}: cannot make the folder {folder} "
+                             f"({e.strerror or e})") from None
