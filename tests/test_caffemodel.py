@@ -179,6 +179,11 @@ def test_packed_and_unpacked_float_blobs(tmp_path, rng, packed_dims):
            + ld(5, a.ravel()[7:].tobytes()) + ld(7, ld(1, b"".join(map(varint, a.shape)))))
     got = io.read_caffemodel(write(tmp_path, net([ld(1, "x") + ld(7, msg)])))
     np.testing.assert_array_equal(got["x"][0], a)
+    # a tag is a varint, which may be written in more bytes than needed: 0x2d as 0xad 0x00
+    msg = (b"\xad\x00" + struct.pack("<f", 1.5) + key(5, 5) + struct.pack("<f", 2.5)
+           + ld(7, ld(1, varint(2))))
+    got = io.read_caffemodel(write(tmp_path, net([ld(1, "x") + ld(7, msg)])))
+    np.testing.assert_array_equal(got["x"][0], [1.5, 2.5])
 
 
 def test_count_not_matching_the_shape_is_refused(tmp_path):

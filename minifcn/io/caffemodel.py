@@ -187,8 +187,12 @@ def _blob(wire, start, end, where):
                               f"{size}", pos)
                 pieces[name].append((a, (b - a) // size, size))
             else:  # unpacked: one tag per value; take the whole run at once
-                run, after = wire.run(pos, end, (number << 3) | kind, size)
-                pieces[name].extend(run)
+                run, run_end = wire.run(pos, end, (number << 3) | kind, size)
+                if run:
+                    pieces[name].extend(run)
+                    after = run_end
+                else:  # its tag in more bytes than needed (a valid varint): this one value
+                    pieces[name].append((value[0], 1, size))
         pos = after
     if legacy:  # Caffe's rule (Blob::FromProto): any legacy dim set -> 4-d, unset ones 0
         shape = tuple(legacy.get(i, 0) for i in (1, 2, 3, 4))
