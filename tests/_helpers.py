@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 # ---------------------------------------------------------------- torch fixtures
-# (tests/test_io.py and tests/test_torchfile.py)
+# (tests/test_io.py and tests/test_io_torchfile.py)
 
 FIXTURES = os.path.join(os.path.dirname(os.path.abspath(__file__)), "fixtures")
 

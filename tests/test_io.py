@@ -2,7 +2,7 @@
 
 The torch files under tests/fixtures/ were made by tests/fixtures/make_fixtures.py with real
 torch; expected.npz holds what torch itself gave for each tensor, so these tests need no torch.
-The torch-file reader itself (minifcn.io.torchfile) is tested in tests/test_torchfile.py.
+The torch-file reader itself (minifcn.io.torchfile) is tested in tests/test_io_torchfile.py.
 """
 import os
 
@@ -98,7 +98,7 @@ def test_load_errors_name_the_file(tmp_path):
         io.load(pickled)
 
 
-# --- atomic writes of .npz (atomic_path itself: tests/test_atomic.py) --------------------
+# --- atomic writes of .npz (atomic_path itself: tests/test_io_atomic.py) --------------------
 
 def test_failed_save_leaves_the_old_file_and_no_temp(tmp_path, monkeypatch):
     path = tmp_path / "w.npz"

@@ -88,7 +88,7 @@ def test_the_shift_study_runs_from_the_cli_writes_its_table_and_rescores(tmp_pat
 def tiny_nets(seed=0):
     """FCN-32s, 16s, 8s at width 1/16, conv1_1 padding 105, float64, eval mode, He-scale random
     weights with the trunk's conv biases <= 0 (so that rarefied == stitched exactly, as
-    tests/test_rarefy.py checks) and random score layers (their zero start scores 0)."""
+    tests/test_models_shift.py checks) and random score layers (their zero start scores 0)."""
     from minifcn.models import fcn8s, fcn16s, fcn32s
 
     rng = np.random.default_rng(seed)

@@ -20,8 +20,8 @@ from minifcn import io
 from minifcn.io.torchfile import read_torch_file, read_torch_state_dict
 
 from _helpers import assert_same, expected, fixture
-from test_torchfile import Evil, _glob, _state_pickle, _tup, _uni
-from test_torchfile_limits import _num as _int, refused
+from test_io_torchfile import Evil, _glob, _state_pickle, _tup, _uni
+from test_io_torchfile_limits import _num as _int, refused
 
 MAGIC = 0x1950A86A20F9469CFC6C
 SYS_INFO = {"protocol_version": 1001, "little_endian": True,
@@ -183,7 +183,7 @@ def test_legacy_pickle_calling_code_is_refused_and_never_runs(tmp_path, monkeypa
                         sys_info=bad if where == "sys_info" else SYS_INFO,
                         keys=bad if where == "keys" else None)
     path = write(tmp_path / "model.pth", raw)
-    name = r"\w+\.system" if payload == "os.system" else r"test_torchfile_legacy\.leave_marker"
+    name = r"\w+\.system" if payload == "os.system" else r"test_io_torchlegacy\.leave_marker"
     refused(path, rf"refusing to load {name} from .*model\.pth: only tensor state_dicts")
     assert not marker.exists()
 

@@ -2,7 +2,7 @@
 must be a one-line ValueError naming the file (what ``train --init-from`` prints).
 
 Files come from real torch (those tests skip without it) or from the hand encoder of
-tests/test_torchfile.py plus the few opcodes added here, so the bytes are known exactly.
+tests/test_io_torchfile.py plus the few opcodes added here, so the bytes are known exactly.
 """
 import pickle
 import struct
@@ -15,7 +15,7 @@ import pytest
 from minifcn import io
 from minifcn.io.torchfile import BUDGET_SLACK, read_torch_file, read_torch_state_dict
 
-from test_torchfile import Evil, _glob, _state_pickle, _tup, _uni, write_torch_zip
+from test_io_torchfile import Evil, _glob, _state_pickle, _tup, _uni, write_torch_zip
 
 READERS = (read_torch_state_dict, read_torch_file, io.import_weights)
 
