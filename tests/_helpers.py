@@ -49,3 +49,17 @@ TINY = 1 / 32  # 2-4-8-16-16 channels, fc 128
 VGG = [("conv1_1", 64), ("conv1_2", 64), ("conv2_1", 128), ("conv2_2", 128), ("conv3_1", 256),
        ("conv3_2", 256), ("conv3_3", 256), ("conv4_1", 512), ("conv4_2", 512), ("conv4_3", 512),
        ("conv5_1", 512), ("conv5_2", 512), ("conv5_3", 512)]
+
+
+# ---------------------------------------------------------------- caffemodels
+# (tests/test_io_caffemodel.py and tests/test_evaluate.py; the encoder: tests/_caffe_encoder.py)
+
+def caffe_layers(state):
+    """minifcn state_dict -> Caffe layers in file order: {name: [weight, (bias)]}, conv1_1 BGR."""
+    out = {}
+    for k, v in state.items():
+        name, kind = k.rsplit(".", 1)
+        if name == "conv1_1" and kind == "weight":
+            v = v[:, ::-1]
+        out.setdefault(name, []).append(np.ascontiguousarray(v))
+    return out

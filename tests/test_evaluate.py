@@ -96,8 +96,9 @@ W = 1 / 32
 def fcn8s_files(tmp_path_factory):
     """A tiny FCN-8s with every learned layer random (score layers too, so the predictions
     and the loss depend on each of them), as a run checkpoint and as a caffemodel in the
-    authors' layout (conv1_1 reading BGR), encoded by tests/test_io_caffemodel.py's encoder."""
-    from test_io_caffemodel import caffe_layers, layer, net
+    authors' layout (conv1_1 reading BGR), encoded by tests/_caffe_encoder.py."""
+    from _caffe_encoder import layer, net
+    from _helpers import caffe_layers
 
     folder = tmp_path_factory.mktemp("fcn8s")
     config = training.resolve({**training.DEFAULTS, "model": "fcn8s", "width": W, "pad1": 100,
