@@ -1,11 +1,13 @@
 """Helpers that more than one test file needs (plain functions and constants, not fixtures)."""
 import os
+import struct
+import tracemalloc
 
 import numpy as np
 import pytest
 
 # ---------------------------------------------------------------- torch fixtures
-# (tests/test_io.py and tests/test_io_torchfile.py)
+# (tests/test_io*.py; the torch files the tests build by hand: tests/_torchfiles.py)
 
 FIXTURES = os.path.join(os.path.dirname(os.path.abspath(__file__)), "fixtures")
 
@@ -23,6 +25,52 @@ def expected(stem):
 def assert_same(a, b):
     assert a.dtype == b.dtype and a.shape == b.shape
     assert a.tobytes() == b.tobytes()  # bit-exact, NaN and -0.0 included
+
+
+def assert_same_state(got, want):
+    """The same keys in the same order, and each array the same to the bit (assert_same)."""
+    assert list(got) == list(want)
+    for k in want:
+        assert_same(got[k], want[k])
+
+
+# ---------------------------------------------------------------- damaged and hostile files
+# (tests/test_io_npzfile.py, tests/test_io_torchfile_limits.py, tests/test_io_torchlegacy.py)
+
+def refused(path, match, readers):
+    """Each reader raises a ValueError matching ``match`` whose one-line message names the file."""
+    for reader in readers:
+        with pytest.raises(ValueError, match=match) as e:
+            reader(path)
+        message = str(e.value)
+        assert str(path) in message and "\n" not in message, message
+    return message
+
+
+def peak_bytes(fn, *args, match=None):
+    """The most memory Python and NumPy held at once while ``fn(*args)`` ran, which must raise a
+    ValueError (matching ``match``)."""
+    tracemalloc.start()
+    try:
+        with pytest.raises(ValueError, match=match):
+            fn(*args)
+    finally:
+        peak = tracemalloc.get_traced_memory()[1]
+        tracemalloc.stop()
+    return peak
+
+
+def patch_central(raw, name, compress_size=None, file_size=None):
+    """Rewrite the sizes the zip's central directory declares for record ``name``."""
+    raw = bytearray(raw)
+    at = raw.index(b"PK\x01\x02")  # the first central directory header
+    while raw[at + 46: at + 46 + len(name)] != name.encode():
+        at = raw.index(b"PK\x01\x02", at + 4)
+    if compress_size is not None:
+        raw[at + 20: at + 24] = struct.pack("<I", compress_size)
+    if file_size is not None:
+        raw[at + 24: at + 28] = struct.pack("<I", file_size)
+    return bytes(raw)
 
 
 # ---------------------------------------------------------------- datasets

@@ -12,7 +12,7 @@ import pytest
 from minifcn import io
 from minifcn.io.torchfile import read_torch_state_dict
 
-from _helpers import assert_same, expected, fixture
+from _helpers import assert_same, assert_same_state, expected, fixture
 
 TV_MEAN = np.array([0.485, 0.456, 0.406])
 TV_STD = np.array([0.229, 0.224, 0.225])
@@ -130,9 +130,7 @@ def test_checkpoint_round_trip(tmp_path):
             "note": "ünïcode"}
     io.save_checkpoint(path, arrays, meta)
     back, meta_back = io.load_checkpoint(path)
-    assert list(back) == list(arrays)
-    for k in arrays:
-        assert_same(back[k], arrays[k])
+    assert_same_state(back, arrays)
     # JSON turns the tuple into a list
     assert meta_back == {**meta, "config": {"model": "fcn8s", "sizes": [64, 96]}}
     assert list(io.load(path)) == list(arrays)  # plain load leaves the metadata out
