@@ -6,9 +6,7 @@ import json
 import pytest
 
 
-@pytest.fixture(autouse=True)
-def quiet(monkeypatch):
-    monkeypatch.setenv("MINIFCN_NO_PROGRESS", "1")
+pytestmark = pytest.mark.usefixtures("quiet")  # no progress bars (tests/conftest.py)
 
 
 def test_from_classifier_experiment_trains_both_starts_and_writes_its_table_and_plot(tmp_path,

@@ -10,9 +10,7 @@ import pytest
 from minifcn import io, training
 
 
-@pytest.fixture(autouse=True)
-def quiet(monkeypatch):
-    monkeypatch.setenv("MINIFCN_NO_PROGRESS", "1")
+pytestmark = pytest.mark.usefixtures("quiet")  # no progress bars (tests/conftest.py)
 
 
 def test_skip_architecture_script_prints_the_table_and_saves_loadable_weights(tmp_path, capsys):

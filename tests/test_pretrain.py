@@ -13,9 +13,7 @@ TINY = ["--width", "0.03125", "--size", "193", "--n-train", "4", "--n-val", "4",
         "2", "--val-batch-size", "4", "--device", "cpu", "--checkpoint-every", "0"]
 
 
-@pytest.fixture(autouse=True)
-def quiet(monkeypatch):
-    monkeypatch.setenv("MINIFCN_NO_PROGRESS", "1")
+pytestmark = pytest.mark.usefixtures("quiet")  # no progress bars (tests/conftest.py)
 
 
 @pytest.mark.slow

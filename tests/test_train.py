@@ -18,9 +18,7 @@ TINY = ["--model", "fcn8s", "--width", "0.0625", "--size", "64", "--n-train", "8
         "4", "--batch-size", "4", "--device", "cpu", "--lr", "0.01"]
 
 
-@pytest.fixture(autouse=True)
-def quiet(monkeypatch):
-    monkeypatch.setenv("MINIFCN_NO_PROGRESS", "1")
+pytestmark = pytest.mark.usefixtures("quiet")  # no progress bars (tests/conftest.py)
 
 
 def make_voc(root, n=6, size=(40, 52), n_bad=0):
