@@ -1,7 +1,7 @@
 """A protobuf encoder for Caffe's .caffemodel files, for the tests and benchmarks: varints and
 length-delimited fields by hand, after caffe.proto's field numbers, independent of the reader
-under test (minifcn/io/caffemodel.py). Used by tests/test_caffemodel.py, tests/test_evaluate.py
-(through it), tests/test_weights_doc.py and benchmarks/caffemodel_memory.py.
+under test (minifcn/io/caffemodel.py). Used by tests/test_io_caffemodel.py, tests/test_evaluate.py,
+tests/test_weights_doc.py and benchmarks/caffemodel_memory.py.
 """
 import struct
 

@@ -187,8 +187,9 @@ W = 1 / 32
 def fcn8s_files(tmp_path_factory):
     """A tiny FCN-8s with every learned layer random (score layers too, so the predictions
     and the loss depend on each of them), as a run checkpoint and as a caffemodel in the
-    authors' layout (conv1_1 reading BGR), encoded by tests/test_caffemodel.py's encoder."""
-    from test_caffemodel import caffe_layers, layer, net
+    authors' layout (conv1_1 reading BGR), encoded by tests/_caffe_encoder.py."""
+    from _caffe_encoder import layer, net
+    from _caffe_encoder import caffe_layers
 
     folder = tmp_path_factory.mktemp("fcn8s")
     config = training.resolve({**training.DEFAULTS, "model": "fcn8s", "width": W, "pad1": 100,

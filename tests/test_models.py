@@ -1,6 +1,6 @@
 """Tests of minifcn.models: layer names, shapes, forward values against an independent NumPy
 implementation written here, staged training, state dicts, gradients. (Initialisation:
-tests/test_models_init.py; crop offsets and coordinate maps: tests/test_geometry.py.)"""
+tests/test_models_init.py; crop offsets and coordinate maps: tests/test_models_geometry.py.)"""
 import numpy as np
 import pytest
 from numpy.lib.stride_tricks import sliding_window_view

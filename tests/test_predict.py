@@ -10,9 +10,7 @@ from minifcn import io, predict, training
 from minifcn import train as train_cli
 
 
-@pytest.fixture(autouse=True)
-def quiet(monkeypatch):
-    monkeypatch.setenv("MINIFCN_NO_PROGRESS", "1")
+pytestmark = pytest.mark.usefixtures("quiet")  # no progress bars (tests/conftest.py)
 
 
 @pytest.fixture(scope="module")

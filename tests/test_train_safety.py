@@ -14,9 +14,7 @@ from minifcn import train as train_cli
 from test_train import TINY, _start, make_voc, read_records
 
 
-@pytest.fixture(autouse=True)
-def quiet(monkeypatch):
-    monkeypatch.setenv("MINIFCN_NO_PROGRESS", "1")
+pytestmark = pytest.mark.usefixtures("quiet")  # no progress bars (tests/conftest.py)
 
 
 def test_voc_of_mixed_sizes_trains_at_batch_1_through_several_validations_and_resumes(tmp_path):

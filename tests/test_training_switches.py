@@ -14,9 +14,7 @@ from minifcn.training.step import sample_loss_cells, segmentation_loss
 from test_train import TINY
 
 
-@pytest.fixture(autouse=True)
-def quiet(monkeypatch):
-    monkeypatch.setenv("MINIFCN_NO_PROGRESS", "1")
+pytestmark = pytest.mark.usefixtures("quiet")  # no progress bars (tests/conftest.py)
 
 
 def config(*args):

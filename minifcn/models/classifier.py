@@ -114,8 +114,8 @@ def convolutionalize(classifier, fcn, scores=False):
     when new), unless ``scores``: then fc8 becomes score_fr, a 1x1 convolution to the
     classifier's classes (the FCN must have as many), and the FCN scores the classifier's
     classes at every position: a heatmap. The FCN's fc7 at a position computes the classifier's
-    fc7 on the 224-pixel window that position sees (tests/test_classifier.py: exactly where the
-    window's surroundings carry nothing)."""
+    fc7 on the 224-pixel window that position sees (tests/test_models_classifier.py: exactly
+    where the window's surroundings carry nothing)."""
     if not isinstance(classifier, VGGClassifier):
         raise TypeError(f"convolutionalize: expected a VGGClassifier, got "
                         f"{type(classifier).__name__}")

@@ -33,8 +33,8 @@ Worked, for the reference nets (conv1_1 pads by 100), each blob's map x_img = a 
     FCN-8s   upscore_pool4 (k4 s2): 8x - 23.5; score_pool3 on pool3 (8x - 95.5) -> crop at 9
              upscore8 (k16 s8): x - 31                 -> crop to the image at 31
 
-These are the offsets of the authors' reference prototxts (tests/test_geometry.py checks them
-for every variant and width). Changing conv1_1's padding to p adds p - 100 to every map's b:
+These are the offsets of the authors' reference prototxts (tests/test_models_geometry.py checks
+them for every variant and width). Changing conv1_1's padding to p adds p - 100 to every map's b:
 the inner crops compare two maps that both moved, so they stay; the final offsets become
 19, 27, 31 + (p - 100), and below p = 81, 73, 69 they would be negative (the upsampled scores
 would start inside the image): the model refuses such a padding.

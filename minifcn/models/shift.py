@@ -22,7 +22,7 @@ shifted by y steps sees y steps more padding, so its first cell lies y steps bef
 first one. So  rarefied[t] == stitched[t + f - 1]  wherever both exist, and at the original
 positions  rarefied[f*u] == stitched[f*u + f - 1] == coarse[u].
 
-When the equality is exact (tests/test_rarefy.py checks it in float64, to 1e-12):
+When the equality is exact (tests/test_models_shift.py checks it in float64, to 1e-12):
 1. The net in eval mode (dropout off: each copy would draw another mask).
 2. Shift-and-stitch == rarefied (and both == coarse at the f-th cells), for any input size:
    every conv bias of the trunk (conv1_1 ... conv5_3) is <= 0. A shifted copy adds zero rows

@@ -11,7 +11,6 @@ import os
 import pickle
 import shutil
 import struct
-import tracemalloc
 
 import numpy as np
 import pytest
@@ -19,9 +18,9 @@ import pytest
 from minifcn import io
 from minifcn.io.torchfile import read_torch_file, read_torch_state_dict
 
-from _helpers import assert_same, expected, fixture
-from test_torchfile import Evil, _glob, _state_pickle, _tup, _uni
-from test_torchfile_limits import _num as _int, refused
+from _helpers import assert_same, assert_same_state, expected, fixture, peak_bytes
+from _torchfiles import (Evil, glob, num, reads_as_torch_gave, rebuild, refused, state_pickle,
+                         tup, uni)
 
 MAGIC = 0x1950A86A20F9469CFC6C
 SYS_INFO = {"protocol_version": 1001, "little_endian": True,
@@ -30,16 +29,9 @@ SYS_INFO = {"protocol_version": 1001, "little_endian": True,
 
 def _pid(storage_type, key, numel, view=None, module="torch"):
     """('storage', type, key, 'cpu', numel, view metadata) as BINPERSID, as torch < 1.6 wrote."""
-    meta = b"N" if view is None else _tup([_uni(view[0]), _int(view[1]), _int(view[2])])
-    return _tup([_uni("storage"), _glob(module, storage_type), _uni(key), _uni("cpu"),
-                 _int(numel), meta]) + b"Q"
-
-
-def _tensor(pid, offset, size, stride):
-    """_rebuild_tensor_v2(<pid>, offset, size, stride, False, {})."""
-    args = _tup([pid, _int(offset), _tup(map(_int, size)), _tup(map(_int, stride)), b"\x89",
-                 b"}"])
-    return _glob("torch._utils", "_rebuild_tensor_v2") + args + b"R"
+    meta = b"N" if view is None else tup([uni(view[0]), num(view[1]), num(view[2])])
+    return tup([uni("storage"), glob(module, storage_type), uni(key), uni("cpu"),
+                num(numel), meta]) + b"Q"
 
 
 def legacy_stream(obj_pkl, storages, keys=None, magic=MAGIC, version=1001, sys_info=SYS_INFO,
@@ -67,7 +59,7 @@ ROOT = (np.arange(12) * 0.25 - 1).astype("<f4")
 
 
 def _one_tensor_file(tmp_path, **damage):
-    pkl = _state_pickle([("w", _tensor(_pid("FloatStorage", "7", 12), 0, (12,), (1,)))])
+    pkl = state_pickle([("w", rebuild(_pid("FloatStorage", "7", 12), 0, (12,), (1,)))])
     return write(tmp_path / "legacy.pth", legacy_stream(pkl, {"7": ROOT}, **damage))
 
 
@@ -76,12 +68,7 @@ def _one_tensor_file(tmp_path, **damage):
 @pytest.mark.parametrize("stem, want", [("legacy_tiny", "legacy_tiny"),
                                         ("vgg16_tiny_legacy", "vgg16_tiny")])
 def test_legacy_fixture_matches_what_torch_gave(stem, want):
-    want = expected(want)
-    got = read_torch_state_dict(fixture(stem + ".pt"))
-    assert list(got) == list(want)
-    for k in want:
-        assert_same(got[k], want[k])
-        assert got[k].flags.c_contiguous and got[k].flags.writeable
+    reads_as_torch_gave(stem + ".pt", want)
 
 
 def test_legacy_views_of_one_storage_at_offsets_and_strides_are_right_and_independent():
@@ -100,9 +87,8 @@ def test_legacy_views_of_one_storage_at_offsets_and_strides_are_right_and_indepe
 def test_legacy_torchvision_vgg16_imports_as_the_zip_file_of_the_same_weights():
     from_legacy = io.import_weights(fixture("vgg16_tiny_legacy.pt"))
     from_zip = io.import_weights(fixture("vgg16_tiny.pt"))
-    assert list(from_legacy) == list(from_zip) and "conv1_1.weight" in from_legacy
-    for k in from_zip:
-        assert_same(from_legacy[k], from_zip[k])
+    assert "conv1_1.weight" in from_legacy
+    assert_same_state(from_legacy, from_zip)
 
 
 def test_format_is_told_by_the_bytes_not_the_name(tmp_path):
@@ -118,11 +104,11 @@ def _views_file(tmp_path):
     """Root storage '7' (12 floats); view 'v' = root[2:10], viewed by two tensors (one strided);
     view 'u' = root[9:12]; and the root itself."""
     view_v, view_u = ("v", 2, 8), ("u", 9, 3)
-    pkl = _state_pickle([
-        ("a", _tensor(_pid("FloatStorage", "7", 12, view_v), 1, (2, 3), (1, 2))),
-        ("b", _tensor(_pid("FloatStorage", "7", 12, view_v), 6, (2,), (1,))),
-        ("c", _tensor(_pid("FloatStorage", "7", 12, view_u), 0, (3,), (1,))),
-        ("root", _tensor(_pid("FloatStorage", "7", 12), 0, (3, 4), (4, 1))),
+    pkl = state_pickle([
+        ("a", rebuild(_pid("FloatStorage", "7", 12, view_v), 1, (2, 3), (1, 2))),
+        ("b", rebuild(_pid("FloatStorage", "7", 12, view_v), 6, (2,), (1,))),
+        ("c", rebuild(_pid("FloatStorage", "7", 12, view_u), 0, (3,), (1,))),
+        ("root", rebuild(_pid("FloatStorage", "7", 12), 0, (3, 4), (4, 1))),
     ])
     return write(tmp_path / "views.pth", legacy_stream(pkl, {"7": ROOT}))
 
@@ -140,13 +126,13 @@ def test_storage_views_are_sliced_from_their_root_storage(tmp_path):
 def test_python2_pre_0_4_file_with_cuda_storage_is_read(tmp_path):
     def py2(s):  # SHORT_BINSTRING: a Python 2 str, bytes to Python 3 unless decoded
         return b"U" + bytes([len(s)]) + s.encode()
-    pid = (b"(" + py2("storage") + _glob("torch.cuda", "LongStorage") + py2("140") + py2("cuda:0")
-           + _int(3) + b"Nt" + b"Q")
+    pid = (b"(" + py2("storage") + glob("torch.cuda", "LongStorage") + py2("140") + py2("cuda:0")
+           + num(3) + b"Nt" + b"Q")
     # torch < 0.4 (2017): _rebuild_tensor(storage, offset, size, stride), in an OrderedDict
-    rebuild = (_glob("torch._utils", "_rebuild_tensor")
-               + _tup([pid, _int(0), _tup([_int(3)]), _tup([_int(1)])]) + b"R")
-    pkl = (b"\x80\x02" + _glob("collections", "OrderedDict") + b"]" + py2("conv1_1.bias")
-           + rebuild + b"\x86a\x85R.")
+    old_rebuild = (glob("torch._utils", "_rebuild_tensor")
+                   + tup([pid, num(0), tup([num(3)]), tup([num(1)])]) + b"R")
+    pkl = (b"\x80\x02" + glob("collections", "OrderedDict") + b"]" + py2("conv1_1.bias")
+           + old_rebuild + b"\x86a\x85R.")
     raw = legacy_stream(pkl, {"140": np.array([5, -6, 7], "<i8")},
                         keys=b"\x80\x02](" + py2("140") + b"e.")
     got = read_torch_state_dict(write(tmp_path / "py2.pth", raw))
@@ -177,13 +163,13 @@ def test_legacy_pickle_calling_code_is_refused_and_never_runs(tmp_path, monkeypa
     monkeypatch.setenv(MARKER_ENV, str(marker))
     trap = Evil(f"touch {marker}") if payload == "os.system" else CallsMarker()
     bad = pickle.dumps(trap if where != "nested" else {"w": 1.0, "x": [trap]}, protocol=2)
-    ok = _state_pickle([("w", _tensor(_pid("FloatStorage", "7", 12), 0, (12,), (1,)))])
+    ok = state_pickle([("w", rebuild(_pid("FloatStorage", "7", 12), 0, (12,), (1,)))])
     raw = legacy_stream(bad if where in ("object", "nested") else ok, {"7": ROOT},
                         magic=bad if where == "magic" else MAGIC,
                         sys_info=bad if where == "sys_info" else SYS_INFO,
                         keys=bad if where == "keys" else None)
     path = write(tmp_path / "model.pth", raw)
-    name = r"\w+\.system" if payload == "os.system" else r"test_torchfile_legacy\.leave_marker"
+    name = r"\w+\.system" if payload == "os.system" else r"test_io_torchlegacy\.leave_marker"
     refused(path, rf"refusing to load {name} from .*model\.pth: only tensor state_dicts")
     assert not marker.exists()
 
@@ -234,12 +220,12 @@ def test_truncated_legacy_stream_is_refused(tmp_path, cut, match):
      r"\(8 elements\)"),
     (_pid("FloatStorage", "7", 12), (0, (4, 4), (4, 1)), "runs past the end of storage 7"),
     (_pid("UntypedStorage", "7", 12), (0, (1,), (1,)), "is a UntypedStorage, expected a typed"),
-    (_tup([_uni("module"), _glob("torch", "FloatStorage"), b"N", b"N"]) + b"Q", (0, (1,), (1,)),
+    (tup([uni("module"), glob("torch", "FloatStorage"), b"N", b"N"]) + b"Q", (0, (1,), (1,)),
      r"holds a pickled nn.Module \(torch.save\(model\)\), not a state_dict"),
-    (_tup([_uni("storage"), _uni("7")]) + b"Q", (0, (1,), (1,)), "unexpected persistent id"),
+    (tup([uni("storage"), uni("7")]) + b"Q", (0, (1,), (1,)), "unexpected persistent id"),
 ])
 def test_bad_storages_and_views_in_the_pickle_are_refused(tmp_path, pid, geometry, match):
-    pkl = _state_pickle([("w", _tensor(pid, *geometry))])
+    pkl = state_pickle([("w", rebuild(pid, *geometry))])
     path = write(tmp_path / "bad.pth", legacy_stream(pkl, {"7": ROOT}))
     refused(path, match)
 
@@ -263,19 +249,13 @@ def _torch_arrays(torch, path):
 def test_legacy_fixture_agrees_with_torch_load(name):
     torch = pytest.importorskip("torch")
     want = _torch_arrays(torch, fixture(name))
-    got = read_torch_state_dict(fixture(name))
-    assert list(got) == list(want)
-    for k in want:
-        assert_same(got[k], want[k])
+    assert_same_state(read_torch_state_dict(fixture(name)), want)
 
 
 def test_hand_built_storage_views_agree_with_torch_load(tmp_path):
     torch = pytest.importorskip("torch")
     path = _views_file(tmp_path)
-    want, got = _torch_arrays(torch, path), read_torch_state_dict(path)
-    assert list(got) == list(want)
-    for k in want:
-        assert_same(got[k], want[k])
+    assert_same_state(read_torch_state_dict(path), _torch_arrays(torch, path))
 
 
 def test_fresh_legacy_save_round_trip(tmp_path):
@@ -312,11 +292,4 @@ def test_legacy_expanded_tensor_is_refused_before_allocating(tmp_path):
     assert path.stat().st_size < 4096
     refused(path, r"tensor 'w' of size \(100000, 100000\) would take 37\.3 GiB built from the "
                   r"4 B of storage \d+ \(an expand\(\)ed, stride-0 view\?")
-    tracemalloc.start()
-    try:
-        with pytest.raises(ValueError):
-            read_torch_state_dict(path)
-    finally:
-        peak = tracemalloc.get_traced_memory()[1]
-        tracemalloc.stop()
-    assert peak < 8 * 2**20
+    assert peak_bytes(read_torch_state_dict, path) < 8 * 2**20

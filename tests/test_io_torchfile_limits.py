@@ -2,62 +2,19 @@
 must be a one-line ValueError naming the file (what ``train --init-from`` prints).
 
 Files come from real torch (those tests skip without it) or from the hand encoder of
-tests/test_torchfile.py plus the few opcodes added here, so the bytes are known exactly.
+tests/_torchfiles.py plus the few opcodes written here, so the bytes are known exactly.
 """
 import pickle
 import struct
-import tracemalloc
 import zipfile
 
 import numpy as np
 import pytest
 
-from minifcn import io
 from minifcn.io.torchfile import BUDGET_SLACK, read_torch_file, read_torch_state_dict
 
-from test_torchfile import Evil, _glob, _state_pickle, _tup, _uni, write_torch_zip
-
-READERS = (read_torch_state_dict, read_torch_file, io.import_weights)
-
-
-def refused(path, match, readers=READERS):
-    """Each reader raises a ValueError matching ``match`` whose one-line message names the file."""
-    for reader in readers:
-        with pytest.raises(ValueError, match=match) as e:
-            reader(path)
-        message = str(e.value)
-        assert str(path) in message and "\n" not in message, message
-    return message
-
-
-def peak_bytes(fn, *args):
-    """The most memory Python and NumPy held at once while ``fn(*args)`` ran (it may raise)."""
-    tracemalloc.start()
-    try:
-        fn(*args)
-    except ValueError:
-        pass
-    finally:
-        peak = tracemalloc.get_traced_memory()[1]
-        tracemalloc.stop()
-    return peak
-
-
-def _num(n):
-    """A pickle int of any size: BININT for 32 bits, LONG1 (little-endian bytes) beyond."""
-    if -2**31 <= n < 2**31:
-        return b"J" + struct.pack("<i", n)
-    data = n.to_bytes((n.bit_length() + 8) // 8, "little", signed=True)
-    return b"\x8a" + bytes([len(data)]) + data
-
-
-def _tensor(key, numel, offset, size, stride, storage_type="FloatStorage"):
-    """_rebuild_tensor_v2(<storage key, numel>, offset, size, stride, False, {})."""
-    pid = _tup([_uni("storage"), _glob("torch", storage_type), _uni(key), _uni("cpu"),
-                _num(numel)]) + b"Q"
-    args = _tup([pid, _num(offset), _tup(map(_num, size)), _tup(map(_num, stride)), b"\x89",
-                 b"}"])
-    return _glob("torch._utils", "_rebuild_tensor_v2") + args + b"R"
+from _helpers import patch_central, peak_bytes
+from _torchfiles import READERS, Evil, refused, state_pickle, tensor, uni, write_torch_zip
 
 
 # --- stride-0 (expanded) tensors, as torch writes them ----------------------------------------
@@ -100,7 +57,7 @@ def test_small_expanded_tensor_is_built_as_torch_gives(tmp_path):
 def test_many_tensors_built_from_one_storage_are_refused(tmp_path):
     raw = np.zeros(65536, "<f4").tobytes()  # 256 kB, viewed whole by each tensor
     def file_with(n):
-        pkl = _state_pickle([(f"t{i}", _tensor("0", 65536, 0, (65536,), (1,))) for i in range(n)])
+        pkl = state_pickle([(f"t{i}", tensor("0", 65536, 0, (65536,), (1,))) for i in range(n)])
         return write_torch_zip(tmp_path / f"views{n}.pt", pkl, {"0": raw})
     got = read_torch_state_dict(file_with(10))  # 2.5 MiB of arrays from one storage: fine
     got["t0"][0] = 1.0
@@ -112,8 +69,8 @@ def test_many_tensors_built_from_one_storage_are_refused(tmp_path):
 
 def test_one_tensor_pickled_twice_comes_back_as_two_arrays(tmp_path):
     # BINPUT the tensor under 'a', BINGET it for 'b': the pickle's own sharing (tied weights)
-    pkl = (b"\x80\x02}(" + _uni("a") + _tensor("0", 4, 0, (4,), (1,)) + b"q\x07"
-           + _uni("b") + b"h\x07u.")
+    pkl = (b"\x80\x02}(" + uni("a") + tensor("0", 4, 0, (4,), (1,)) + b"q\x07"
+           + uni("b") + b"h\x07u.")
     got = read_torch_state_dict(write_torch_zip(tmp_path / "tied.pt", pkl,
                                                 {"0": np.arange(4, dtype="<f4").tobytes()}))
     got["a"][:] = 0
@@ -137,13 +94,13 @@ def test_one_tensor_pickled_twice_comes_back_as_two_arrays(tmp_path):
 ])
 def test_bad_sizes_in_the_pickle_are_refused_naming_the_tensor(tmp_path, numel, offset, size,
                                                               stride, match):
-    pkl = _state_pickle([("w", _tensor("0", numel, offset, size, stride))])
+    pkl = state_pickle([("w", tensor("0", numel, offset, size, stride))])
     path = write_torch_zip(tmp_path / "geometry.pt", pkl, {"0": np.zeros(6, "<f4").tobytes()})
     refused(path, match)
 
 
 def test_storage_record_shorter_than_its_numel_is_refused(tmp_path):
-    pkl = _state_pickle([("w", _tensor("0", 7, 0, (7,), (1,)))])
+    pkl = state_pickle([("w", tensor("0", 7, 0, (7,), (1,)))])
     path = write_torch_zip(tmp_path / "short.pt", pkl, {"0": np.zeros(6, "<f4").tobytes()})
     refused(path, r"storage '0' holds 24 bytes, expected 7 elements of 4 bytes")
 
@@ -177,7 +134,7 @@ def test_deep_and_cyclic_containers(tmp_path):
     deep = write_torch_zip(tmp_path / "deep.pt", b"\x80\x02" + b"]" * 5000 + b"a" * 4999 + b".")
     refused(deep, "containers nested more than 100 deep", READERS[1:2])
     # a list holding itself and a tensor: each container visited once, the tensor built
-    pkl = b"\x80\x02]q\x00(h\x00" + _tensor("0", 2, 0, (2,), (1,)) + b"e."
+    pkl = b"\x80\x02]q\x00(h\x00" + tensor("0", 2, 0, (2,), (1,)) + b"e."
     got = read_torch_file(write_torch_zip(tmp_path / "cycle.pt", pkl,
                                           {"0": np.ones(2, "<f4").tobytes()}))
     assert got[0] is got
@@ -187,22 +144,9 @@ def test_deep_and_cyclic_containers(tmp_path):
 # --- the zip around it -------------------------------------------------------------------------
 
 def _good_file(tmp_path):
-    pkl = _state_pickle([("w", _tensor("0", 1000, 0, (1000,), (1,)))])
+    pkl = state_pickle([("w", tensor("0", 1000, 0, (1000,), (1,)))])
     path = write_torch_zip(tmp_path / "good.pt", pkl, {"0": np.arange(1000, dtype="<f4").tobytes()})
     return path.read_bytes()
-
-
-def _patch_central(raw, name, compress_size=None, file_size=None):
-    """Rewrite the sizes the zip's central directory declares for record ``name``."""
-    raw = bytearray(raw)
-    at = raw.index(b"PK\x01\x02")  # the first central directory header
-    while raw[at + 46: at + 46 + len(name)] != name.encode():
-        at = raw.index(b"PK\x01\x02", at + 4)
-    if compress_size is not None:
-        raw[at + 20: at + 24] = struct.pack("<I", compress_size)
-    if file_size is not None:
-        raw[at + 24: at + 28] = struct.pack("<I", file_size)
-    return bytes(raw)
 
 
 def _flip_inside(raw, needle):
@@ -218,10 +162,10 @@ def _flip_inside(raw, needle):
      r"BadZipFile: Bad CRC-32 for file 'archive/data/0'"),
     (lambda raw: _flip_inside(raw, b"_rebuild_tensor_v2"),
      "Bad CRC-32 for file 'archive/data.pkl'"),
-    (lambda raw: _patch_central(raw, "archive/data/0", compress_size=2**31),
+    (lambda raw: patch_central(raw, "archive/data/0", compress_size=2**31),
      r"record 'archive/data/0' claims 2147483648 bytes, more than the whole file"),
-    (lambda raw: _patch_central(raw, "archive/data.pkl", 2**31, 2**31), "claims 2147483648 bytes"),
-    (lambda raw: _patch_central(raw, "archive/data/0", file_size=4000 - 4),
+    (lambda raw: patch_central(raw, "archive/data.pkl", 2**31, 2**31), "claims 2147483648 bytes"),
+    (lambda raw: patch_central(raw, "archive/data/0", file_size=4000 - 4),
      r"storage '0' holds 3996 bytes, expected 1000 elements"),
 ])
 def test_damaged_zip_is_a_one_line_value_error_naming_the_file(tmp_path, damage, match):
@@ -232,7 +176,7 @@ def test_damaged_zip_is_a_one_line_value_error_naming_the_file(tmp_path, damage,
 
 def test_compressed_storage_beyond_the_budget_is_refused_before_it_is_inflated(tmp_path):
     n = 25 * 2**20  # 100 MiB of zeros deflates to ~100 kB: beyond 4 x that + 64 MiB
-    pkl = _state_pickle([("w", _tensor("0", n, 0, (n,), (1,)))])
+    pkl = state_pickle([("w", tensor("0", n, 0, (n,), (1,)))])
     path = tmp_path / "deflated.pt"
     with zipfile.ZipFile(path, "w") as zf:
         zf.writestr("archive/data.pkl", pkl)

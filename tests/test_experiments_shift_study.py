@@ -1,32 +1,11 @@
-"""python -m minifcn.experiments.paper_ablations: every study trains its settings, prints its
-table, and the sampling study's curves count 1/P times the images per step."""
+"""minifcn.experiments.shift_study, study (a) of python -m minifcn.experiments.paper_ablations
+--study shift: it runs from the command line, writes its table and rescores; a rarefied net's
+mean IU is computed over its dense scores; the methods are timed in alternation and their peak
+memory seen; shift-and-stitch with one copy does the net's own work."""
 import json
 
 import numpy as np
 import pytest
-
-
-@pytest.mark.slow
-def test_the_studies_run_print_their_tables_and_log_the_losses(tmp_path, capsys, monkeypatch):
-    from minifcn.experiments import paper_ablations as ab
-
-    monkeypatch.setenv("MINIFCN_NO_PROGRESS", "1")
-    out = tmp_path / "abl"
-    args = ["--iters", "2", "--seeds", "1", "--n-train", "16", "--n-val", "4", "--size", "48",
-            "--device", "cpu", "--out", str(out)]
-    assert ab.main(args + ["--study", "sampling"]) == 0
-    printed = capsys.readouterr().out
-    for label, _ in ab.STUDIES["sampling"]:
-        assert f"| {label} |" in printed
-    steps = [np.load(out / "sampling" / f"{i}-seed0" / "train_loss.npy") for i in range(3)]
-    assert [s.shape for s in steps] == [(2, 3)] * 3
-    assert [s[:, 2].tolist() for s in steps] == [[4, 4], [8, 8], [16, 16]]  # 1/P times the images
-    assert (out / "sampling.png").stat().st_size > 1000
-    assert ab.main(args + ["--study", "fixed"]) == 0  # a second study in the same --out
-    summary = json.loads((out / "summary.json").read_text())
-    assert [r["setting"] for r in summary["fixed"]] == [lab for lab, _ in ab.STUDIES["fixed"]]
-    with pytest.raises(SystemExit, match="already holds runs"):
-        ab.main(args + ["--study", "fixed"])
 
 
 # ---------------------------------------------------------------- --study shift
@@ -88,7 +67,7 @@ def test_the_shift_study_runs_from_the_cli_writes_its_table_and_rescores(tmp_pat
 def tiny_nets(seed=0):
     """FCN-32s, 16s, 8s at width 1/16, conv1_1 padding 105, float64, eval mode, He-scale random
     weights with the trunk's conv biases <= 0 (so that rarefied == stitched exactly, as
-    tests/test_rarefy.py checks) and random score layers (their zero start scores 0)."""
+    tests/test_models_shift.py checks) and random score layers (their zero start scores 0)."""
     from minifcn.models import fcn8s, fcn16s, fcn32s
 
     rng = np.random.default_rng(seed)

@@ -4,11 +4,8 @@ The torch files under tests/fixtures/ were made by tests/fixtures/make_fixtures.
 torch; expected.npz holds what torch itself gave for each tensor, so these tests need no torch.
 Tests that do use torch import it with pytest.importorskip.
 """
-import os
 import pickle
-import struct
 import tarfile
-import zipfile
 
 import numpy as np
 import pytest
@@ -16,19 +13,16 @@ import pytest
 from minifcn import io
 from minifcn.io.torchfile import read_torch_file, read_torch_state_dict
 
-from _helpers import assert_same, expected, fixture
+from _helpers import assert_same, fixture
+from _torchfiles import (Evil, glob, reads_as_torch_gave, state_pickle, tensor, tup, uni,
+                         write_torch_zip)
 
 
 # --- reading torch files (committed fixtures, no torch needed) ------------------------------
 
 @pytest.mark.parametrize("stem", ["vgg16_tiny", "fcn8s_port_tiny", "dtypes_tiny"])
 def test_torch_fixture_matches_what_torch_gave(stem):
-    want = expected(stem)
-    got = read_torch_state_dict(fixture(stem + ".pt"))
-    assert list(got) == list(want)
-    for k in want:
-        assert_same(got[k], want[k])
-        assert got[k].flags.c_contiguous and got[k].flags.writeable
+    reads_as_torch_gave(stem + ".pt", stem)
 
 
 def test_torch_fixture_views_and_wrapper():
@@ -42,54 +36,14 @@ def test_torch_fixture_views_and_wrapper():
     assert list(whole["model_state_dict"]) == list(unwrapped)
 
 
-def _uni(s):
-    data = s.encode()
-    return b"X" + struct.pack("<I", len(data)) + data
-
-
-def _int(n):
-    return b"J" + struct.pack("<i", n)
-
-
-def _glob(module, name):
-    return b"c" + f"{module}\n{name}\n".encode()
-
-
-def _tup(items):
-    return b"(" + b"".join(items) + b"t"
-
-
-def _tensor_op(storage_type, key, numel, offset, size, stride):
-    """Pickle opcodes for _rebuild_tensor_v2(storage, offset, size, stride, False, {})."""
-    pid = _tup([_uni("storage"), _glob("torch", storage_type), _uni(key), _uni("cpu"),
-                _int(numel)]) + b"Q"  # BINPERSID: the reader's persistent_load resolves it
-    args = _tup([pid, _int(offset), _tup(map(_int, size)), _tup(map(_int, stride)), b"\x89", b"}"])
-    return _glob("torch._utils", "_rebuild_tensor_v2") + args + b"R"
-
-
-def _state_pickle(entries):
-    return b"\x80\x02}(" + b"".join(_uni(k) + op for k, op in entries) + b"u."
-
-
-def write_torch_zip(path, data_pkl, storages=(), byteorder=b"little", archive="archive"):
-    """A file in torch.save's zip layout, assembled by hand."""
-    with zipfile.ZipFile(path, "w") as zf:
-        zf.writestr(f"{archive}/data.pkl", data_pkl)
-        zf.writestr(f"{archive}/byteorder", byteorder)
-        zf.writestr(f"{archive}/version", b"3\n")
-        for key, raw in dict(storages).items():
-            zf.writestr(f"{archive}/data/{key}", raw)
-    return path
-
-
 @pytest.mark.parametrize("order", ["little", "big"])
 def test_hand_built_file_with_either_byte_order(tmp_path, order):
     e = "<" if order == "little" else ">"
     f32 = (np.arange(12) * 1.5 - 4).astype(e + "f4")
     i64 = ((np.arange(4) - 2) * 10**15).astype(e + "i8")
     # w: a transposed view at offset 2; n: a plain int64 vector
-    pkl = _state_pickle([("w", _tensor_op("FloatStorage", "0", 12, 2, (2, 3), (1, 4))),
-                         ("n", _tensor_op("LongStorage", "1", 4, 0, (4,), (1,)))])
+    pkl = state_pickle([("w", tensor("0", 12, 2, (2, 3), (1, 4))),
+                        ("n", tensor("1", 4, 0, (4,), (1,), "LongStorage"))])
     storages = {"0": f32.tobytes(), "1": i64.tobytes()}
     got = read_torch_state_dict(write_torch_zip(tmp_path / "m.pt", pkl, storages, order.encode()))
     want_w = np.array([[f32[2 + r + 4 * c] for c in range(3)] for r in range(2)])
@@ -99,25 +53,15 @@ def test_hand_built_file_with_either_byte_order(tmp_path, order):
 
 def test_hand_built_files_with_bad_geometry_are_refused(tmp_path):
     raw = np.zeros(6, "<f4").tobytes()
-    past_end = _state_pickle([("w", _tensor_op("FloatStorage", "0", 6, 1, (2, 3), (3, 1)))])
+    past_end = state_pickle([("w", tensor("0", 6, 1, (2, 3), (3, 1)))])
     with pytest.raises(ValueError, match="runs past the end"):
         read_torch_state_dict(write_torch_zip(tmp_path / "a.pt", past_end, {"0": raw}))
-    wrong_count = _state_pickle([("w", _tensor_op("FloatStorage", "0", 7, 0, (6,), (1,)))])
+    wrong_count = state_pickle([("w", tensor("0", 7, 0, (6,), (1,)))])
     with pytest.raises(ValueError, match="holds 24 bytes"):
         read_torch_state_dict(write_torch_zip(tmp_path / "b.pt", wrong_count, {"0": raw}))
-    no_record = _state_pickle([("w", _tensor_op("FloatStorage", "9", 6, 0, (6,), (1,)))])
+    no_record = state_pickle([("w", tensor("9", 6, 0, (6,), (1,)))])
     with pytest.raises(ValueError, match="missing"):
         read_torch_state_dict(write_torch_zip(tmp_path / "c.pt", no_record, {"0": raw}))
-
-
-class Evil:
-    """Unpickling this runs a shell command, as a booby-trapped model file would."""
-
-    def __init__(self, command):
-        self.command = command
-
-    def __reduce__(self):
-        return (os.system, (self.command,))
 
 
 @pytest.mark.parametrize("nested", [False, True])
@@ -136,7 +80,7 @@ def test_malicious_pickle_is_refused_before_it_runs(tmp_path, nested):
 @pytest.mark.parametrize("module,name", [("builtins", "eval"), ("torch", "load"),
                                          ("torch._utils", "_rebuild_qtensor"), ("numpy", "dtype")])
 def test_other_globals_are_refused(tmp_path, module, name):
-    pkl = b"\x80\x02" + _glob(module, name) + _tup([_uni("1+1")]) + b"R."
+    pkl = b"\x80\x02" + glob(module, name) + tup([uni("1+1")]) + b"R."
     with pytest.raises(ValueError, match=f"refusing to load {module}.{name}"):
         read_torch_file(write_torch_zip(tmp_path / "m.pt", pkl))
 
@@ -203,6 +147,6 @@ def test_fresh_torch_save_round_trip(tmp_path):
 def test_hand_built_big_endian_file_agrees_with_torch(tmp_path):
     torch = pytest.importorskip("torch")
     f32 = np.arange(12, dtype=">f4") / 3
-    pkl = _state_pickle([("w", _tensor_op("FloatStorage", "0", 12, 2, (2, 3), (1, 4)))])
+    pkl = state_pickle([("w", tensor("0", 12, 2, (2, 3), (1, 4)))])
     path = write_torch_zip(tmp_path / "m.pt", pkl, {"0": f32.tobytes()}, b"big")
     assert_same(read_torch_state_dict(path)["w"], torch.load(path, weights_only=True)["w"].numpy())

@@ -9,6 +9,8 @@ import pytest
 from minifcn.io.safetensors import (SafetensorsError, load_safetensors, read_safetensors_metadata,
                                  save_safetensors)
 
+from _helpers import assert_same
+
 
 def every_dtype(rng):
     return {
@@ -25,11 +27,6 @@ def every_dtype(rng):
         "scalar": np.array(2.5, np.float32),
         "empty": np.zeros((0, 3), np.float32),
     }
-
-
-def assert_same(got, want):
-    assert got.dtype == want.dtype and got.shape == want.shape
-    assert got.tobytes() == np.ascontiguousarray(want).tobytes()
 
 
 def encode(header, data, pad=True):
