@@ -21,7 +21,6 @@ the others are done; the exit status is then 1, as for a refusal.
 import argparse
 import os
 import sys
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -98,19 +97,6 @@ def plan(images, out, overwrite):
     return outputs
 
 
-def check_writable(out):
-    """ValueError unless ``out`` is, or could be created as, a folder that can be written to."""
-    probe = Path(out)
-    while not probe.exists():  # the folder is made later, by the first write
-        probe = probe.parent
-    if not probe.is_dir():
-        raise ValueError(f"--out {out}: {probe} is a file, not a folder")
-    try:
-        tempfile.TemporaryFile(dir=probe).close()
-    except OSError as e:
-        raise ValueError(f"--out {out}: folder {probe} is not writable ({e.strerror})") from None
-
-
 def write_png(path, save, overwrite):
     """``save(name)`` writes a PNG to ``name``; it lands at ``path`` all or nothing."""
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -132,7 +118,7 @@ def main(argv=None):
     args = p.parse_args(argv)
     try:
         outputs = plan(args.images, args.out, args.overwrite)
-        check_writable(args.out)
+        io.check_folder(args.out, f"--out {args.out}")
         model, config = load_model(args.checkpoint, args.device)
         device = backend.check_device(args.device)
     except (FileNotFoundError, ValueError) as e:

@@ -172,7 +172,7 @@ def test_predict_reports_an_out_it_cannot_write_into_before_loading_the_model(tm
     def refused(*a, **k):
         raise PermissionError(13, "Permission denied")
 
-    monkeypatch.setattr(predict.tempfile, "TemporaryFile", refused)
+    monkeypatch.setattr("tempfile.TemporaryFile", refused)  # the probe of io.check_folder
     monkeypatch.setattr(predict, "load_model", lambda *a: pytest.fail("model loaded"))
     assert run(ckpt, cat, "--out", tmp_path / "out") != 0
     err = one_line_error(capsys)

@@ -14,7 +14,7 @@
 Import the names below from ``minifcn.io``; the submodules are the places to read.
 """
 from ..data.transforms import MEAN_RGB  # minifcn's input: RGB 0..255 minus this mean
-from .atomic import atomic_path, atomic_write_bytes, atomic_write_text, check_output
+from .atomic import atomic_path, atomic_write_bytes, atomic_write_text, check_folder, check_output
 from .caffemodel import read_caffemodel
 from .checkpoint import META_KEY, load, load_checkpoint, save, save_checkpoint
 from .importers import (TORCHVISION_MEAN, TORCHVISION_STD, VGG16_CONV_NAMES, from_fcn_port,
@@ -27,5 +27,5 @@ __all__ = [
     "load_checkpoint", "read_torch_state_dict", "read_torch_file", "from_torchvision_vgg16",
     "from_fcn_port", "import_weights", "merge_state", "VGG16_CONV_NAMES", "MEAN_RGB",
     "read_caffemodel", "load_safetensors", "save_safetensors", "META_KEY", "TORCHVISION_MEAN",
-    "TORCHVISION_STD", "check_output",
+    "TORCHVISION_STD", "check_output", "check_folder",
 ]

@@ -15,7 +15,8 @@ import secrets
 import stat
 import tempfile
 
-__all__ = ["atomic_path", "atomic_write_bytes", "atomic_write_text", "check_output"]
+__all__ = ["atomic_path", "atomic_write_bytes", "atomic_write_text", "check_output",
+           "check_folder"]
 
 _IN_FLIGHT = set()  # names of this process's temporary files being written now: never orphans
 
@@ -149,19 +150,26 @@ def check_output(path, option, overwrite=False, inputs=(), create=False):
     if os.path.lexists(path) and not overwrite:
         raise ValueError(f"{option} {path} already exists: choose another name, or pass "
                          "--overwrite to replace it")
-    folder = probe = os.path.dirname(os.path.abspath(path))
-    while not os.path.exists(probe):  # made later, by the write
-        probe = os.path.dirname(probe)
-    if not os.path.isdir(probe):
-        raise ValueError(f"{option} {path}: {probe} is a file, not a folder")
-    try:  # a file made there, not the permission bits, which say yes to root
-        tempfile.TemporaryFile(dir=probe).close()
-    except OSError as e:
-        raise ValueError(f"{option} {path}: cannot write a file in {probe} "
-                         f"({e.strerror or e})") from None
+    folder = os.path.dirname(os.path.abspath(path))
+    check_folder(folder, f"{option} {path}")
     if create:
         try:
             os.makedirs(folder, exist_ok=True)
         except OSError as e:
             raise ValueError(f"{option} {path}: cannot make the folder {folder} "
                              f"({e.strerror or e})") from None
+
+
+def check_folder(folder, what):
+    """ValueError (one line, starting with ``what``) unless ``folder`` is, or could be made as,
+    a folder a file can be written in: the nearest existing path at or above it is such a
+    folder. Tried by making a file there, not read from the permission bits (root passes those)."""
+    probe = os.path.abspath(folder)
+    while not os.path.exists(probe):  # made later, by the write
+        probe = os.path.dirname(probe)
+    if not os.path.isdir(probe):
+        raise ValueError(f"{what}: {probe} is a file, not a folder")
+    try:
+        tempfile.TemporaryFile(dir=probe).close()
+    except OSError as e:
+        raise ValueError(f"{what}: folder {probe} is not writable ({e.strerror or e})") from None
