@@ -28,14 +28,14 @@ import argparse
 import datetime
 import json
 import os
-import platform
 import shutil
 import statistics
 import subprocess
 import sys
 import tempfile
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from _common import ROOT, commit, machine, markdown_table  # benchmarks/ is on the path
+
 MIB = 1 << 20
 
 CHILD = r"""
@@ -87,25 +87,6 @@ def measure(tree, function, path):
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
-def machine():
-    model = platform.processor() or platform.machine()
-    try:
-        lines = subprocess.run(["lscpu"], capture_output=True, text=True).stdout.splitlines()
-        model = next(ln.split(":", 1)[1].strip() for ln in lines if ln.startswith("Model name"))
-    except (OSError, StopIteration):
-        pass
-    gpu = "a GPU" if shutil.which("nvidia-smi") else "no GPU"
-    return f"{os.cpu_count()}-core {model}, {gpu}"
-
-
-def commit():
-    def git(*args):
-        return subprocess.run(["git", "-C", ROOT, *args], capture_output=True,
-                              text=True).stdout.strip()
-    dirty = git("status", "--porcelain", "--untracked-files=no")
-    return git("rev-parse", "--short", "HEAD") + (" + uncommitted changes" if dirty else "")
-
-
 def main():
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--before", default="97b3ee8",
@@ -151,13 +132,10 @@ def main():
     head = (["call", "file", "arrays returned", "before the call"]
             + [f"peak RSS, {'commit ' + k if k != 'now' else 'this commit'}" for k in labels]
             + ["ideal: before the call + file + arrays"])
-    print("| " + " | ".join(head) + " |")
-    print("|" + "---|" * len(head))
-    for function, base, arrays, peaks in rows:
-        cells = ([f"`io.{function}(path)`", f"{size / MIB:.0f}", f"{arrays / MIB:.0f}",
-                  f"{base / MIB:.0f}"] + [f"{peaks[k] / MIB:.0f}" for k in labels]
-                 + [f"{(base + size + arrays) / MIB:.0f}"])
-        print("| " + " | ".join(cells) + " |")
+    print(markdown_table(head, [
+        [f"`io.{function}(path)`", f"{size / MIB:.0f}", f"{arrays / MIB:.0f}", f"{base / MIB:.0f}"]
+        + [f"{peaks[k] / MIB:.0f}" for k in labels] + [f"{(base + size + arrays) / MIB:.0f}"]
+        for function, base, arrays, peaks in rows]))
     print()
     print(f"Made by: `python benchmarks/caffemodel_memory.py` · {datetime.date.today()} · "
           f"commit {commit()} · {machine()}")

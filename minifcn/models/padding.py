@@ -17,7 +17,7 @@ from .geometry import GeometryError
 
 def _net(model, **options):
     """A tiny net of ``model``'s kind (a name or an FCN) built with ``options``."""
-    options = dict(dict(n_class=1, width=1 / 64), **options)
+    options = {"n_class": 1, "width": 1 / 64, **options}
     return build(model, **options) if isinstance(model, str) else type(model)(**options)
 
 
