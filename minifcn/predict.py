@@ -50,8 +50,10 @@ def fit_padding(model, config, h, w, device):
 
     A model trained with a small padding (pad1 'auto' on small images) may be too tight for a
     smaller image; the weights do not depend on the padding, so the same weights serve."""
-    from .models import padding
+    from .models import FCNBase, padding
 
+    if not isinstance(model, FCNBase):  # an encoder-decoder takes any size as it is
+        return model
     need = padding.min_pad1(model, min(h, w))
     if need <= model.conv1_1.padding[0]:
         return model

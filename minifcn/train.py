@@ -19,6 +19,7 @@ import sys
 import time
 from pathlib import Path
 
+from .models.registry import MODELS
 from .training import DEFAULTS, FROM_SCRATCH, REFERENCE, fit, resolve
 from .training.config import FINE_TUNE, REAL_FINE_TUNE, resume_config
 from .training.runs import new_run_dir
@@ -35,7 +36,8 @@ def parser():
     p = argparse.ArgumentParser(prog="python -m minifcn.train", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     a = p.add_argument
-    a("--model", choices=["fcn32s", "fcn16s", "fcn8s", "fcn8s-atonce"], help=f"default {D['model']}")
+    a("--model", choices=list(MODELS), help=f"default {D['model']}; the encoder-decoders "
+      "(segnet, segnet-basic, deconvnet, unet) are docs/encoder_decoders.md")
     a("--width", type=float, help=f"channel multiplier: 1.0 = VGG16, default {D['width']} "
                              "(4-8-16-32-32, fc 256)")
     a("--data", help=f"shapes | digits | voc:ROOT | folder:ROOT (default {D['data']})")

@@ -1,9 +1,9 @@
-"""An FCN as an ONNX graph for inference, built by walking the model's own forward.
+"""A net as an ONNX graph for inference, built by walking the model's own forward.
 
 ``to_onnx`` runs ``model.forward`` with every layer replaced by a stand-in that, instead of
 computing, appends the ONNX node(s) for that layer and returns the name of its output (the same
 trick as ``minifcn.models.geometry.trace``). So the graph is whatever the forward does, for
-FCN-32s, 16s, 8s and 8s at-once alike, and each layer becomes:
+FCN-32s, 16s, 8s and 8s at-once and the encoder-decoders alike, and each layer becomes:
 
     Conv2d           Conv (kernel_shape, strides, pads), weight and bias as initializers
     ConvTranspose2d  ConvTranspose (the upscore layers: no bias, as in the reference nets)
@@ -15,6 +15,10 @@ FCN-32s, 16s, 8s and 8s at-once alike, and each layer becomes:
     Crop             Shape(like, start=2, end=4) -> (H, W); Add(offsets, H W) -> ends;
                      Slice(x, offsets, ends, axes=[2, 3]): the offsets are the model's derived
                      ones (``model.offsets``), the sizes the reference tensor's at run time
+    BatchNorm2d      BatchNormalization (inference: the running statistics)
+    MaxPool2d with return_indices   MaxPool with its second output, Indices
+    Unpool           MaxUnpool(x, indices, Shape(like)): back to the pooled map's size
+    Concat           Concat on axis 1 (U-Net's skips)
 
 Input "image" (N, 3, H, W) float32, RGB 0..255 minus ``MEAN_RGB``; output "scores"
 (N, n_class, H, W); N, H and W are free (any H, W the model accepts). Weights are written as
@@ -29,7 +33,8 @@ import numpy as np
 from .. import nn
 from .atomic import atomic_path
 from ..data.transforms import MEAN_RGB
-from ..models.layers import Crop, Scale, Sum
+from .. import backend
+from ..models.layers import Concat, Crop, Scale, Sum, Unpool
 
 __all__ = ["to_onnx", "require_onnx", "OPSET", "IR_VERSION", "INPUT", "OUTPUT"]
 
@@ -67,10 +72,17 @@ class _Graph:
         self.inits.append(self.numpy_helper.from_array(np.asarray(array), name))
         return name
 
-    def node(self, op, inputs, name, **attrs):
-        out = self.fresh(name)
-        self.nodes.append(self.helper.make_node(op, list(inputs), [out], name=out, **attrs))
-        return out
+    def node(self, op, inputs, name, outputs=1, **attrs):
+        """Append an ``op`` node; its output's value name (a list of ``outputs`` names if
+        more than one)."""
+        outs = [self.fresh(name)] + [self.fresh(f"{name}.out{i}") for i in range(1, outputs)]
+        self.nodes.append(self.helper.make_node(op, list(inputs), outs, name=outs[0], **attrs))
+        return outs[0] if outputs == 1 else outs
+
+
+def _f32(a):
+    """A float32 NumPy copy of a Tensor, array or CuPy array."""
+    return backend.as_numpy(getattr(a, "data", a)).astype(np.float32)
 
 
 def _square(pair):
@@ -97,9 +109,30 @@ class _Stand:
                           strides=_square(m.stride), pads=[ph, pw, ph, pw])
         if isinstance(m, nn.MaxPool2d):
             ph, pw = _square(m.padding)
-            return g.node("MaxPool", [x], name, kernel_shape=_square(m.kernel_size),
+            # with return_indices a second output: ONNX's indices count over the whole
+            # (N, C, H, W) tensor, not per plane as PyTorch's, and MaxUnpool reads them so
+            return g.node("MaxPool", [x], name, outputs=2 if m.return_indices else 1,
+                          kernel_shape=_square(m.kernel_size),
                           strides=_square(m.kernel_size if m.stride is None else m.stride),
                           pads=[ph, pw, ph, pw], ceil_mode=int(bool(m.ceil_mode)))
+        if isinstance(m, Unpool):  # to the size of the map the pool took in, read at run time
+            k = _square(m.kernel_size)
+            ph, pw = _square(m.padding)
+            return g.node("MaxUnpool", [x, inputs[1], g.node("Shape", [inputs[2]], f"{name}.size")],
+                          name, kernel_shape=k, strides=_square(m.stride or m.kernel_size),
+                          pads=[ph, pw, ph, pw])
+        if isinstance(m, nn.BatchNorm2d):  # inference: the running statistics
+            if not m.track_running_stats:
+                raise ValueError(f"to_onnx: {name} keeps no running statistics; ONNX's "
+                                 "BatchNormalization needs them")
+            c = m.num_features
+            arrays = [m.weight, m.bias, m.running_mean, m.running_var] if m.affine else \
+                [np.ones(c), np.zeros(c), m.running_mean, m.running_var]
+            names = [g.const(f"{name}.{k}", _f32(a)) for k, a in
+                     zip(("weight", "bias", "running_mean", "running_var"), arrays)]
+            return g.node("BatchNormalization", [x] + names, name, epsilon=float(m.eps))
+        if isinstance(m, Concat):
+            return g.node("Concat", list(inputs), name, axis=1)
         if isinstance(m, nn.ReLU):
             return g.node("Relu", [x], name)
         if isinstance(m, nn.Dropout):

@@ -1,4 +1,5 @@
-"""minifcn.models: FCN-32s, FCN-16s, FCN-8s and FCN-8s at-once on a VGG16 trunk.
+"""minifcn.models: FCN-32s, FCN-16s, FCN-8s and FCN-8s at-once on a VGG16 trunk, and the
+encoder-decoders that followed: SegNet, SegNet-Basic, DeconvNet and U-Net.
 
     import minifcn
     model = minifcn.models.fcn8s(n_class=21, width=0.125)
@@ -9,17 +10,22 @@ Files: vgg.py (the trunk, the options), fcn.py (the heads and builders), classif
 VGG16 classifier an FCN starts from, ``convolutionalize``, the shipped
 ``pretrained_classifier``), layers.py (Crop, Sum, Scale), geometry.py (coordinate maps -> crop offsets), padding.py
 (how much to pad conv1_1: min_pad1, score_coverage, full_cover_pad1), init.py (bilinear, He), summary.py,
-shift.py (denser scores, paper section 3.2: ``rarefy(model, 'pool5')`` and
+encdec.py (what the encoder-decoders share), segnet.py, deconvnet.py, unet.py, registry.py
+(every net by name: ``build``, ``MODELS``), shift.py (denser scores, paper section 3.2: ``rarefy(model, 'pool5')`` and
 ``shift_and_stitch(model, x, f)``; not named rarefy.py, so the function cannot hide the module).
 CLI: ``python -m minifcn.models fcn8s --width 1.0 --size 500`` prints the summary.
 """
 from . import geometry, padding
 from .classifier import (VGGClassifier, convolutionalize, pretrained_classifier,
                          shipped_classifier_path)
-from .fcn import (FCN8s, FCN8sAtOnce, FCN16s, FCN32s, MODELS, build, fcn8s, fcn8s_atonce,
-                  fcn16s, fcn32s)
+from .deconvnet import DeconvNet, deconvnet
+from .encdec import EncoderDecoder
+from .fcn import FCN8s, FCN8sAtOnce, FCN16s, FCN32s, fcn8s, fcn8s_atonce, fcn16s, fcn32s
+from .registry import ENCODER_DECODERS, MODELS, build
+from .segnet import SegNet, SegNetBasic, segnet, segnet_basic
+from .unet import UNet, unet
 from .init import bilinear_kernel, bilinear_weight
-from .layers import Crop, Scale, Sum
+from .layers import Concat, Crop, Scale, Sum, Unpool
 from .shift import coarse_scores, rarefy, shift_and_stitch, stitched_scores
 from .summary import summary
 from .vgg import FCNBase
@@ -28,4 +34,6 @@ __all__ = ["FCN32s", "FCN16s", "FCN8s", "FCN8sAtOnce", "FCNBase", "fcn32s", "fcn
            "fcn8s_atonce", "build", "MODELS", "summary", "bilinear_kernel", "bilinear_weight",
            "Crop", "Sum", "Scale", "geometry", "padding", "rarefy", "shift_and_stitch", "stitched_scores",
            "coarse_scores", "VGGClassifier", "convolutionalize", "pretrained_classifier",
-           "shipped_classifier_path"]
+           "shipped_classifier_path", "SegNet", "SegNetBasic", "DeconvNet", "UNet", "segnet",
+           "segnet_basic", "deconvnet", "unet", "EncoderDecoder", "ENCODER_DECODERS", "Unpool",
+           "Concat"]

@@ -148,13 +148,4 @@ def fcn8s_atonce(n_class=21, width=1.0, pad1=PAD1, dropout=DROPOUT, learn_upsamp
     return FCN8sAtOnce(n_class, width, pad1, dropout, learn_upsampling)
 
 
-MODELS = {"fcn32s": fcn32s, "fcn16s": fcn16s, "fcn8s": fcn8s, "fcn8s-atonce": fcn8s_atonce}
-
-
-def build(name, **options):
-    """The model called ``name`` ('fcn32s', 'fcn16s', 'fcn8s', 'fcn8s-atonce'; '_' may stand
-    for '-'), built with ``options`` (n_class, width, pad1, dropout, learn_upsampling)."""
-    key = str(name).lower().replace("_", "-")
-    if key not in MODELS:
-        raise ValueError(f"build: unknown model {name!r}; choose one of {', '.join(MODELS)}")
-    return MODELS[key](**options)
+FCN_MODELS = {"fcn32s": fcn32s, "fcn16s": fcn16s, "fcn8s": fcn8s, "fcn8s-atonce": fcn8s_atonce}

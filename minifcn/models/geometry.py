@@ -51,7 +51,7 @@ from fractions import Fraction
 
 from .. import nn
 from ..primitives import conv_out_size
-from .layers import Crop, Scale, Sum
+from .layers import Concat, Crop, Scale, Sum, Unpool
 
 
 class GeometryError(ValueError):
@@ -105,7 +105,7 @@ class Step:
     """One layer call as seen by ``trace``: one row of ``summary``."""
 
     name: str
-    kind: str  # input conv pool relu dropout upscore crop sum scale
+    kind: str  # input conv pool relu dropout upscore crop sum scale bn unpool concat
     shape: tuple  # output shape (H, W None in a size-free trace)
     jump: Fraction  # cumulative stride relative to the input
     rf: int  # receptive field of one output pixel, in input pixels
@@ -143,7 +143,7 @@ class _Stand:
         n, c = x.shape[:2]
         params = sum(p.size for p in m.parameters())
         trainable = sum(p.size for p in m.parameters() if p.requires_grad)
-        offset, macs, d = None, 0, 1
+        offset, macs, d, placed = None, 0, 1, None  # placed: an output map set outright
         if isinstance(m, (nn.Conv2d, nn.MaxPool2d)):
             pool = isinstance(m, nn.MaxPool2d)
             k = _square(m.kernel_size, name, "kernel")
@@ -201,15 +201,40 @@ class _Stand:
                 raise GeometryError(f"geometry: sum {name}: inputs differ: {x.shape} at "
                                     f"{x.map} vs {y.shape} at {y.map}")
             hw, c_out, fmap, kind, rf = x.shape[2:], c, IDENTITY, "sum", max(x.rf, y.rf)
+        elif isinstance(m, Unpool):
+            # each value goes back to its window, in the map the pool took in: the output has
+            # that map's size and coordinates, and each pixel sees what its pooled value saw
+            like = blobs[2]
+            s = _square(m.kernel_size if m.stride is None else m.stride, name, "stride")
+            if x.map.a != like.map.a * s:
+                raise GeometryError(f"geometry: unpool {name}: its input is at stride {x.map.a}, "
+                                    f"not {s} x the reference's {like.map.a}")
+            hw, c_out, kind, rf, placed = like.shape[2:], c, "unpool", x.rf, like.map
+        elif isinstance(m, Concat):
+            for y in blobs[1:]:
+                if y.map != x.map or y.shape[2:] != x.shape[2:]:
+                    raise GeometryError(f"geometry: concat {name}: inputs differ: {x.shape} at "
+                                        f"{x.map} vs {y.shape} at {y.map}")
+            c_out = sum(y.shape[1] for y in blobs)
+            hw, fmap, kind, rf = x.shape[2:], IDENTITY, "concat", max(y.rf for y in blobs)
+        elif isinstance(m, nn.BatchNorm2d):
+            if m.num_features != c:
+                raise GeometryError(f"geometry: {name} expects {m.num_features} channels, "
+                                    f"gets {c}")
+            hw, c_out, fmap, kind, rf = x.shape[2:], c, IDENTITY, "bn", x.rf
+            if None not in x.shape:  # at inference one multiply-add per value
+                macs = n * c * x.shape[2] * x.shape[3]
         elif isinstance(m, (nn.ReLU, nn.Dropout, Scale)):
             kind = {nn.ReLU: "relu", nn.Dropout: "dropout", Scale: "scale"}[type(m)]
             hw, c_out, fmap, rf = x.shape[2:], c, IDENTITY, x.rf
         else:
             raise GeometryError(f"geometry: layer {name} of type {type(m).__name__} has no "
                                 "coordinate rule")
-        out = Blob((n, c_out) + tuple(hw), x.map.compose(fmap), rf)
+        out = Blob((n, c_out) + tuple(hw), placed or x.map.compose(fmap), rf)
         self.steps.append(Step(name, kind, out.shape, out.map.a, out.rf, out.map.b,
                                params, trainable, macs, offset, d))
+        if getattr(m, "return_indices", False):
+            return out, out  # (values, indices): the indices have the values' geometry
         return out
 
 

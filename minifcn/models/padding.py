@@ -11,7 +11,7 @@ import numpy as np
 
 from ..autograd import Tensor, no_grad
 from . import geometry
-from .fcn import build
+from .registry import build
 from .geometry import GeometryError
 
 

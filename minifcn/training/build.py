@@ -19,12 +19,15 @@ MIN_INIT_SHARE = 0.5
 def build_model(config):
     """The model ``config`` names, with conv1_1's padding resolved ('auto', 'full' -> int);
     "vgg16" is the classifier that ``python -m minifcn.pretrain`` trains."""
-    from ..models import build, padding
+    from ..models import ENCODER_DECODERS, build, padding
     from ..models.classifier import VGGClassifier
 
     if config["model"] == "vgg16":
         return VGGClassifier(config["n_class"], width=config["width"],
                              dropout=option(config, "dropout"))
+    if config["model"] in ENCODER_DECODERS:  # no conv1_1 padding, dropout or fixed upsampling
+        model = build(config["model"], n_class=config["n_class"], width=config["width"])
+        return freeze_trunk(model) if option(config, "freeze_trunk") else model
     pad1 = config["pad1"]
     if pad1 == "auto":  # the smallest conv1_1 padding whose crops still cover the input
         pad1 = config["pad1"] = padding.min_pad1(config["model"], config.get("size"))
@@ -41,9 +44,15 @@ def build_model(config):
 def freeze_trunk(model):
     """The paper's "FCN-32s-fixed" (Table 2): only the score layers (score_fr and the skips'
     score_pool4/3) learn; the trunk conv1_1 ... fc7 keeps its weights (requires_grad False, so
-    the optimiser skips it and backward computes no gradient for it)."""
+    the optimiser skips it and backward computes no gradient for it). For an encoder-decoder
+    the trunk is what a classifier fills (its ``classifier_layers``: SegNet's and DeconvNet's
+    VGG16 convolutions, fc6 and fc7); their batch normalisation and the decoder learn."""
+    trunk = getattr(model, "classifier_layers", None)
+    if trunk is not None and not trunk:
+        raise ValueError(f"--freeze-trunk: {type(model).__name__} has no classifier trunk to "
+                         f"freeze (only segnet, deconvnet and the FCNs start from one)")
     for name, p in model.named_parameters():
-        if not name.startswith("score"):
+        if (name.rsplit(".", 1)[0] in trunk) if trunk else not name.startswith("score"):
             p.requires_grad = False
     return model
 
@@ -128,7 +137,11 @@ def load_weights_into(model, path, log=print):
     learned = {k: p.data.size for k, p in own.items()
                if p.requires_grad or not k.startswith("upscore")}
     share = sum(learned.get(k, 0) for k in loaded) / sum(learned.values())
-    if share < MIN_INIT_SHARE:  # e.g. a checkpoint of another --width: only a bias would match
+    # an encoder-decoder's VGG16 trunk is about half of it (the decoder mirrors it): a file that
+    # fills the whole trunk is a start, whatever its share
+    trunk = getattr(model, "classifier_layers", ())
+    whole_trunk = bool(trunk) and all(k in loaded for k in own if k.rsplit(".", 1)[0] in trunk)
+    if share < MIN_INIT_SHARE and not whole_trunk:  # e.g. a checkpoint of another --width: only a bias would match
         raise ValueError(
             f"--init-from {path}: only {len(loaded)} tensors ({share:.0%} of the model's learned "
             f"weights) match the model by name and shape, less than {MIN_INIT_SHARE:.0%}; is it "

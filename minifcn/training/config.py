@@ -8,6 +8,7 @@ config is a plain dict: it is written to the run folder as config.json and read 
 from .. import optim
 from ..models import vgg
 from ..models.classifier import shipped_classifier_path
+from ..models.registry import CLASSIFIER_START, ENCODER_DECODERS
 
 # A small FCN-8s whose run ends within about 10 minutes on 2 CPU cores on `shapes` (7 epochs of
 # 2,000 images from the classifier, 5 from scratch; batch 8: 250 steps an epoch at ~0.3 s).
@@ -62,15 +63,23 @@ LEARN_UPSAMPLING = {"fixed": False, "intermediate": "intermediate", "all": True}
 def resolve(config):
     """Fill in the options whose default depends on the data (None in DEFAULTS) and check the
     values; returns ``config``. Bad values raise SystemExit with a one-line message."""
+    model = config.get("model")
+    if model in ENCODER_DECODERS:
+        check_encoder_decoder(config)
     if config.get("init") is None:  # a file given, or the shipped classifier where there is one
         config["init"] = ("file" if config.get("init_from") else
-                          "classifier" if has_shipped_classifier(config["width"]) else "scratch")
+                          "classifier" if has_shipped_classifier(config["width"])
+                          and model in CLASSIFIER_START else "scratch")
     elif config.get("init_from") and config["init"] != "file":
         raise SystemExit(f"error: --init {config['init']} and --init-from both say where the "
                          f"weights start: give one")
     if config["init"] not in INITS + ("file",):
         raise SystemExit(f"error: --init must be one of {', '.join(INITS)}, got "
                          f"{config['init']!r}")
+    if config["init"] == "classifier" and model not in CLASSIFIER_START + ("vgg16",):
+        raise SystemExit(f"error: --init classifier: {model} has no VGG16 trunk for a "
+                         f"classifier's weights (only {', '.join(CLASSIFIER_START)} have one); "
+                         f"use --init scratch")
     recipe = REFERENCE
     if config["data"] in SYNTHETIC:
         recipe = FINE_TUNE if config["init"] == "classifier" else FROM_SCRATCH
@@ -82,6 +91,8 @@ def resolve(config):
             continue  # --epochs or --iters says how long: the recipe's length does not apply
         if config.get(key) is None:
             config[key] = value
+    if model in ENCODER_DECODERS:
+        config["pad1"] = None  # the recipe's conv1_1 padding is an FCN's: these pad by 1
     if not 0 <= config["dropout"] < 1:
         raise SystemExit(f"error: --dropout must be in [0, 1), got {config['dropout']}")
     for key in ("conv1_lr_mult", "warmup"):
@@ -135,6 +146,21 @@ def resume_config(config, given, where):
     elif "epochs" in changed:
         config["iters"] = None
     return resolve(config), changed
+
+
+def check_encoder_decoder(config):
+    """SystemExit in one line for an option an encoder-decoder has nothing to apply to."""
+    model = config["model"]
+    for key, default, why in (
+            ("pad1", None, "is FCN's conv1_1 padding (these nets pad every conv by 1)"),
+            ("loss_sampling", 1.0, "samples the cells of an FCN's coarse score grid"),
+            ("learn_upsampling", "fixed", "sets an FCN's bilinear upsampling layers")):
+        if config.get(key) not in (None, default):
+            raise SystemExit(f"error: --{key.replace('_', '-')} {why}; {model} has none "
+                             f"(got {config[key]!r})")
+    if config.get("freeze_trunk") and model not in CLASSIFIER_START:
+        raise SystemExit(f"error: --freeze-trunk: {model} has no classifier trunk to freeze "
+                         f"(only {', '.join(CLASSIFIER_START)} have one)")
 
 
 def has_shipped_classifier(width):
