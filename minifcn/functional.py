@@ -5,7 +5,7 @@ This file holds the element-wise and shape ops (arithmetic, reshape, transpose, 
 crop); the other families live one to a file and are imported at the end:
 
     conv.py      conv2d, conv_transpose2d
-    pooling.py   max_pool2d
+    pooling.py   max_pool2d, max_unpool2d
     loss.py      softmax_cross_entropy
 
 Everything is written against ``xp`` (NumPy or CuPy, whichever the data lives in) and the loops
@@ -297,10 +297,10 @@ def crop(x, offset, size):
 
 from .conv import conv2d, conv_transpose2d  # noqa: E402,F401
 from .loss import softmax_cross_entropy  # noqa: E402,F401
-from .pooling import max_pool2d  # noqa: E402,F401
+from .pooling import max_pool2d, max_unpool2d  # noqa: E402,F401
 
 __all__ = [
     "add", "sub", "mul", "div", "neg", "matmul", "sum", "mean", "reshape", "transpose",
-    "relu", "dropout", "conv2d", "conv_transpose2d", "max_pool2d", "crop",
+    "relu", "dropout", "conv2d", "conv_transpose2d", "max_pool2d", "max_unpool2d", "crop",
     "softmax_cross_entropy", "Tensor",
 ]

@@ -189,21 +189,43 @@ class ConvTranspose2d(_ConvBase):
 
 class MaxPool2d(Module):
     """Max pooling layer (see F.max_pool2d). Arguments in PyTorch's order: dilation (the
-    window's taps d pixels apart) comes before ceil_mode."""
+    window's taps d pixels apart) comes before ceil_mode, and return_indices (forward returns
+    ``(y, indices)`` for a MaxUnpool2d) between them, as in torch.nn.MaxPool2d."""
 
-    def __init__(self, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=False):
+    def __init__(self, kernel_size, stride=None, padding=0, dilation=1, return_indices=False,
+                 ceil_mode=False):
         self.kernel_size, self.stride = kernel_size, stride
         self.padding, self.ceil_mode = padding, ceil_mode
         self.dilation = _dilation(dilation, "MaxPool2d", "ceil_mode")
+        self.return_indices = return_indices
 
     def forward(self, x):
         return F.max_pool2d(x, self.kernel_size, self.stride, self.padding, self.dilation,
-                            self.ceil_mode)
+                            self.ceil_mode, self.return_indices)
 
     def extra_repr(self):
         dilation = "" if self.dilation == (1, 1) else f"dilation={self.dilation}, "
+        indices = ", return_indices=True" if self.return_indices else ""
         return (f"kernel_size={self.kernel_size}, stride={self.stride}, "
-                f"padding={self.padding}, {dilation}ceil_mode={self.ceil_mode}")
+                f"padding={self.padding}, {dilation}ceil_mode={self.ceil_mode}{indices}")
+
+
+class MaxUnpool2d(Module):
+    """Max unpooling layer (see F.max_unpool2d): forward(x, indices, output_size=None) puts
+    each value of x back at the position its pool's indices name, zeros elsewhere."""
+
+    def __init__(self, kernel_size, stride=None, padding=0):
+        self.kernel_size = pair(kernel_size, "kernel_size", "MaxUnpool2d", 1)
+        self.stride = self.kernel_size if stride is None else pair(stride, "stride",
+                                                                   "MaxUnpool2d", 1)
+        self.padding = pair(padding, "padding", "MaxUnpool2d", 0)
+
+    def forward(self, x, indices, output_size=None):
+        return F.max_unpool2d(x, indices, self.kernel_size, self.stride, self.padding,
+                              output_size)
+
+    def extra_repr(self):
+        return f"kernel_size={self.kernel_size}, stride={self.stride}, padding={self.padding}"
 
 
 class ReLU(Module):
