@@ -44,6 +44,10 @@ CASES = [
     ("conv2d 4->8 3x3 p1, 8x4x116x116", "conv", (8, 4, 116, 116), (8, 4, 3, 3), 1, 1),
     ("conv_transpose2d 5->5 k16 s8, 8x5x14x14", "deconv", (8, 5, 14, 14), (5, 5, 16, 16), 8, 0),
     ("max_pool2d 2x2 s2 ceil, 8x4x232x232", "pool", (8, 4, 232, 232), None, 2, 0),
+    # SegNet's and U-Net's: batch norm in training (running statistics updated), the weight
+    # shape is gamma's; cat joins two feature maps along the channels (the "weight" is the second)
+    ("batch_norm train, 8x64x128x128", "bn", (8, 64, 128, 128), (64,), 1, 0),
+    ("cat dim 1, 2 x 8x64x128x128", "cat", (8, 64, 128, 128), (8, 64, 128, 128), 1, 0),
 ]
 
 
@@ -64,6 +68,12 @@ def minifcn_handlers():
             y = F.conv2d(xt, wt, None, stride, pad)
         elif op == "deconv":
             y = F.conv_transpose2d(xt, wt, None, stride, pad)
+        elif op == "bn":
+            c = x.shape[1]
+            y = F.batch_norm(xt, np.zeros(c, np.float32), np.ones(c, np.float32), wt,
+                             Tensor(w + 0.1, requires_grad=backward), training=True)
+        elif op == "cat":
+            y = F.cat([xt, wt], 1)
         else:
             y = F.max_pool2d(xt, 2, stride, pad, ceil_mode=True)
         if backward:
@@ -87,6 +97,12 @@ def torch_handlers(threads):
             y = tf.conv2d(xt, wt, None, stride, pad)
         elif op == "deconv":
             y = tf.conv_transpose2d(xt, wt, None, stride, pad)
+        elif op == "bn":
+            c = x.shape[1]
+            y = tf.batch_norm(xt, torch.zeros(c), torch.ones(c), wt,
+                              torch.from_numpy(w + 0.1).requires_grad_(backward), training=True)
+        elif op == "cat":
+            y = torch.cat([xt, wt], 1)
         else:
             y = tf.max_pool2d(xt, 2, stride, pad, ceil_mode=True)
         if backward:
@@ -206,6 +222,8 @@ def main(argv=None):
 
 def _out_shape(op, xs, ws, stride, pad):
     n, _, h, w = xs
+    if op in ("bn", "cat"):
+        return xs  # (no flops counted: both are memory-bound)
     if op == "pool":
         return (n, xs[1], -(-h // 2), -(-w // 2))
     k = ws[2]

@@ -12,8 +12,9 @@
 // sizes and an array of pointers to the arguments (the same `void **kernelParams` a CUDA launch
 // takes), and runs every thread of the grid one after the other.
 //
-// Running threads one at a time is faithful only for kernels whose threads never talk to each
-// other; that is true of every kernel here (no shared memory, no __syncthreads, no atomics).
+// Running threads one at a time is faithful only for kernels whose threads never wait for each
+// other; that is true of every kernel here (no shared memory, no __syncthreads). Atomics are
+// fine: one thread after another is one of the orders a GPU may run them in.
 #ifndef MINIFCN_EMULATOR_H
 #define MINIFCN_EMULATOR_H
 
@@ -52,6 +53,17 @@ inline double __longlong_as_double(long long bits) {
     double d;
     std::memcpy(&d, &bits, sizeof d);
     return d;
+}
+
+// atomicAdd(address, value): *address += value, returning the old value. Threads run one at
+// a time here, so a plain read-modify-write is atomic. (float and double, as CUDA's.)
+template <typename T>
+T atomicAdd(T *address, T value) {
+    static_assert(std::is_same<T, float>::value || std::is_same<T, double>::value,
+                  "atomicAdd: float or double");
+    T old = *address;
+    *address = old + value;
+    return old;
 }
 
 namespace emulator {

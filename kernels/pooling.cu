@@ -1,10 +1,11 @@
-// Max pooling on the GPU: the CUDA twins of minifcn/primitives.py's maxpool_forward and
-// maxpool_backward.
+// Max pooling and unpooling on the GPU: the CUDA twins of minifcn/primitives.py's
+// maxpool_forward, maxpool_backward, maxunpool_forward and maxunpool_backward.
 //
 // Shapes (all arrays C-contiguous):
 //   x, gx        (N, C, h, w)      input and its gradient
 //   y, gy        (N, C, oh, ow)    output and its gradient
 //   argmax       (N, C, oh, ow)    int32: the winner's tap i*kw + j inside its window
+// (unpooling's shapes are given beside its kernels, at the end)
 // Tap (i, j) of window (oy, ox) reads the padded input's pixel (oy*sh + i*dh, ox*sw + j*dw),
 // i.e. the input's pixel (oy*sh + i*dh - ph, ox*sw + j*dw - pw); dh, dw are the dilation
 // (1 = a plain window of kh x kw neighbours). The caller computes oh and ow (with ceil rounding
@@ -112,6 +113,37 @@ __device__ void maxpool_backward(long long total, const T *__restrict__ gy,
     gx[idx] = sum;
 }
 
+// Max unpooling, x (N, C, h, w) -> y (N, C, oh, ow), each value added at its flat position
+// indices[k] = row * ow + col of its own plane of y; `in_plane` = h * w, `out_plane` = oh * ow.
+// One thread per input element; y must be zeroed first. Two values sharing a position are
+// summed (maxpool_backward's semantics): atomicAdd, so on a GPU their order, and a float sum's
+// last bits, may change from run to run. An index outside [0, out_plane) is skipped rather than
+// written outside y (F.max_unpool2d refuses one before launching).
+template <typename T>
+__device__ void maxunpool_forward(long long total, const T *__restrict__ x,
+                                  const long long *__restrict__ indices, T *__restrict__ y,
+                                  long long in_plane, long long out_plane) {
+    long long idx = (long long)blockIdx.x * blockDim.x + threadIdx.x;
+    if (idx >= total) return;
+    long long at = indices[idx];
+    if (at < 0 || at >= out_plane) return;
+    // NumPy: np.add.at(y, indices + plane * out_plane, x)
+    atomicAdd(y + idx / in_plane * out_plane + at, x[idx]);
+}
+
+// Its adjoint, a gather: one thread per element of gx (indices' shape), each reading its own
+// position of gy; no atomics, the same result on every run.
+template <typename T>
+__device__ void maxunpool_backward(long long total, const T *__restrict__ gy,
+                                   const long long *__restrict__ indices, T *__restrict__ gx,
+                                   long long in_plane, long long out_plane) {
+    long long idx = (long long)blockIdx.x * blockDim.x + threadIdx.x;
+    if (idx >= total) return;
+    long long at = indices[idx];
+    // NumPy: np.take_along_axis(gy planes, indices planes, axis=1)
+    gx[idx] = at < 0 || at >= out_plane ? T(0) : gy[idx / in_plane * out_plane + at];
+}
+
 // The names CuPy and the emulator launch: one instance per floating type.
 extern "C" __global__ void maxpool_forward_f32(long long total, const float *x, float *y,
                                                int *argmax, int h, int w, int kh, int kw, int sh,
@@ -138,7 +170,32 @@ extern "C" __global__ void maxpool_backward_f64(long long total, const double *g
     maxpool_backward(total, gy, argmax, gx, h, w, kh, kw, sh, sw, ph, pw, dh, dw, oh, ow);
 }
 
+extern "C" __global__ void maxunpool_forward_f32(long long total, const float *x,
+                                                 const long long *indices, float *y,
+                                                 long long in_plane, long long out_plane) {
+    maxunpool_forward(total, x, indices, y, in_plane, out_plane);
+}
+extern "C" __global__ void maxunpool_forward_f64(long long total, const double *x,
+                                                 const long long *indices, double *y,
+                                                 long long in_plane, long long out_plane) {
+    maxunpool_forward(total, x, indices, y, in_plane, out_plane);
+}
+extern "C" __global__ void maxunpool_backward_f32(long long total, const float *gy,
+                                                  const long long *indices, float *gx,
+                                                  long long in_plane, long long out_plane) {
+    maxunpool_backward(total, gy, indices, gx, in_plane, out_plane);
+}
+extern "C" __global__ void maxunpool_backward_f64(long long total, const double *gy,
+                                                  const long long *indices, double *gx,
+                                                  long long in_plane, long long out_plane) {
+    maxunpool_backward(total, gy, indices, gx, in_plane, out_plane);
+}
+
 EMULATOR_ENTRY(maxpool_forward_f32)
 EMULATOR_ENTRY(maxpool_forward_f64)
 EMULATOR_ENTRY(maxpool_backward_f32)
 EMULATOR_ENTRY(maxpool_backward_f64)
+EMULATOR_ENTRY(maxunpool_forward_f32)
+EMULATOR_ENTRY(maxunpool_forward_f64)
+EMULATOR_ENTRY(maxunpool_backward_f32)
+EMULATOR_ENTRY(maxunpool_backward_f64)

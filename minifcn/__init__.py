@@ -1,9 +1,10 @@
 """minifcn: Fully Convolutional Networks (Long, Shelhamer, Darrell 2015) from scratch.
 
-Public names: Tensor, no_grad, gradcheck, summary, manual_seed, and the submodules functional
-(import as F), nn, models, optim, metrics, data, io, training.
+Public names: Tensor, no_grad, gradcheck, summary, manual_seed, cat, and the submodules
+functional (import as F), nn, models, optim, metrics, data, io, training.
 """
 from . import functional, nn
+from .functional import cat
 from .autograd import Tensor, is_grad_enabled, no_grad
 from .backend import gpu_available, manual_seed
 from .gradcheck import GradcheckError, gradcheck  # the function (the package is its home)
@@ -25,5 +26,5 @@ def __getattr__(name):
 
 
 __all__ = ["Tensor", "no_grad", "is_grad_enabled", "gradcheck", "GradcheckError", "summary",
-           "manual_seed", "gpu_available", "functional", "nn", "models", "optim", "metrics",
+           "manual_seed", "cat", "gpu_available", "functional", "nn", "models", "optim", "metrics",
            "data", "io"]

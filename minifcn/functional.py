@@ -2,10 +2,11 @@
 
 Import as ``import minifcn.functional as F``: it is the one module of ops a learner needs.
 This file holds the element-wise and shape ops (arithmetic, reshape, transpose, relu, dropout,
-crop); the other families live one to a file and are imported at the end:
+crop, cat); the other families live one to a file and are imported at the end:
 
     conv.py      conv2d, conv_transpose2d
-    pooling.py   max_pool2d
+    pooling.py   max_pool2d, max_unpool2d
+    norm.py      batch_norm
     loss.py      softmax_cross_entropy
 
 Everything is written against ``xp`` (NumPy or CuPy, whichever the data lives in) and the loops
@@ -293,14 +294,68 @@ def crop(x, offset, size):
     return Crop.apply(x, offset=offset, size=size)
 
 
+# ----------------------------------------------------------------------------- cat
+
+
+class Cat(Function):
+    def forward(self, *arrays, dim):
+        self.saved = (dim, [a.shape[dim] for a in arrays])
+        return get_array_module(arrays[0]).concatenate(arrays, axis=dim)
+
+    def backward(self, g):
+        dim, sizes = self.saved
+        edges = np.cumsum([0] + sizes)
+        index = [slice(None)] * g.ndim
+        grads = []
+        for i, need in enumerate(self.needs_grad):  # each input's slab of g (a view, no copy)
+            index[dim] = slice(edges[i], edges[i + 1])
+            grads.append(g[tuple(index)] if need else None)
+        return tuple(grads)
+
+
+def cat(tensors, dim=0):
+    """Join tensors along ``dim`` (negative counts from the end), as torch.cat: the same number
+    of dimensions, the same sizes except along ``dim``, one dtype and one device. U-Net's skips
+    join feature maps along the channels (dim=1). Backward gives each input its slab of the
+    gradient."""
+    op = "cat"
+    if isinstance(tensors, (Tensor, np.ndarray)) or not hasattr(tensors, "__len__"):
+        raise TypeError(f"{op}: expected a list or tuple of tensors, got {type(tensors).__name__}")
+    if len(tensors) == 0:
+        raise ValueError(f"{op}: expected a non-empty list of tensors")
+    ts = [as_tensor(t) for t in tensors]
+    first = ts[0]
+    if first.ndim == 0:
+        raise ValueError(f"{op}: zero-dimensional tensors cannot be concatenated")
+    if isinstance(dim, bool) or not isinstance(dim, (int, np.integer)) \
+            or not -first.ndim <= dim < first.ndim:
+        raise ValueError(f"{op}: dim must be an int in [{-first.ndim}, {first.ndim - 1}] for "
+                         f"{first.ndim}-D tensors, got {dim!r}")
+    d = int(dim) % first.ndim
+    for i, t in enumerate(ts[1:], 1):
+        if t.ndim != first.ndim:
+            raise ValueError(f"{op}: tensor {i} is {t.ndim}-D, tensor 0 {first.ndim}-D; all "
+                             f"must have the same number of dimensions")
+        if t.shape[:d] + t.shape[d + 1:] != first.shape[:d] + first.shape[d + 1:]:
+            raise ValueError(f"{op}: sizes must match except along dim {d}: tensor 0 has shape "
+                             f"{first.shape}, tensor {i} {t.shape}")
+        if t.dtype != first.dtype:
+            raise TypeError(f"{op}: tensor {i} is {t.dtype}, tensor 0 {first.dtype}; all "
+                            f"must have one dtype")
+        if t.device != first.device:
+            raise ValueError(f"{op}: tensor {i} is on {t.device}, tensor 0 on {first.device}")
+    return Cat.apply(*ts, dim=d)
+
+
 # ----------------------------------------------------------------------------- the op families
 
 from .conv import conv2d, conv_transpose2d  # noqa: E402,F401
 from .loss import softmax_cross_entropy  # noqa: E402,F401
-from .pooling import max_pool2d  # noqa: E402,F401
+from .norm import batch_norm  # noqa: E402,F401
+from .pooling import max_pool2d, max_unpool2d  # noqa: E402,F401
 
 __all__ = [
     "add", "sub", "mul", "div", "neg", "matmul", "sum", "mean", "reshape", "transpose",
-    "relu", "dropout", "conv2d", "conv_transpose2d", "max_pool2d", "crop",
-    "softmax_cross_entropy", "Tensor",
+    "relu", "dropout", "conv2d", "conv_transpose2d", "max_pool2d", "max_unpool2d", "crop", "cat",
+    "batch_norm", "softmax_cross_entropy", "Tensor",
 ]

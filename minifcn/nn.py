@@ -1,9 +1,10 @@
 """Layer 5: Module, Parameter and the layers FCN is built from.
 
-A Module finds its parameters and sub-modules by looking at its own attributes (in the order
-they were set), so ``self.conv1_1 = Conv2d(...)`` is all it takes to register one; the names in
-``state_dict`` are the attribute paths (``conv1_1.weight``), which is how FCN's reference layer
-names become our keys.
+A Module finds its parameters, buffers and sub-modules by looking at its own attributes (in the
+order they were set), so ``self.conv1_1 = Conv2d(...)`` is all it takes to register one; the names
+in ``state_dict`` are the attribute paths (``conv1_1.weight``), which is how FCN's reference layer
+names become our keys. A ``Buffer`` is an array a module owns but does not learn (batch norm's
+running statistics): saved, loaded and moved with the parameters, never seen by an optimiser.
 """
 import math
 from collections.abc import Mapping
@@ -26,6 +27,22 @@ class Parameter(Tensor):
         return f"Parameter(shape={self.shape}, dtype={self.dtype}, device={self.device})"
 
 
+class Buffer(Tensor):
+    """A Tensor that a Module owns but does not learn (requires_grad=False): batch norm's
+    running_mean, running_var and num_batches_tracked. ``state_dict``, ``load_state_dict`` and
+    ``to`` carry it; ``parameters()``, and so the optimiser, never see it.
+
+    A class rather than PyTorch's ``register_buffer``: a Module here finds what it owns by the
+    type of its attributes, so ``self.running_mean = Buffer(...)`` registers it as
+    ``self.weight = Parameter(...)`` does (PyTorch 2.5 has ``torch.nn.Buffer`` for the same)."""
+
+    def __init__(self, data):
+        super().__init__(data, requires_grad=False)
+
+    def __repr__(self):
+        return f"Buffer(shape={self.shape}, dtype={self.dtype}, device={self.device})"
+
+
 class Module:
     training = True
 
@@ -46,13 +63,30 @@ class Module:
         for name, child in self.children():
             yield from child.named_modules(f"{prefix}.{name}" if prefix else name)
 
+    def _named(self, kind, prefix=""):
+        # PyTorch's order: each module's own tensors, then its children's, depth first
+        for path, m in self.named_modules(prefix):
+            for name, value in vars(m).items():
+                if isinstance(value, kind):
+                    yield (f"{path}.{name}" if path else name), value
+
     def named_parameters(self, prefix=""):
-        for name, value in vars(self).items():
-            full = f"{prefix}.{name}" if prefix else name
-            if isinstance(value, Parameter):
-                yield full, value
-            elif isinstance(value, Module):
-                yield from value.named_parameters(full)
+        return self._named(Parameter, prefix)
+
+    def named_buffers(self, prefix=""):
+        return self._named(Buffer, prefix)
+
+    def buffers(self):
+        return [b for _, b in self.named_buffers()]
+
+    def _named_state(self):
+        """(name, tensor) of every parameter and buffer, in state_dict's order: per module its
+        parameters, then its buffers (PyTorch's: weight, bias, running_mean, ...)."""
+        for path, m in self.named_modules():
+            for kind in (Parameter, Buffer):
+                for name, value in vars(m).items():
+                    if isinstance(value, kind):
+                        yield (f"{path}.{name}" if path else name), value
 
     def parameters(self):
         return [p for _, p in self.named_parameters()]
@@ -70,11 +104,12 @@ class Module:
         return self.train(False)
 
     def state_dict(self):
-        """{name: NumPy array} for every parameter (copies, safe to keep)."""
-        return {name: p.numpy().copy() for name, p in self.named_parameters()}
+        """{name: NumPy array} for every parameter and buffer (copies, safe to keep); buffers
+        keep their dtype (num_batches_tracked is int64)."""
+        return {name: p.numpy().copy() for name, p in self._named_state()}
 
     def load_state_dict(self, state):
-        """Copy arrays into the parameters by name: ``state`` is ``{name: array}`` (NumPy or CuPy
+        """Copy arrays into the parameters and buffers by name: ``state`` is ``{name: array}`` (NumPy or CuPy
         arrays, or Tensors/Parameters, whose ``.data`` is taken). Each parameter gets its own
         C-contiguous copy cast to its dtype, so the dict and other models loaded from it stay
         independent. Refuses missing or unexpected keys, shape mismatches and dtypes that do not
@@ -84,7 +119,7 @@ class Module:
         if not isinstance(state, Mapping):
             raise TypeError(f"{where}: expected a dict {{name: array}}, got "
                             f"{type(state).__name__} (read a file with minifcn.io.load first)")
-        own = dict(self.named_parameters())
+        own = dict(self._named_state())
         missing = [k for k in own if k not in state]
         unexpected = [k for k in state if k not in own]
         values, wrong = {}, []
@@ -111,10 +146,15 @@ class Module:
         return self
 
     def to(self, device=None, dtype=None):
-        """Move every parameter to 'cpu'/'cuda' and/or cast it to a floating dtype, in place."""
-        for p in self.parameters():
+        """Move every parameter and buffer to 'cpu'/'cuda' and/or cast the floating ones to a
+        floating dtype, in place; integer buffers (num_batches_tracked) keep their dtype, as in
+        PyTorch."""
+        if dtype is not None and np.dtype(dtype).kind != "f":
+            raise TypeError(f"{type(self).__name__}.to: dtype must be a floating dtype, got "
+                            f"{np.dtype(dtype)}")
+        for _, p in self._named_state():
             data = p.data if device is None else backend.to_device(p.data, device)
-            p.data = data if dtype is None else data.astype(dtype)
+            p.data = data if dtype is None or data.dtype.kind != "f" else data.astype(dtype)
             p.grad = None
         return self
 
@@ -189,21 +229,89 @@ class ConvTranspose2d(_ConvBase):
 
 class MaxPool2d(Module):
     """Max pooling layer (see F.max_pool2d). Arguments in PyTorch's order: dilation (the
-    window's taps d pixels apart) comes before ceil_mode."""
+    window's taps d pixels apart) comes before ceil_mode, and return_indices (forward returns
+    ``(y, indices)`` for a MaxUnpool2d) between them, as in torch.nn.MaxPool2d."""
 
-    def __init__(self, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=False):
+    def __init__(self, kernel_size, stride=None, padding=0, dilation=1, return_indices=False,
+                 ceil_mode=False):
         self.kernel_size, self.stride = kernel_size, stride
         self.padding, self.ceil_mode = padding, ceil_mode
         self.dilation = _dilation(dilation, "MaxPool2d", "ceil_mode")
+        self.return_indices = return_indices
 
     def forward(self, x):
         return F.max_pool2d(x, self.kernel_size, self.stride, self.padding, self.dilation,
-                            self.ceil_mode)
+                            self.ceil_mode, self.return_indices)
 
     def extra_repr(self):
         dilation = "" if self.dilation == (1, 1) else f"dilation={self.dilation}, "
+        indices = ", return_indices=True" if self.return_indices else ""
         return (f"kernel_size={self.kernel_size}, stride={self.stride}, "
-                f"padding={self.padding}, {dilation}ceil_mode={self.ceil_mode}")
+                f"padding={self.padding}, {dilation}ceil_mode={self.ceil_mode}{indices}")
+
+
+class MaxUnpool2d(Module):
+    """Max unpooling layer (see F.max_unpool2d): forward(x, indices, output_size=None) puts
+    each value of x back at the position its pool's indices name, zeros elsewhere."""
+
+    def __init__(self, kernel_size, stride=None, padding=0):
+        self.kernel_size = pair(kernel_size, "kernel_size", "MaxUnpool2d", 1)
+        self.stride = self.kernel_size if stride is None else pair(stride, "stride",
+                                                                   "MaxUnpool2d", 1)
+        self.padding = pair(padding, "padding", "MaxUnpool2d", 0)
+
+    def forward(self, x, indices, output_size=None):
+        return F.max_unpool2d(x, indices, self.kernel_size, self.stride, self.padding,
+                              output_size)
+
+    def extra_repr(self):
+        return f"kernel_size={self.kernel_size}, stride={self.stride}, padding={self.padding}"
+
+
+class BatchNorm2d(Module):
+    """Batch normalisation over the channels of (N, C, H, W) (see F.batch_norm), PyTorch's
+    layer: weight 1 and bias 0 (affine), running_mean 0, running_var 1 and num_batches_tracked
+    0 (int64, one more each training forward) as Buffers, under PyTorch's state_dict names.
+    Training normalises by the batch and moves the running statistics by ``momentum``
+    (None: their cumulative average over the batches seen); eval uses them.
+    track_running_stats=False keeps none and normalises by the batch in eval too."""
+
+    def __init__(self, num_features, eps=1e-5, momentum=0.1, affine=True,
+                 track_running_stats=True):
+        if isinstance(num_features, bool) or not isinstance(num_features, int) \
+                or num_features < 1:
+            raise ValueError(f"BatchNorm2d: num_features must be a positive int, got "
+                             f"{num_features!r}")
+        if momentum is not None and not 0 <= momentum <= 1:
+            raise ValueError(f"BatchNorm2d: momentum must be in [0, 1] or None, got {momentum}")
+        self.num_features, self.eps, self.momentum = num_features, eps, momentum
+        self.affine, self.track_running_stats = affine, track_running_stats
+        self.weight = Parameter(np.ones(num_features, np.float32)) if affine else None
+        self.bias = Parameter(np.zeros(num_features, np.float32)) if affine else None
+        if track_running_stats:
+            self.running_mean = Buffer(np.zeros(num_features, np.float32))
+            self.running_var = Buffer(np.ones(num_features, np.float32))
+            self.num_batches_tracked = Buffer(np.array(0, np.int64))
+
+    def forward(self, x):
+        if x.ndim != 4:
+            raise ValueError(f"BatchNorm2d: expected a 4-D input (N, C, H, W), got shape "
+                             f"{tuple(x.shape)}")
+        momentum, stats = self.momentum, (None, None)
+        if self.track_running_stats:
+            stats = (self.running_mean, self.running_var)
+            if self.training:
+                self.num_batches_tracked.data += 1
+                if momentum is None:  # the cumulative average: batch k weighs 1/k
+                    momentum = 1.0 / float(self.num_batches_tracked.data)
+        # without running statistics there is nothing to use but the batch's, in eval too
+        training = self.training or not self.track_running_stats
+        return F.batch_norm(x, *stats, self.weight, self.bias, training, momentum or 0.0,
+                            self.eps)
+
+    def extra_repr(self):
+        return (f"{self.num_features}, eps={self.eps}, momentum={self.momentum}, "
+                f"affine={self.affine}, track_running_stats={self.track_running_stats}")
 
 
 class ReLU(Module):

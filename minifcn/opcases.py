@@ -80,6 +80,28 @@ def _dropout_train(rng):
     return fn, [_t(rng, 2, 3, 5, 5)]
 
 
+def _batch_norm(shape, training):
+    """Train mode: the running statistics are fresh each call (batch_norm moves them in place,
+    and central differences call fn again and again), so every call computes the same thing.
+    Eval mode: fixed running statistics, a positive variance."""
+    c = shape[1]
+
+    def make(rng):
+        rm, rv = rng.standard_normal(c), rng.random(c) + 0.5
+
+        def fn(x, w, b):
+            stats = (np.zeros(c), np.ones(c)) if training else (rm, rv)
+            return F.batch_norm(x, *stats, w, b, training=training, momentum=0.3)
+        return fn, [_t(rng, *shape), _t(rng, c), _t(rng, c)]
+    return make
+
+
+def _cat(shapes, dim):
+    def make(rng):
+        return (lambda *a: F.cat(a, dim)), [_t(rng, *s) for s in shapes]
+    return make
+
+
 def _reused(rng):
     """b = a + a; c = b * b: a used twice, then b used twice (micrograd's classic trap)."""
     def fn(a):
@@ -140,6 +162,14 @@ CASES = [
      _pool((1, 2, 11, 10), 3, 2, 1, True, True, dilation=2)),
     ("max_pool2d k(2,3) s(2,1) d(3,2) floor", "(1,2,9,8)",
      _pool((1, 2, 9, 8), (2, 3), (2, 1), 0, False, dilation=(3, 2))),
+    ("batch_norm train (through the batch statistics)", "x(3,4,5,6) w(4) b(4)",
+     _batch_norm((3, 4, 5, 6), True)),
+    ("batch_norm train (N, C)", "x(5,3) w(3) b(3)", _batch_norm((5, 3), True)),
+    ("batch_norm eval (running statistics)", "x(2,4,5,6) w(4) b(4)",
+     _batch_norm((2, 4, 5, 6), False)),
+    ("cat dim 1 (three inputs)", "(2,3,4,5)+(2,1,4,5)+(2,2,4,5)",
+     _cat([(2, 3, 4, 5), (2, 1, 4, 5), (2, 2, 4, 5)], 1)),
+    ("cat dim 0", "(2,3,4)+(1,3,4)", _cat([(2, 3, 4), (1, 3, 4)], 0)),
     ("crop", "(2,3,7,9)->(4,5)", _unary(lambda a: F.crop(a, (2, 3), (4, 5)), (2, 3, 7, 9))),
     ("softmax_cross_entropy mean", "(2,4,7,9)", _loss(2, 4, 7, 9, "mean")),
     ("softmax_cross_entropy sum", "(1,3,5,6)", _loss(1, 3, 5, 6, "sum")),

@@ -1,20 +1,28 @@
-"""Max pooling: ``F.max_pool2d``.
+"""Max pooling and max unpooling: ``F.max_pool2d`` and ``F.max_unpool2d``.
 
 Each window's largest value goes forward, and its position (the argmax, the winning tap inside
 the window) is saved, so that backward can send the window's gradient to that one input: max
 pooling's backward is a scatter by index. The loops are ``minifcn.primitives.maxpool_forward``
 and ``maxpool_backward`` (CUDA twins in ``kernels/pooling.cu``); the plain version to read
 first is ``minifcn.simple.max_pool2d_simple``.
+
+Unpooling (SegNet's and DeconvNet's decoders) is that same scatter applied to values: with
+``return_indices=True`` the pool also hands out each winner's flat position in its input plane
+(PyTorch's indices), and ``max_unpool2d`` puts each value back there, zeros elsewhere. Its
+backward is a gather at the same positions (``primitives.maxunpool_forward`` / ``_backward``).
 """
 from . import primitives as P
-from .autograd import Function
-from .primitives import check_4d, check_window, pair
+from .autograd import Function, Tensor
+from .backend import get_array_module
+from .primitives import check_4d, check_float, check_window, pair
 
 
 class MaxPool2d(Function):
-    def forward(self, x, ksize, stride, padding, dilation, ceil_mode):
+    def forward(self, x, ksize, stride, padding, dilation, ceil_mode, indices=None):
         y, argmax = P.maxpool_forward(x, *ksize, *stride, *padding, ceil_mode, *dilation)
         self.saved = (argmax, x.shape[2:], ksize, stride, padding, dilation)
+        if indices is not None:  # a list to put them in: apply returns one array, y
+            indices.append(flat_indices(argmax, x.shape[2:], ksize, stride, padding, dilation))
         return y
 
     def backward(self, g):
@@ -22,7 +30,28 @@ class MaxPool2d(Function):
         return P.maxpool_backward(g, argmax, *hw, *ksize, *stride, *padding, *dilation)
 
 
-def max_pool2d(x, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=False):
+def flat_indices(argmax, hw, ksize, stride, padding, dilation):
+    """PyTorch's indices from the kernels' argmax (tap i*kw + j of window (oy, ox)): the winner's
+    flat position row * W + col in its (N, C) plane of the unpadded input, int64.
+
+    row = oy*sh - ph + i*dh: a per-window base plus a per-tap offset, so one table lookup and
+    one add. A window whose real elements are all -inf keeps tap 0, which may lie in the
+    padding; PyTorch names the window's first real row and column there, and so do we."""
+    xp = get_array_module(argmax)
+    (h, w), (kh, kw), (sh, sw), (ph, pw), (dh, dw) = hw, ksize, stride, padding, dilation
+    oh, ow = argmax.shape[2:]
+    top = xp.arange(oh, dtype=xp.int64) * sh - ph  # where each window's tap 0 sits
+    left = xp.arange(ow, dtype=xp.int64) * sw - pw
+    taps = (xp.arange(kh, dtype=xp.int64) * dh * w)[:, None] + xp.arange(kw) * dw
+    out = xp.take(taps.ravel(), argmax) + (top[:, None] * w + left)
+    if ph or pw:  # (without padding tap 0 is always real)
+        first = xp.where(top < 0, top % dh, top)[:, None] * w + xp.where(left < 0, left % dw, left)
+        out = xp.where(argmax == 0, first, out)
+    return out
+
+
+def max_pool2d(x, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=False,
+               return_indices=False):
     """Max pooling over kernel_size windows; x (N, C, H, W) -> (N, C, oh, ow).
 
     ceil_mode=True rounds the output size up as Caffe's pooling (FCN's nets): the last window
@@ -31,6 +60,11 @@ def max_pool2d(x, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=Fal
     dilation d: the window's taps sit d pixels apart (PyTorch's meaning and argument order, so
     ceil_mode comes after it). The plain version to read first is
     ``minifcn.simple.max_pool2d_simple``.
+
+    return_indices=True returns ``(y, indices)`` as PyTorch: indices (N, C, oh, ow) is an int64
+    Tensor (no gradient) of each winner's flat position h * W + w in its (N, C) plane of the
+    unpadded input, what ``max_unpool2d`` takes. Ties go to the first maximum, as in PyTorch;
+    NaN never wins here (PyTorch picks a NaN).
     """
     op = "max_pool2d"
     check_4d(op, "input", x)
@@ -46,5 +80,81 @@ def max_pool2d(x, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=Fal
         if 2 * p > k:
             raise ValueError(f"{op}: padding {padding} must be at most half the kernel {ksize}")
     check_window(op, x, ksize, padding, dilation)
-    return MaxPool2d.apply(x, ksize=ksize, stride=stride, padding=padding, dilation=dilation,
-                           ceil_mode=ceil_mode)
+    found = [] if return_indices else None
+    y = MaxPool2d.apply(x, ksize=ksize, stride=stride, padding=padding, dilation=dilation,
+                        ceil_mode=ceil_mode, indices=found)
+    return (y, Tensor(found[0])) if return_indices else y
+
+
+class MaxUnpool2d(Function):
+    def forward(self, x, indices, size):
+        self.saved = indices
+        return P.maxunpool_forward(x, indices, *size)
+
+    def backward(self, g):
+        return P.maxunpool_backward(g, self.saved)
+
+
+def max_unpool2d(x, indices, kernel_size, stride=None, padding=0, output_size=None):
+    """Max unpooling, the partial inverse of ``max_pool2d``: x (N, C, H, W) and the pool's
+    indices (same shape) -> (N, C, oh, ow), each value at its index, zeros elsewhere
+    (SegNet's decoder; DeconvNet's unpooling with the pools' switches).
+
+    The output size is PyTorch's: (H - 1) * stride - 2 * padding + kernel_size, or output_size,
+    given as (oh, ow) or a whole shape (N, C, oh, ow) (e.g. the pooled input's), which must lie
+    strictly within stride of that default, as in PyTorch (it picks among the input sizes that
+    pool to H). kernel_size, stride and padding only size the output; indices are positions in
+    the output plane.
+
+    Values sharing an index (overlapping windows, e.g. kernel 3 stride 2, whose winners
+    coincide) are summed: unpooling is max pooling's backward applied to values, and its own
+    backward is then exactly the gather at the indices (its adjoint). PyTorch keeps one of them
+    there instead (the last on the CPU, any on CUDA): the two agree where indices are unique,
+    as they are for windows that do not overlap (SegNet's 2x2 stride 2).
+    """
+    op = "max_unpool2d"
+    check_4d(op, "input", x)
+    check_float(op, "input", x)
+    idx = indices.data if isinstance(indices, Tensor) else indices
+    if getattr(getattr(idx, "dtype", None), "kind", None) not in ("i", "u"):
+        raise TypeError(f"{op}: indices must be an integer array or Tensor (max_pool2d's with "
+                        f"return_indices=True), got {getattr(idx, 'dtype', type(idx).__name__)}")
+    if tuple(idx.shape) != tuple(x.shape):
+        raise ValueError(f"{op}: indices shape {tuple(idx.shape)} must equal the input's "
+                         f"{tuple(x.shape)}")
+    ksize = pair(kernel_size, "kernel_size", op, 1)
+    stride = ksize if stride is None else pair(stride, "stride", op, 1)
+    padding = pair(padding, "padding", op, 0)
+    size = _unpool_size(op, x.shape, ksize, stride, padding, output_size)
+    if idx.size:
+        lo, hi = int(idx.min()), int(idx.max())
+        if lo < 0 or hi >= size[0] * size[1]:
+            raise ValueError(f"{op}: indices must lie in [0, {size[0] * size[1]}) for an output "
+                             f"of {size[0]}x{size[1]}, got values from {lo} to {hi}")
+    xp = get_array_module(x.data if isinstance(x, Tensor) else x)
+    return MaxUnpool2d.apply(x, indices=xp.asarray(idx), size=size)
+
+
+def _unpool_size(op, shape, ksize, stride, padding, output_size):
+    """(oh, ow): PyTorch's default, or output_size checked against PyTorch's range."""
+    default = tuple((s - 1) * st - 2 * p + k
+                    for s, k, st, p in zip(shape[2:], ksize, stride, padding))
+    if output_size is None:
+        if min(default) < 1:
+            raise ValueError(f"{op}: the output size {default} from input {tuple(shape[2:])}, "
+                             f"kernel {ksize}, stride {stride}, padding {padding} is empty")
+        return default
+    given = tuple(output_size)
+    if not (len(given) in (2, 4) and all(isinstance(v, int) and not isinstance(v, bool)
+                                         for v in given)):
+        raise TypeError(f"{op}: output_size must be (oh, ow) or (N, C, oh, ow) ints, got "
+                        f"{output_size!r}")
+    if len(given) == 4 and given[:2] != tuple(shape[:2]):
+        raise ValueError(f"{op}: output_size {given} must have the input's (N, C) "
+                         f"{tuple(shape[:2])}")
+    given = given[-2:]
+    for d, (g, f, st) in enumerate(zip(given, default, stride)):
+        if not f - st < g < f + st or g < 1:
+            raise ValueError(f"{op}: output_size {given}: dim {d} must be between {f - st} and "
+                             f"{f + st} (exclusive) and positive, got {g}")
+    return given

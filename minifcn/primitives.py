@@ -1,14 +1,16 @@
 """Layer 2: the few hot loops every op stands on.
 
 im2col / col2im (convolution and transposed convolution), max-pool forward (with argmax) and
-backward, and per-pixel softmax cross-entropy. Each function here is the NumPy reference; the
-CUDA twins live in ``kernels/*.cu`` and are reached through ``minifcn.gpu.cuda`` when the arrays are
-CuPy arrays. Nothing above this module knows which one ran.
+backward, max unpooling (a scatter-add, and its gather), and per-pixel softmax cross-entropy.
+Each function here is the NumPy reference; the CUDA twins live in ``kernels/*.cu`` and are
+reached through ``minifcn.gpu.cuda`` when the arrays are CuPy arrays. Nothing above this
+module knows which one ran.
 
 The NumPy versions follow Chainer: a Python loop over the kH x kW kernel offsets only, each step
 one strided slice of the whole batch, so there is no loop over pixels, no ``np.add.at`` and the
 result is deterministic. When the kernel is a whole number of strides (FCN's upsampling: k = 2s),
-the loop runs over (k/s)^2 blocks of s x s offsets instead (``_stride_blocks``).
+the loop runs over (k/s)^2 blocks of s x s offsets instead (``_stride_blocks``). Unpooling
+is the one scatter by data-dependent positions: ``np.add.at``, which adds in a fixed order.
 
 Shapes: x is (N, C, H, W); a column array is (N, C, kH, kW, outH, outW), which reshapes for free
 into the (N, C*kH*kW, outH*outW) matrix of Caffe's im2col.
@@ -201,6 +203,38 @@ def maxpool_backward(gy, argmax, h, w, kh, kw, sh, sw, ph, pw, dh=1, dw=1):
 
     _over_channels(work, c, gpad.nbytes)
     return gpad[:, :, ph : ph + h, pw : pw + w]
+
+
+def maxunpool_forward(x, indices, oh, ow):
+    """Max unpooling: x (N, C, h, w) -> y (N, C, oh, ow), each value added at its flat position
+    indices[n, c, i, j] = row * ow + col of its own plane y[n, c], zeros elsewhere.
+
+    Values sharing a position are summed: this is maxpool_backward applied to values (a pixel
+    that won several overlapping windows gets each window's share). indices: any integer array
+    of x's shape, in [0, oh*ow) (F.max_unpool2d checks). np.add.at adds in x's order, the order
+    the emulator runs the CUDA twin's threads in.
+    """
+    xp = get_array_module(x)
+    gpu = _gpu(xp)
+    if gpu is not None:
+        return gpu.maxunpool_forward(x, indices, oh, ow)
+    n, c = x.shape[:2]
+    planes = (np.arange(n * c, dtype=np.int64) * (oh * ow))[:, None]
+    y = np.zeros(n * c * oh * ow, dtype=x.dtype)
+    np.add.at(y, (indices.reshape(n * c, -1) + planes).ravel(), x.ravel())
+    return y.reshape(n, c, oh, ow)
+
+
+def maxunpool_backward(gy, indices):
+    """The adjoint of maxunpool_forward, a gather: gy (N, C, oh, ow) -> gx of indices' shape,
+    gx[n, c, i, j] = gy[n, c].flat[indices[n, c, i, j]]."""
+    xp = get_array_module(gy)
+    gpu = _gpu(xp)
+    if gpu is not None:
+        return gpu.maxunpool_backward(gy, indices)
+    n, c, oh, ow = gy.shape
+    planes = indices.reshape(n * c, -1)
+    return np.take_along_axis(gy.reshape(n * c, oh * ow), planes, axis=1).reshape(indices.shape)
 
 
 def softmax_cross_entropy_forward(logits, target, ignore_index, return_softmax=False):

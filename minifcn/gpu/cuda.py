@@ -98,6 +98,48 @@ def maxpool_backward(gy, argmax, h, w, kh, kw, sh, sw, ph, pw, dh=1, dw=1):
     return gx
 
 
+def _unpool_indices(op, indices, like):
+    """indices as a C-contiguous int64 array of ``like``'s module and shape (the kernels read
+    long long), or a clear error."""
+    if tuple(indices.shape) != tuple(like.shape) or indices.dtype.kind not in "iu":
+        raise ValueError(f"minifcn.gpu.cuda.{op}: indices must be an integer array of shape "
+                         f"{tuple(like.shape)}, got {indices.dtype} {tuple(indices.shape)}")
+    xp = get_array_module(like)
+    return xp.ascontiguousarray(xp.asarray(indices), dtype=np.int64)
+
+
+def maxunpool_forward(x, indices, oh, ow):
+    """x, indices (N, C, h, w) -> y (N, C, oh, ow), each value added at its plane's position
+    indices[...] (shared positions summed). One thread per input element, atomicAdd."""
+    _ndim("maxunpool_forward", "x", x, 4, "(N, C, h, w)")
+    xp = get_array_module(x)
+    x = _floating("maxunpool_forward", "x", x)
+    indices = _unpool_indices("maxunpool_forward", indices, x)
+    n, c, h, w = x.shape
+    y = xp.zeros((n, c, oh, ow), dtype=x.dtype)
+    launch("maxunpool_forward", x.size, x=x, indices=indices, y=y, in_plane=h * w,
+           out_plane=oh * ow)
+    return y
+
+
+def maxunpool_backward(gy, indices):
+    """gy (N, C, oh, ow), indices (N, C, h, w) -> gx (N, C, h, w), gathered from gy at the
+    indices. One thread per element of gx."""
+    _ndim("maxunpool_backward", "gy", gy, 4, "(N, C, oh, ow)")
+    _ndim("maxunpool_backward", "indices", indices, 4, "(N, C, h, w)")
+    xp = get_array_module(gy)
+    gy = _floating("maxunpool_backward", "gy", gy)
+    n, c, oh, ow = gy.shape
+    if tuple(indices.shape[:2]) != (n, c):
+        raise ValueError(f"minifcn.gpu.cuda.maxunpool_backward: indices {tuple(indices.shape)} "
+                         f"and gy {tuple(gy.shape)} differ in (N, C)")
+    gx = xp.empty(indices.shape, dtype=gy.dtype)
+    indices = _unpool_indices("maxunpool_backward", indices, gx)
+    launch("maxunpool_backward", gx.size, gy=gy, indices=indices, gx=gx,
+           in_plane=indices.shape[2] * indices.shape[3], out_plane=oh * ow)
+    return gx
+
+
 def _loss_inputs(op, logits, target):
     """Checked logits (contiguous float) and target (contiguous int64) and the pixel count."""
     _ndim(op, "logits", logits, 4, "(N, C, H, W)")

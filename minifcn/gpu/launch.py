@@ -47,6 +47,14 @@ KERNELS = {
     "maxpool_backward": Kernel(
         "pooling.cu",
         _TOTAL + (("gy", "const T*"), ("argmax", "const int*"), ("gx", "T*")) + _IMAGE_GEOMETRY),
+    "maxunpool_forward": Kernel(
+        "pooling.cu",
+        _TOTAL + (("x", "const T*"), ("indices", "const long long*"), ("y", "T*"))
+        + (("in_plane", "long long"), ("out_plane", "long long"))),
+    "maxunpool_backward": Kernel(
+        "pooling.cu",
+        _TOTAL + (("gy", "const T*"), ("indices", "const long long*"), ("gx", "T*"))
+        + (("in_plane", "long long"), ("out_plane", "long long"))),
     "softmax_cross_entropy_forward": Kernel(
         "softmax_loss.cu",
         _TOTAL + (("logits", "const T*"), ("target", "const long long*"), ("loss", "T*"),
