@@ -26,10 +26,20 @@ def pytorch_state_dict(model):
     """``{name: ndarray}`` for the PyTorch FCN port's net of the same kind: minifcn's names and
     shapes are the port's already (fc6 (4096, 512, 7, 7) at width 1; upscore*, like the port's,
     without bias), so only conv1_1.weight changes: its input channels reversed, RGB -> BGR. The
-    inverse of ``minifcn.io.from_fcn_port``. dtypes are the model's."""
+    inverse of ``minifcn.io.from_fcn_port``. dtypes are the model's. An encoder-decoder (SegNet,
+    DeconvNet, U-Net) has no port: its state dict is written as it is, RGB conv1_1 and batch
+    norm's buffers included, for a PyTorch module with the same attribute names."""
     state = _state(model, "pytorch_state_dict")
+    if not _is_fcn(model):  # no port, no Caffe heritage: the state dict as it is (RGB)
+        return state
     state["conv1_1.weight"] = np.ascontiguousarray(state["conv1_1.weight"][:, ::-1])
     return state
+
+
+def _is_fcn(model):
+    from ..models import FCNBase
+
+    return isinstance(model, FCNBase)
 
 
 def to_pytorch(model, path):
@@ -43,7 +53,7 @@ def to_pytorch(model, path):
     model's but not the same (as ``predict`` with a larger padding)."""
     state = pytorch_state_dict(model)
     pad1 = model.conv1_1.padding[0]
-    if pad1 != PORT_PAD1:
+    if _is_fcn(model) and pad1 != PORT_PAD1:
         warnings.warn(f"to_pytorch: the model pads conv1_1 by {pad1}, the PyTorch port by "
                       f"{PORT_PAD1}: the weights load, but the port's scores will not be the "
                       "model's exactly", stacklevel=2)

@@ -17,7 +17,7 @@ FCN-32s, 16s, 8s and 8s at-once and the encoder-decoders alike, and each layer b
                      ones (``model.offsets``), the sizes the reference tensor's at run time
     BatchNorm2d      BatchNormalization (inference: the running statistics)
     MaxPool2d with return_indices   MaxPool with its second output, Indices
-    Unpool           MaxUnpool(x, indices, Shape(like)): back to the pooled map's size
+    Unpool           MaxUnpool, then Slice to the size of the map the pool took in (``_unpool``)
     Concat           Concat on axis 1 (U-Net's skips)
 
 Input "image" (N, 3, H, W) float32, RGB 0..255 minus ``MEAN_RGB``; output "scores"
@@ -115,12 +115,8 @@ class _Stand:
                           kernel_shape=_square(m.kernel_size),
                           strides=_square(m.kernel_size if m.stride is None else m.stride),
                           pads=[ph, pw, ph, pw], ceil_mode=int(bool(m.ceil_mode)))
-        if isinstance(m, Unpool):  # to the size of the map the pool took in, read at run time
-            k = _square(m.kernel_size)
-            ph, pw = _square(m.padding)
-            return g.node("MaxUnpool", [x, inputs[1], g.node("Shape", [inputs[2]], f"{name}.size")],
-                          name, kernel_shape=k, strides=_square(m.stride or m.kernel_size),
-                          pads=[ph, pw, ph, pw])
+        if isinstance(m, Unpool):
+            return _unpool(g, name, m, *inputs)
         if isinstance(m, nn.BatchNorm2d):  # inference: the running statistics
             if not m.track_running_stats:
                 raise ValueError(f"to_onnx: {name} keeps no running statistics; ONNX's "
@@ -150,6 +146,44 @@ class _Stand:
             axes = g.const(f"{name}.axes", np.array([2, 3], np.int64))
             return g.node("Slice", [x, starts, ends, axes], name)
         raise ValueError(f"to_onnx: layer {name} of type {type(m).__name__} has no ONNX rule")
+
+
+def _unpool(g, name, m, x, indices, like):
+    """MaxUnpool back to ``like``'s size (N, C, H, W), read at run time.
+
+    onnxruntime refuses an output_shape smaller than MaxUnpool's own default
+    (h - 1) * stride - 2 * pad + kernel, which a pool that rounds up makes of an odd H. So the
+    indices (ONNX's count over the whole (N, C, H, W) input) are re-counted for a map of the
+    larger of the two sizes, MaxUnpool writes that map, and a Slice keeps its first H x W."""
+    k, s, p = (_square(v) for v in (m.kernel_size, m.stride or m.kernel_size, m.padding))
+    i64 = lambda tag, v: g.const(f"{name}.{tag}", np.array(v, np.int64))  # noqa: E731
+    hw = g.node("Slice", [g.node("Shape", [like], f"{name}.like_shape"), i64("two", [2]),
+                          i64("four", [4])], f"{name}.hw")  # (H, W) of the pool's input
+    small = g.node("Slice", [g.node("Shape", [x], f"{name}.x_shape"), i64("two", [2]),
+                             i64("four", [4])], f"{name}.ohw")
+    default = g.node("Add", [g.node("Mul", [g.node("Sub", [small, i64("one", [1, 1])],
+                                                    f"{name}.less"), i64("s", s)], f"{name}.by"),
+                             i64("k_2p", [k[0] - 2 * p[0], k[1] - 2 * p[1]])], f"{name}.default")
+    big = g.node("Max", [default, hw], f"{name}.big")  # (H', W') >= (H, W) and >= the default
+
+    def part(t, i, tag):  # element i of a 2-vector, as a 1-vector
+        return g.node("Slice", [t, i64(f"{tag}0", [i]), i64(f"{tag}1", [i + 1])], f"{name}.{tag}")
+
+    w, bh, bw = part(hw, 1, "w"), part(big, 0, "bh"), part(big, 1, "bw")
+    plane_hw = g.node("ReduceProd", [hw], f"{name}.plane", keepdims=1)
+    plane = g.node("Div", [indices, plane_hw], f"{name}.nc")  # n * C + c
+    at = g.node("Mod", [indices, plane_hw], f"{name}.at")  # h * W + w
+    row, col = g.node("Div", [at, w], f"{name}.row"), g.node("Mod", [at, w], f"{name}.col")
+    big_plane = g.node("Mul", [bh, bw], f"{name}.big_plane")
+    moved = g.node("Add", [g.node("Add", [g.node("Mul", [plane, big_plane], f"{name}.p0"),
+                                          g.node("Mul", [row, bw], f"{name}.p1")],
+                                  f"{name}.p2"), col], f"{name}.indices")
+    nc = g.node("Slice", [g.node("Shape", [x], f"{name}.x_shape2"), i64("zero", [0]),
+                          i64("two2", [2])], f"{name}.nc_shape")
+    shape = g.node("Concat", [nc, big], f"{name}.shape", axis=0)
+    up = g.node("MaxUnpool", [x, moved, shape], f"{name}.big_map", kernel_shape=k, strides=s,
+                pads=[p[0], p[1], p[0], p[1]])
+    return g.node("Slice", [up, i64("starts", [0, 0]), hw, i64("axes", [2, 3])], name)
 
 
 def build_onnx(model, opset=OPSET):

@@ -14,11 +14,12 @@ apart (docs/encoder_decoders.md):
 Every convolution but the last is followed by batch normalisation and ReLU, named
 ``<conv>_bn`` and ``<conv>_relu``. The pools round up (``ceil_mode``), as the FCNs' do, so every
 pixel of an odd-sized map takes part; each unpooling or crop returns to the exact size of the
-map its pool took in, so any input size gives scores of that size.
+map its pool took in, so the scores have the input's size.
 
 Options: ``n_class`` and ``width`` as the FCNs' (width 1.0 = VGG16's channels). There is no
 conv1_1 padding to choose (pad1): every 3x3 convolution pads by 1 and the sizes come back by
-construction, not by cropping.
+construction, not by cropping. Any input of at least ``min_input_size`` pixels a side gives
+scores of its size.
 """
 import math
 import numbers
@@ -27,6 +28,7 @@ import numpy as np
 
 from .. import backend
 from ..nn import BatchNorm2d, Conv2d, ConvTranspose2d, Module, ReLU
+from . import geometry
 from .init import he_normal_
 from .vgg import MAX_WIDTH, PIXEL_STD
 
@@ -39,7 +41,7 @@ class EncoderDecoder(Module):
     without VGG16's trunk, which start from scratch."""
 
     classifier_layers = ()
-    min_input_size = 1  # the sizes come back by construction: any input fits
+    _min_input = None
 
     def __init__(self, n_class=21, width=1.0):
         name = type(self).__name__
@@ -51,11 +53,22 @@ class EncoderDecoder(Module):
                              f"paper's channels), got {width!r}")
         self.config = dict(n_class=int(n_class), width=float(width))
 
+    @property
+    def min_input_size(self):
+        """The smallest height/width the net takes: each 2x2 pool needs a map of 2 or more
+        (SegNet's and DeconvNet's five pools: 17, as 17 -> 9 -> 5 -> 3 -> 2 -> 1)."""
+        if self._min_input is None:
+            self._min_input = geometry.min_input_size(self)
+        return self._min_input
+
     def __call__(self, x):
-        c = self.conv1_1.in_channels
+        name, c = type(self).__name__, self.conv1_1.in_channels
         if x.ndim != 4 or x.shape[1] != c:
-            raise ValueError(f"{type(self).__name__}: input must be (N, {c}, H, W), got shape "
-                             f"{tuple(x.shape)}")
+            raise ValueError(f"{name}: input must be (N, {c}, H, W), got shape {tuple(x.shape)}")
+        if min(x.shape[2:]) < self.min_input_size:
+            raise ValueError(f"{name}: input {x.shape[2]}x{x.shape[3]} is too small: height and "
+                             f"width must be at least {self.min_input_size} (one pixel left "
+                             f"after the pools)")
         return self.forward(x)
 
     def _conv(self, name, c_in, c_out, k=3, transposed=False, bn=True):
