@@ -48,6 +48,7 @@ def load_weights_model(path, name, width, n_class, device):
     own = model.state_dict()
     hint = f"is it another --model or --width? (given {name} at --width {width:g})"
     missing = [k for k, p in model.named_parameters() if p.requires_grad and k not in state]
+    missing += [k for k, _ in model.named_buffers() if k not in state]  # running statistics
     extra = [k for k in state if k not in own]
     for what, keys in (("has no weights for", missing), ("has weights the model lacks:", extra)):
         if keys:

@@ -40,7 +40,8 @@ class BatchNorm(Function):
         bias = affine[-1] if has_bias else xp.zeros(c, x.dtype)
         fast = xp is np and m >= _LOOP_MIN
         if training:
-            y3, mean, var = (_train_forward_np if fast else _train_forward_xp)(x3, weight, bias, eps)
+            forward = _train_forward_np if fast else _train_forward_xp
+            y3, mean, var = forward(x3, weight, bias, eps)
             if running_mean is not None:  # in place: the caller's (the module's) arrays move
                 keep = 1 - momentum
                 running_mean[...] = keep * running_mean + momentum * mean
@@ -49,7 +50,8 @@ class BatchNorm(Function):
             mean, var = running_mean.astype(x.dtype), running_var.astype(x.dtype)
             y3 = _affine(x3, *_scale_shift(mean, var, weight, bias, eps))
         invstd = 1 / xp.sqrt(var.astype(x.dtype) + x.dtype.type(eps))
-        self.saved = (x, mean.astype(x.dtype), invstd, weight, training, fast, has_weight, has_bias)
+        self.saved = (x, mean.astype(x.dtype), invstd, weight, training, fast, has_weight,
+                      has_bias)
         return y3.reshape(x.shape)
 
     def backward(self, g):
