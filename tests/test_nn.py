@@ -330,3 +330,14 @@ def test_torch_loads_our_pth_of_a_model_with_batch_norm(tmp_path):
     theirs = read_torch_state_dict(tmp_path / "theirs.pth")
     assert theirs["bn.num_batches_tracked"].dtype == np.int64
     assert_same_model(m, WithBN().load_state_dict(theirs))
+
+
+def test_init_from_a_file_loads_the_running_statistics_too(tmp_path):
+    from minifcn import io
+    from minifcn.training.build import load_weights_into
+    m, logged = trained_with_bn(), []
+    io.save(m, tmp_path / "w.npz")
+    fresh = WithBN()
+    load_weights_into(fresh, tmp_path / "w.npz", log=logged.append)
+    assert "kept at init: none" in logged[0] and "ignored from file: none" in logged[0]
+    assert_same_model(m, fresh)
