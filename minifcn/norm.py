@@ -16,8 +16,9 @@ Backward in training goes through the batch statistics too (xhat = (x - mean) * 
 ``_train_forward_xp`` / ``_train_backward_xp`` are these lines over a (N, C, H*W) view, in
 ``xp``: the version to read, and the one CuPy and small CPU inputs run. The NumPy fast path
 (``_train_forward_np`` / ``_train_backward_np``) does the same one channel at a time, so that the
-centred values of a channel stay in the cache between the statistics and the output (two passes
-over memory instead of five), and splits the channels over the cores; tests/test_norm.py holds
+centred values of a channel stay in the cache between the statistics and the output (the forward
+reads x twice, where the whole-array lines make six passes over arrays of its size), and splits
+the channels over the cores; tests/test_norm.py holds
 it to the plain one.
 """
 import numpy as np
