@@ -47,10 +47,8 @@ def load_weights_model(path, name, width, n_class, device):
     model = build(name, n_class=n_class, width=width)
     own = model.state_dict()
     hint = f"is it another --model or --width? (given {name} at --width {width:g})"
-    # every learned weight, and every buffer (batch norm's running statistics, without which
-    # eval mode would normalise by 0 and 1: a silently wrong answer)
-    fixed = {k for k, p in model.named_parameters() if not p.requires_grad}
-    missing = [k for k in own if k not in fixed and k not in state]
+    missing = [k for k, p in model.named_parameters() if p.requires_grad and k not in state]
+    missing += [k for k, _ in model.named_buffers() if k not in state]  # running statistics
     extra = [k for k in state if k not in own]
     for what, keys in (("has no weights for", missing), ("has weights the model lacks:", extra)):
         if keys:

@@ -304,7 +304,9 @@ class Cat(Function):
 
     def backward(self, g):
         dim, sizes = self.saved
-        edges = np.cumsum([0] + sizes)
+        edges = [0]
+        for size in sizes:
+            edges.append(edges[-1] + size)
         index = [slice(None)] * g.ndim
         grads = []
         for i, need in enumerate(self.needs_grad):  # each input's slab of g (a view, no copy)

@@ -109,12 +109,13 @@ class Module:
         return {name: p.numpy().copy() for name, p in self._named_state()}
 
     def load_state_dict(self, state):
-        """Copy arrays into the parameters and buffers by name: ``state`` is ``{name: array}`` (NumPy or CuPy
-        arrays, or Tensors/Parameters, whose ``.data`` is taken). Each parameter gets its own
-        C-contiguous copy cast to its dtype, so the dict and other models loaded from it stay
-        independent. Refuses missing or unexpected keys, shape mismatches and dtypes that do not
-        cast within their kind (float64 into float32 is fine, complex or text is not), naming
-        them, in one line, before touching any parameter: never half a model."""
+        """Copy arrays into the parameters and buffers by name: ``state`` is ``{name: array}``
+        (NumPy or CuPy arrays, or Tensors/Parameters, whose ``.data`` is taken). Each gets its
+        own C-contiguous copy cast to its dtype, so the dict and other models loaded from it
+        stay independent. Refuses missing or unexpected keys, shape mismatches and dtypes that
+        do not cast within their kind (float64 into float32 is fine, complex or text is not;
+        num_batches_tracked stays an integer), naming them, in one line, before touching any
+        parameter: never half a model."""
         where = f"load_state_dict into {type(self).__name__}"
         if not isinstance(state, Mapping):
             raise TypeError(f"{where}: expected a dict {{name: array}}, got "

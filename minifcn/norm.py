@@ -16,8 +16,9 @@ Backward in training goes through the batch statistics too (xhat = (x - mean) * 
 ``_train_forward_xp`` / ``_train_backward_xp`` are these lines over a (N, C, H*W) view, in
 ``xp``: the version to read, and the one CuPy and small CPU inputs run. The NumPy fast path
 (``_train_forward_np`` / ``_train_backward_np``) does the same one channel at a time, so that the
-centred values of a channel stay in the cache between the statistics and the output (two passes
-over memory instead of five), and splits the channels over the cores; tests/test_norm.py holds
+centred values of a channel stay in the cache between the statistics and the output (the forward
+reads x twice, where the whole-array lines make six passes over arrays of its size), and splits
+the channels over the cores; tests/test_norm.py holds
 it to the plain one.
 """
 import numpy as np
@@ -40,7 +41,8 @@ class BatchNorm(Function):
         bias = affine[-1] if has_bias else xp.zeros(c, x.dtype)
         fast = xp is np and m >= _LOOP_MIN
         if training:
-            y3, mean, var = (_train_forward_np if fast else _train_forward_xp)(x3, weight, bias, eps)
+            forward = _train_forward_np if fast else _train_forward_xp
+            y3, mean, var = forward(x3, weight, bias, eps)
             if running_mean is not None:  # in place: the caller's (the module's) arrays move
                 keep = 1 - momentum
                 running_mean[...] = keep * running_mean + momentum * mean
@@ -49,7 +51,8 @@ class BatchNorm(Function):
             mean, var = running_mean.astype(x.dtype), running_var.astype(x.dtype)
             y3 = _affine(x3, *_scale_shift(mean, var, weight, bias, eps))
         invstd = 1 / xp.sqrt(var.astype(x.dtype) + x.dtype.type(eps))
-        self.saved = (x, mean.astype(x.dtype), invstd, weight, training, fast, has_weight, has_bias)
+        self.saved = (x, mean.astype(x.dtype), invstd, weight, training, fast, has_weight,
+                      has_bias)
         return y3.reshape(x.shape)
 
     def backward(self, g):

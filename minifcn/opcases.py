@@ -11,6 +11,7 @@ import numpy as np
 
 from . import functional as F
 from .autograd import Tensor
+from .backend import get_array_module
 
 
 def _t(rng, *shape):
@@ -90,7 +91,8 @@ def _batch_norm(shape, training):
         rm, rv = rng.standard_normal(c), rng.random(c) + 0.5
 
         def fn(x, w, b):
-            stats = (np.zeros(c), np.ones(c)) if training else (rm, rv)
+            xp = get_array_module(x.data)  # the statistics live where x does (the GPU's run)
+            stats = (xp.zeros(c), xp.ones(c)) if training else (xp.asarray(rm), xp.asarray(rv))
             return F.batch_norm(x, *stats, w, b, training=training, momentum=0.3)
         return fn, [_t(rng, *shape), _t(rng, c), _t(rng, c)]
     return make

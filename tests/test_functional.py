@@ -1,10 +1,11 @@
 """minifcn.functional: float64 gradient checks of every op over the shared case table
-(minifcn.opcases), the shape ops and activations it holds (crop, dropout, in-place relu), and the
-errors bad input to them must raise. Each op family has its own file beside this one:
-tests/test_conv.py, tests/test_pooling.py, tests/test_loss.py."""
+(minifcn.opcases), the shape ops and activations it holds (crop, cat, dropout, in-place relu),
+and the errors bad input to them must raise. Each op family has its own file beside this one:
+tests/test_conv.py, tests/test_pooling.py, tests/test_norm.py, tests/test_loss.py."""
 import numpy as np
 import pytest
 
+import minifcn
 import minifcn.functional as F
 from minifcn import Tensor, gradcheck
 from minifcn.opcases import CASES
@@ -62,3 +63,65 @@ def _x(*shape):
 def test_bad_input(call, err, match):
     with pytest.raises(err, match=match):
         call()
+
+
+def slow_cat(arrays, dim):
+    """Concatenation element by element: out[..., offset + i, ...] = arrays[k][..., i, ...]."""
+    shape = list(arrays[0].shape)
+    shape[dim] = sum(a.shape[dim] for a in arrays)
+    out, offset = np.empty(shape), 0
+    for a in arrays:
+        for idx in np.ndindex(a.shape):
+            at = list(idx)
+            at[dim] += offset
+            out[tuple(at)] = a[idx]
+        offset += a.shape[dim]
+    return out
+
+
+@pytest.mark.parametrize("shapes,dim", [([(2, 3, 4, 5), (2, 1, 4, 5), (2, 2, 4, 5)], 1),
+                                        ([(2, 3), (1, 3)], 0), ([(2, 3), (2, 4)], -1),
+                                        ([(1, 2, 3, 3)], -3)])
+def test_cat_values_and_gradients_match_loops_and_pytorch(rng, shapes, dim):
+    arrays = [rng.standard_normal(s) for s in shapes]
+    ts = [Tensor(a, requires_grad=True) for a in arrays]
+    y = minifcn.cat(ts, dim)
+    np.testing.assert_array_equal(y.data, slow_cat(arrays, dim % len(shapes[0])))
+    g = rng.standard_normal(y.shape)
+    y.backward(g)
+    torch = pytest.importorskip("torch")
+    tt = [torch.tensor(a, requires_grad=True) for a in arrays]
+    ty = torch.cat(tt, dim)
+    ty.backward(torch.tensor(g))
+    np.testing.assert_array_equal(y.data, ty.detach().numpy())
+    for t, theirs in zip(ts, tt):
+        np.testing.assert_array_equal(t.grad, theirs.grad.numpy())
+
+
+def test_cat_skips_inputs_without_grad_and_takes_arrays(rng):
+    a = Tensor(rng.standard_normal((2, 3)), requires_grad=True)
+    b = rng.standard_normal((2, 2))  # a plain array: a constant
+    y = F.cat([a, b], dim=1)
+    y.backward(np.ones(y.shape))
+    np.testing.assert_array_equal(a.grad, np.ones((2, 3)))
+    np.testing.assert_array_equal(y.data[:, 3:], b)
+
+
+def test_cat_errors_are_one_line(rng):
+    a = Tensor(rng.standard_normal((2, 3, 4)))
+    cases = [
+        (lambda: F.cat([], 0), ValueError, "cat: expected a non-empty list"),
+        (lambda: F.cat(a, 0), TypeError, "cat: expected a list or tuple"),
+        (lambda: F.cat([a, a], 3), ValueError, r"cat: dim must be an int in \[-3, 2\]"),
+        (lambda: F.cat([a, Tensor(np.ones((2, 3)))], 0), ValueError, "tensor 1 is 2-D"),
+        (lambda: F.cat([a, Tensor(np.ones((2, 4, 4)))], 0), ValueError,
+         r"sizes must match except along dim 0: tensor 0 has shape \(2, 3, 4\), tensor 1 "
+         r"\(2, 4, 4\)"),
+        (lambda: F.cat([a, Tensor(np.ones((2, 3, 4), np.float32))], 0), TypeError,
+         "tensor 1 is float32, tensor 0 float64"),
+        (lambda: F.cat([Tensor(np.array(1.0))], 0), ValueError, "zero-dimensional"),
+    ]
+    for call, kind, match in cases:
+        with pytest.raises(kind, match=match) as e:
+            call()
+        assert "\n" not in str(e.value)

@@ -6,7 +6,9 @@ Skipped without CuPy or a CUDA device. Run it on a GPU machine with
   in NumPy's order), including one array past 2**31 elements (64-bit indices);
 - every op of minifcn.opcases passes gradcheck in float64 with its arrays on the GPU;
 - a small FCN-8s gives the same scores, loss and gradients on the GPU as on the CPU;
-- a few SGD steps on the GPU follow the CPU's trajectory and lower the loss.
+- a few SGD steps on the GPU follow the CPU's trajectory and lower the loss;
+- batch norm (whole-array lines in CuPy) gives the CPU's channel loop's numbers, and a
+  BatchNorm2d moved to the GPU keeps its running statistics there and its counter int64.
 """
 import os
 
@@ -230,3 +232,43 @@ def test_numbers_and_numpy_arrays_meet_gpu_tensors_on_either_side():
         assert y.device == "cuda"
     np.testing.assert_array_equal((1.0 + t).numpy(), [1.0, 2.0, 3.0])
     np.testing.assert_array_equal(sum([t, t]).numpy(), [0.0, 2.0, 4.0])
+
+
+# ---------------------------------------------------------------- batch norm
+
+
+@pytest.mark.parametrize("training", [True, False])
+def test_batch_norm_on_gpu_matches_the_cpu(training, rng):
+    shape = (4, 3, 40, 40)  # 6400 values per channel: the CPU takes its channel loop
+    x, g = rng.standard_normal(shape) * 2 + 1, rng.standard_normal(shape)
+    w, b = rng.standard_normal(3), rng.standard_normal(3)
+    rm, rv = rng.standard_normal(3), rng.random(3) + 0.5
+    out = {}
+    for device in ("cpu", "cuda"):
+        ts = [Tensor(backend.to_device(a, device), requires_grad=True) for a in (x, w, b)]
+        stats = [backend.to_device(a.copy(), device) for a in (rm, rv)]
+        y = F.batch_norm(ts[0], *stats, *ts[1:], training=training, momentum=0.3)
+        assert y.device == device
+        y.backward(backend.to_device(g, device))
+        out[device] = [y.numpy()] + [backend.as_numpy(a) for a in [t.grad for t in ts] + stats]
+    for a, b_ in zip(out["cpu"], out["cuda"]):
+        np.testing.assert_allclose(b_, a, rtol=1e-9, atol=1e-9)
+
+
+def test_batchnorm2d_on_gpu_keeps_its_statistics_there_and_its_counter_int64(rng):
+    from minifcn import nn
+
+    gpu_bn, cpu_bn = nn.BatchNorm2d(3).to("cuda"), nn.BatchNorm2d(3)
+    assert gpu_bn.running_var.device == gpu_bn.num_batches_tracked.device == "cuda"
+    assert gpu_bn.num_batches_tracked.dtype == np.int64
+    for _ in range(3):
+        x = rng.standard_normal((2, 3, 5, 5)).astype(np.float32)
+        gpu_bn(Tensor(x).to("cuda"))
+        cpu_bn(Tensor(x))
+    got, want = gpu_bn.state_dict(), cpu_bn.state_dict()
+    assert got["num_batches_tracked"].dtype == np.int64 and got["num_batches_tracked"] == 3
+    for k in want:
+        np.testing.assert_allclose(got[k], want[k], rtol=1e-5, atol=1e-6)
+    x = rng.standard_normal((2, 3, 5, 5)).astype(np.float32)
+    np.testing.assert_allclose(gpu_bn.eval()(Tensor(x).to("cuda")).numpy(),
+                               cpu_bn.eval()(Tensor(x)).data, rtol=1e-5, atol=1e-5)

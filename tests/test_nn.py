@@ -180,3 +180,164 @@ def test_a_bool_where_dilation_now_sits_is_refused_with_the_reason():
         nn.Conv2d(2, 3, 3, dilation=0)
     with pytest.raises(ValueError, match=r"^ConvTranspose2d: stride must be >= 1, got \(1, 0\)$"):
         nn.ConvTranspose2d(2, 3, 4, stride=(1, 0))
+
+
+# ---- buffers (batch norm's running statistics) and the consumers of state_dict -------------
+
+class WithBN(nn.Module):
+    """conv -> bn -> relu -> conv, and a parameter of its own set after its children."""
+
+    def __init__(self):
+        self.conv = nn.Conv2d(3, 4, 3, padding=1)
+        self.bn = nn.BatchNorm2d(4)
+        self.relu = nn.ReLU()
+        self.out = nn.Conv2d(4, 2, 1)
+        self.scale = nn.Parameter(np.ones(1, np.float32))
+
+    def forward(self, x):
+        return self.out(self.relu(self.bn(self.conv(x)))) * self.scale
+
+
+def trained_with_bn(steps=3):
+    minifcn.manual_seed(0)
+    m, rng = WithBN(), np.random.default_rng(0)
+    for _ in range(steps):  # training forwards move the running statistics
+        m(Tensor(rng.standard_normal((2, 3, 5, 5)).astype(np.float32)))
+    return m
+
+
+def torch_twin():
+    """The same net in PyTorch, to compare state dict names with."""
+    torch = pytest.importorskip("torch")
+
+    class Twin(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = torch.nn.Conv2d(3, 4, 3, padding=1)
+            self.bn = torch.nn.BatchNorm2d(4)
+            self.relu = torch.nn.ReLU()
+            self.out = torch.nn.Conv2d(4, 2, 1)
+            self.scale = torch.nn.Parameter(torch.ones(1))
+
+        def forward(self, x):
+            return self.out(self.relu(self.bn(self.conv(x)))) * self.scale
+
+    return torch, Twin()
+
+
+def test_state_dict_holds_buffers_in_pytorchs_order_and_parameters_do_not():
+    torch, twin = torch_twin()
+    m = WithBN()
+    assert list(m.state_dict()) == list(twin.state_dict())  # scale first: the module's own
+    assert [n for n, _ in m.named_parameters()] == [n for n, _ in twin.named_parameters()]
+    assert [n for n, _ in m.named_buffers()] == [n for n, _ in twin.named_buffers()]
+    assert all(isinstance(b, nn.Buffer) and not b.requires_grad for b in m.buffers())
+    assert not any(isinstance(p, nn.Buffer) for p in m.parameters())
+
+
+def test_the_optimiser_never_sees_buffers():
+    from minifcn.optim import SGD
+    m = trained_with_bn()
+    before = {k: b.data.copy() for k, b in m.named_buffers()}
+    m.eval()(Tensor(np.ones((1, 3, 5, 5), np.float32))).sum().backward()
+    SGD(m.parameters(), lr=0.1).step()
+    for k, b in m.named_buffers():
+        np.testing.assert_array_equal(b.data, before[k])
+        assert b.grad is None
+
+
+def test_to_casts_float_buffers_and_keeps_num_batches_tracked_int64():
+    m = trained_with_bn().double()
+    assert m.bn.running_mean.dtype == m.bn.running_var.dtype == np.float64
+    assert m.bn.num_batches_tracked.dtype == np.int64 and m.bn.num_batches_tracked.item() == 3
+    assert m.to(dtype=np.float32).bn.running_var.dtype == np.float32
+    with pytest.raises(TypeError, match="WithBN.to: dtype must be a floating dtype"):
+        m.to(dtype=np.int32)
+
+
+def test_load_state_dict_checks_buffers_as_parameters_in_one_line():
+    m, sd = WithBN(), trained_with_bn().state_dict()
+    missing = {k: v for k, v in sd.items() if k != "bn.running_var"}
+    cases = [(missing, "missing keys: bn.running_var"),
+             ({**sd, "bn.running_mean": np.zeros(5, np.float32)},
+              r"shape mismatch: bn.running_mean: file \(5,\) vs model \(4,\)"),
+             ({**sd, "bn.num_batches_tracked": np.array(3.0, np.float32)},
+              "dtype mismatch: bn.num_batches_tracked: file float32 vs model int64"),
+             ({**sd, "bn.extra": np.zeros(4)}, "unexpected keys: bn.extra")]
+    for state, message in cases:
+        with pytest.raises(ValueError, match=message) as e:
+            m.load_state_dict(state)
+        assert "\n" not in str(e.value)
+    np.testing.assert_array_equal(m.bn.running_var.data, 1)  # nothing half-loaded
+    m.load_state_dict({**sd, "bn.num_batches_tracked": np.array(3, np.int32)})
+    assert m.bn.num_batches_tracked.dtype == np.int64 and m.bn.num_batches_tracked.item() == 3
+
+
+def assert_same_model(a, b):
+    sa, sb = a.state_dict(), b.state_dict()
+    assert list(sa) == list(sb)
+    for k in sa:
+        assert sa[k].dtype == sb[k].dtype and sa[k].shape == sb[k].shape, k
+        np.testing.assert_array_equal(sa[k], sb[k])
+    x = Tensor(np.random.default_rng(5).standard_normal((2, 3, 5, 5)).astype(np.float32))
+    np.testing.assert_array_equal(a.eval()(x).data, b.eval()(x).data)
+
+
+@pytest.mark.parametrize("suffix", [".npz", ".safetensors"])
+def test_a_model_with_batch_norm_round_trips_through_weight_files(tmp_path, suffix):
+    from minifcn import io
+    m = trained_with_bn()
+    io.save(m, tmp_path / f"w{suffix}")
+    state = io.load(tmp_path / f"w{suffix}")
+    assert state["bn.num_batches_tracked"].dtype == np.int64
+    assert state["bn.num_batches_tracked"].shape == ()
+    assert_same_model(m, WithBN().load_state_dict(state))
+
+
+def test_a_model_with_batch_norm_resumes_from_a_training_checkpoint(tmp_path):
+    from minifcn.optim import SGD
+    from minifcn.training import runs
+    m = trained_with_bn()
+    opt = SGD(m.parameters(), lr=0.1)
+    m(Tensor(np.ones((2, 3, 5, 5), np.float32))).sum().backward()
+    opt.step()
+    run = runs.Run(tmp_path)
+    runs.save_training_checkpoint(run.path(runs.LAST), m, opt,
+                                  runs.position(1, 2, 3, None, {"model": "withbn"}))
+    fresh = WithBN()
+    fresh_opt = SGD(fresh.parameters(), lr=0.1)
+    assert runs.restore(run, fresh, fresh_opt)[:3] == (1, 2, 3)
+    assert fresh.bn.num_batches_tracked.item() == 4
+    assert_same_model(m, fresh)
+
+
+def test_torch_loads_our_pth_of_a_model_with_batch_norm(tmp_path):
+    torch, twin = torch_twin()
+    from minifcn.io.torchwrite import save_torch_state_dict
+    m = trained_with_bn()
+    save_torch_state_dict(m.state_dict(), tmp_path / "w.pth")
+    state = torch.load(tmp_path / "w.pth", weights_only=True)
+    assert list(state) == list(twin.state_dict())
+    assert state["bn.num_batches_tracked"].dtype == torch.int64
+    assert state["bn.num_batches_tracked"].shape == () and state["bn.num_batches_tracked"] == 3
+    twin.load_state_dict(state)  # strict: every key, shape and dtype as PyTorch's own
+    x = np.random.default_rng(5).standard_normal((2, 3, 5, 5)).astype(np.float32)
+    np.testing.assert_allclose(twin.eval()(torch.from_numpy(x)).detach().numpy(),
+                               m.eval()(Tensor(x)).data, rtol=1e-5, atol=1e-5)
+    from minifcn.io import read_torch_state_dict
+    assert_same_model(m, WithBN().load_state_dict(read_torch_state_dict(tmp_path / "w.pth")))
+    torch.save(twin.state_dict(), tmp_path / "theirs.pth")  # and torch's own file, read by ours
+    theirs = read_torch_state_dict(tmp_path / "theirs.pth")
+    assert theirs["bn.num_batches_tracked"].dtype == np.int64
+    assert_same_model(m, WithBN().load_state_dict(theirs))
+
+
+def test_init_from_a_file_loads_the_running_statistics_too(tmp_path):
+    from minifcn import io
+    from minifcn.training.build import load_weights_into
+    m, logged = trained_with_bn(), []
+    io.save(m, tmp_path / "w.npz")
+    fresh = WithBN()
+    load_weights_into(fresh, tmp_path / "w.npz", log=logged.append)
+    assert "kept at init: none" in logged[0] and "ignored from file: none" in logged[0]
+    assert_same_model(m, fresh)

@@ -131,7 +131,9 @@ def load_weights_into(model, path, log=print):
     path = str(path)
     state = read_weights(path)
     own = dict(model.named_parameters())
-    loaded = {k: v for k, v in state.items() if k in own and tuple(v.shape) == own[k].shape}
+    # buffers (batch norm's running statistics) load with their layer, but are not weights
+    tensors = {**own, **dict(model.named_buffers())}
+    loaded = {k: v for k, v in state.items() if k in tensors and tuple(v.shape) == tensors[k].shape}
     # the weights a file should fill: every learned one, and a frozen trunk's too (--freeze-trunk
     # starts from the file and keeps it); not the fixed bilinear upsampling the model makes
     learned = {k: p.data.size for k, p in own.items()
@@ -148,7 +150,7 @@ def load_weights_into(model, path, log=print):
             f"a net of another --model, --width or number of classes? (matching: "
             f"{sorted(loaded)[:5] or 'none'}; the file has {sorted(state)[:5]}...)")
     model.load_state_dict({**model.state_dict(), **loaded})  # cast to the model's dtype
-    kept = [k for k in own if k not in loaded]
+    kept = [k for k in tensors if k not in loaded]
     ignored = [k for k in state if k not in loaded]
     log(f"init from {path}: loaded {len(loaded)} tensors; kept at init: {kept or 'none'}; "
         f"ignored from file: {ignored or 'none'}")
@@ -169,6 +171,7 @@ def load_model(checkpoint_path, device="cpu"):
     state = {k[6:]: v for k, v in arrays.items() if k.startswith("model/")}
     if meta.get("learned_only"):
         missing = [n for n, p in model.named_parameters() if p.requires_grad and n not in state]
+        missing += [n for n, _ in model.named_buffers() if n not in state]  # running statistics
         if missing:
             raise ValueError(f"{checkpoint_path}: learned weights missing for {missing}")
         full = model.state_dict()
