@@ -17,7 +17,8 @@ FCN-32s, 16s, 8s and 8s at-once and the encoder-decoders alike, and each layer b
                      ones (``model.offsets``), the sizes the reference tensor's at run time
     BatchNorm2d      BatchNormalization (inference: the running statistics)
     MaxPool2d with return_indices   MaxPool with its second output, Indices
-    Unpool           MaxUnpool, then Slice to the size of the map the pool took in (``_unpool``)
+    MaxUnpool2d      MaxUnpool, then Slice to output_size, the size of the map the pool took
+                     in (``_unpool``)
     Concat           Concat on axis 1 (U-Net's skips)
 
 Input "image" (N, 3, H, W) float32, RGB 0..255 minus ``MEAN_RGB``; output "scores"
@@ -34,7 +35,7 @@ from .. import nn
 from .atomic import atomic_path
 from ..data.transforms import MEAN_RGB
 from .. import backend
-from ..models.layers import Concat, Crop, Scale, Sum, Unpool
+from ..models.layers import Concat, Crop, Scale, Sum
 
 __all__ = ["to_onnx", "require_onnx", "OPSET", "IR_VERSION", "INPUT", "OUTPUT"]
 
@@ -96,7 +97,11 @@ class _Stand:
     def __init__(self, name, module, graph):
         self.name, self.module, self.g = name, module, graph
 
-    def __call__(self, *inputs):
+    def __call__(self, *inputs, **options):
+        out = self._emit(*inputs, **options)
+        return tuple(map(_Value, out)) if isinstance(out, (list, tuple)) else _Value(out)
+
+    def _emit(self, *inputs, output_size=None):
         m, g, name = self.module, self.g, self.name
         x = inputs[0]
         if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d)):
@@ -115,8 +120,12 @@ class _Stand:
                           kernel_shape=_square(m.kernel_size),
                           strides=_square(m.kernel_size if m.stride is None else m.stride),
                           pads=[ph, pw, ph, pw], ceil_mode=int(bool(m.ceil_mode)))
-        if isinstance(m, Unpool):
-            return _unpool(g, name, m, *inputs)
+        if isinstance(m, nn.MaxUnpool2d):
+            size = inputs[2] if len(inputs) > 2 else output_size
+            if not isinstance(size, _ShapeOf):
+                raise ValueError(f"to_onnx: {name} must be given output_size=<map>.shape (the "
+                                 "size its pool took in, read at run time)")
+            return _unpool(g, name, m, x, inputs[1], size.value)
         if isinstance(m, nn.BatchNorm2d):  # inference: the running statistics
             if not m.track_running_stats:
                 raise ValueError(f"to_onnx: {name} keeps no running statistics; ONNX's "
@@ -148,8 +157,22 @@ class _Stand:
         raise ValueError(f"to_onnx: layer {name} of type {type(m).__name__} has no ONNX rule")
 
 
+class _Value(str):
+    """A value's name in the walk; ``.shape`` stands for its shape, read at run time (the
+    encoder-decoders hand a pre-pool map's ``.shape`` to their unpooling)."""
+
+    @property
+    def shape(self):
+        return _ShapeOf(self)
+
+
+class _ShapeOf:
+    def __init__(self, value):
+        self.value = value
+
+
 def _unpool(g, name, m, x, indices, like):
-    """MaxUnpool back to ``like``'s size (N, C, H, W), read at run time.
+    """MaxUnpool back to the size of ``like`` (N, C, H, W), read at run time.
 
     onnxruntime refuses an output_shape smaller than MaxUnpool's own default
     (h - 1) * stride - 2 * pad + kernel, which a pool that rounds up makes of an odd H. So the
@@ -202,7 +225,7 @@ def build_onnx(model, opset=OPSET):
     ghost = copy.copy(model)  # shares the layers; only its attributes get swapped
     for name, layer in model.children():
         setattr(ghost, name, _Stand(name, layer, g))
-    out = ghost.forward(INPUT)
+    out = ghost.forward(_Value(INPUT))
     if out == INPUT:
         raise ValueError(f"{where}: the model's forward computes nothing")
     last = next(n for n in g.nodes if n.output[0] == out)

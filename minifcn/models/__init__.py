@@ -25,7 +25,7 @@ from .registry import ENCODER_DECODERS, MODELS, build
 from .segnet import SegNet, SegNetBasic, segnet, segnet_basic
 from .unet import UNet, unet
 from .init import bilinear_kernel, bilinear_weight
-from .layers import Concat, Crop, Scale, Sum, Unpool
+from .layers import Concat, Crop, Scale, Sum
 from .shift import coarse_scores, rarefy, shift_and_stitch, stitched_scores
 from .summary import summary
 from .vgg import FCNBase
@@ -35,5 +35,5 @@ __all__ = ["FCN32s", "FCN16s", "FCN8s", "FCN8sAtOnce", "FCNBase", "fcn32s", "fcn
            "Crop", "Sum", "Scale", "geometry", "padding", "rarefy", "shift_and_stitch", "stitched_scores",
            "coarse_scores", "VGGClassifier", "convolutionalize", "pretrained_classifier",
            "shipped_classifier_path", "SegNet", "SegNetBasic", "DeconvNet", "UNet", "segnet",
-           "segnet_basic", "deconvnet", "unet", "EncoderDecoder", "ENCODER_DECODERS", "Unpool",
+           "segnet_basic", "deconvnet", "unet", "EncoderDecoder", "ENCODER_DECODERS",
            "Concat"]

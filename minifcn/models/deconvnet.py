@@ -14,7 +14,6 @@ same windows at pool5's centre. The paper's proposals, its ensemble with FCN-8s 
 """
 from .. import nn
 from .encdec import EncoderDecoder
-from .layers import Unpool
 from .vgg import FC_CHANNELS, VGG16_BLOCKS, scaled
 
 
@@ -41,7 +40,7 @@ class DeconvNet(EncoderDecoder):
         self._conv("deconv6", fc, c_in, 7, transposed=True)
         for b in range(len(self.blocks), 0, -1):
             block = self.blocks[b - 1]
-            setattr(self, f"unpool{b}", Unpool(2, stride=2))
+            setattr(self, f"unpool{b}", nn.MaxUnpool2d(2, stride=2))
             for j in range(1, len(block) + 1):
                 # the stage's last layer gives the next stage's channels (stage 1 keeps 64)
                 c_out = self.blocks[b - 2][-1] if j == len(block) and b > 1 else block[j - 1]
@@ -53,14 +52,14 @@ class DeconvNet(EncoderDecoder):
         for b, block in enumerate(self.blocks, 1):
             for j in range(1, len(block) + 1):
                 h = self._apply(f"conv{b}_{j}", h)
-            before = h  # the decoder reads only its size
+            size = h.shape  # the decoder gets the indices and this size, not the map
             h, indices = getattr(self, f"pool{b}")(h)
-            pooled.append((indices, before))
+            pooled.append((indices, size))
         h = self._apply("fc7", self._apply("fc6", h))
         h = self._apply("deconv6", h)
         for b in range(len(self.blocks), 0, -1):
-            indices, before = pooled.pop()
-            h = getattr(self, f"unpool{b}")(h, indices, before)
+            indices, size = pooled.pop()
+            h = getattr(self, f"unpool{b}")(h, indices, output_size=size)
             for j in range(1, len(self.blocks[b - 1]) + 1):
                 h = self._apply(f"deconv{b}_{j}", h)
         return self.score(h)

@@ -51,7 +51,7 @@ from fractions import Fraction
 
 from .. import nn
 from ..primitives import conv_out_size
-from .layers import Concat, Crop, Scale, Sum, Unpool
+from .layers import Concat, Crop, Scale, Sum
 
 
 class GeometryError(ValueError):
@@ -137,13 +137,13 @@ class _Stand:
     def __init__(self, name, module, steps):
         self.name, self.module, self.steps = name, module, steps
 
-    def __call__(self, *blobs):
+    def __call__(self, *blobs, output_size=None):
         m, name = self.module, self.name
         x = blobs[0]
         n, c = x.shape[:2]
         params = sum(p.size for p in m.parameters())
         trainable = sum(p.size for p in m.parameters() if p.requires_grad)
-        offset, macs, d, placed = None, 0, 1, None  # placed: an output map set outright
+        offset, macs, d = None, 0, 1
         if isinstance(m, (nn.Conv2d, nn.MaxPool2d)):
             pool = isinstance(m, nn.MaxPool2d)
             k = _square(m.kernel_size, name, "kernel")
@@ -201,15 +201,16 @@ class _Stand:
                 raise GeometryError(f"geometry: sum {name}: inputs differ: {x.shape} at "
                                     f"{x.map} vs {y.shape} at {y.map}")
             hw, c_out, fmap, kind, rf = x.shape[2:], c, IDENTITY, "sum", max(x.rf, y.rf)
-        elif isinstance(m, Unpool):
-            # each value goes back to its window, in the map the pool took in: the output has
-            # that map's size and coordinates, and each pixel sees what its pooled value saw
-            like = blobs[2]
+        elif isinstance(m, nn.MaxUnpool2d):
+            # each value goes back to its window of the map the pool took in: the pool's map
+            # undone, and each pixel sees what its pooled value saw
+            k = _square(m.kernel_size, name, "kernel")
             s = _square(m.kernel_size if m.stride is None else m.stride, name, "stride")
-            if x.map.a != like.map.a * s:
-                raise GeometryError(f"geometry: unpool {name}: its input is at stride {x.map.a}, "
-                                    f"not {s} x the reference's {like.map.a}")
-            hw, c_out, kind, rf, placed = like.shape[2:], c, "unpool", x.rf, like.map
+            p = _square(m.padding, name, "padding")
+            size = blobs[2] if len(blobs) > 2 else output_size
+            hw = _sizes(x, lambda v: (v - 1) * s - 2 * p + k) if size is None else \
+                tuple(size[-2:])
+            c_out, fmap, kind, rf = c, deconv_map(k, s, p), "unpool", x.rf
         elif isinstance(m, Concat):
             for y in blobs[1:]:
                 if y.map != x.map or y.shape[2:] != x.shape[2:]:
@@ -230,7 +231,7 @@ class _Stand:
         else:
             raise GeometryError(f"geometry: layer {name} of type {type(m).__name__} has no "
                                 "coordinate rule")
-        out = Blob((n, c_out) + tuple(hw), placed or x.map.compose(fmap), rf)
+        out = Blob((n, c_out) + tuple(hw), x.map.compose(fmap), rf)
         self.steps.append(Step(name, kind, out.shape, out.map.a, out.rf, out.map.b,
                                params, trainable, macs, offset, d))
         if getattr(m, "return_indices", False):

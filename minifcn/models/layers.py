@@ -10,12 +10,10 @@ named layers, which ``minifcn.models.geometry`` can follow to derive crop offset
   built (never typed in: see geometry.py).
 - ``Sum``: Caffe's Eltwise SUM, the fusion of a skip with the upsampled coarser scores.
 - ``Scale``: multiply by a fixed number (FCN-8s at-once scales pool4 by 0.01, pool3 by 1e-4).
-- ``Unpool``: ``nn.MaxUnpool2d`` back to the size of the map its pool took in (SegNet,
-  DeconvNet).
 - ``Concat``: U-Net's skip, feature maps joined along the channels.
 """
 from .. import functional as F
-from ..nn import MaxUnpool2d, Module
+from ..nn import Module
 
 
 class Crop(Module):
@@ -56,15 +54,6 @@ class Scale(Module):
 
     def extra_repr(self):
         return f"factor={self.factor:g}"
-
-
-class Unpool(MaxUnpool2d):
-    """``unpool(x, indices, like)``: max-unpooling to ``like``'s spatial size (the map the
-    matching pool took in; only its size is read). A pool that rounds up leaves an odd size
-    ambiguous from x alone, hence ``like``, as Crop takes one."""
-
-    def forward(self, x, indices, like):
-        return super().forward(x, indices, output_size=tuple(like.shape[2:]))
 
 
 class Concat(Module):

@@ -18,7 +18,6 @@ and no ReLU, then a 1x1 classifier (as ChainerCV's reproduction; the paper's LRN
 """
 from .. import nn
 from .encdec import EncoderDecoder
-from .layers import Unpool
 from .vgg import VGG16_BLOCKS, scaled
 
 
@@ -26,7 +25,7 @@ def _pool(net, b):
     # 2x2 stride 2, rounding up as the FCNs' trunk (every pixel of an odd map takes part), and
     # keeping where each maximum was for the decoder's unpooling
     setattr(net, f"pool{b}", nn.MaxPool2d(2, stride=2, ceil_mode=True, return_indices=True))
-    setattr(net, f"unpool{b}", Unpool(2, stride=2))
+    setattr(net, f"unpool{b}", nn.MaxUnpool2d(2, stride=2))
 
 
 class SegNet(EncoderDecoder):
@@ -58,12 +57,13 @@ class SegNet(EncoderDecoder):
         for b, block in enumerate(self.blocks, 1):
             for j in range(1, len(block) + 1):
                 h = self._apply(f"conv{b}_{j}", h)
-            before = h  # the decoder reads only its size
+            size = h.shape  # the decoder gets the indices and this size, not the map
             h, indices = getattr(self, f"pool{b}")(h)
-            pooled.append((indices, before))
+            pooled.append((indices, size))
         for b in range(len(self.blocks), 0, -1):
-            indices, before = pooled.pop()
-            h = getattr(self, f"unpool{b}")(h, indices, before)  # sparse: maxima where they were
+            indices, size = pooled.pop()
+            # sparse: each maximum back where it was, zeros elsewhere
+            h = getattr(self, f"unpool{b}")(h, indices, output_size=size)
             for j in range(len(self.blocks[b - 1]), 0, -1):
                 h = self._apply(f"conv{b}_{j}_D", h)  # dense again
         return h
@@ -90,12 +90,13 @@ class SegNetBasic(EncoderDecoder):
     def forward(self, x):
         h, pooled = x, []
         for b in range(1, self.STAGES + 1):
-            before = h = self._apply(f"conv{b}_1", h)
+            h = self._apply(f"conv{b}_1", h)
+            size = h.shape
             h, indices = getattr(self, f"pool{b}")(h)
-            pooled.append((indices, before))
+            pooled.append((indices, size))
         for b in range(self.STAGES, 0, -1):
-            indices, before = pooled.pop()
-            h = getattr(self, f"unpool{b}")(h, indices, before)
+            indices, size = pooled.pop()
+            h = getattr(self, f"unpool{b}")(h, indices, output_size=size)
             h = getattr(self, f"conv{b}_1_D_bn")(getattr(self, f"conv{b}_1_D")(h))
         return self.score(h)
 
