@@ -211,18 +211,23 @@ def _buffer(a):
 
 def _topological_order(root):
     """Tensors reachable from root, each after all of its inputs (iterative DFS)."""
-    order, seen = [], {id(root)}
+    order, seen = [], set()
     stack = [(root, False)]
     while stack:
         t, expanded = stack.pop()
         if expanded:
             order.append(t)
             continue
+        # seen when expanded, not when pushed: a tensor pushed as an input of one op may be
+        # reached first through another op's inputs (cat(a, f(a))); it must then wait for that
+        # op, else its gradient is passed on before f's share has arrived
+        if id(t) in seen:
+            continue
+        seen.add(id(t))
         stack.append((t, True))
         if t._fn is not None:
             for x in t._fn.inputs:
                 if x.requires_grad and id(x) not in seen:
-                    seen.add(id(x))
                     stack.append((x, False))
     return order
 

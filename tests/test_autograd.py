@@ -34,6 +34,20 @@ def test_reused_tensor_accumulates():
     np.testing.assert_allclose(a.grad, 8 * a.data)
 
 
+def test_a_tensor_used_directly_and_through_a_later_input_gets_both_shares():
+    # U-Net's skip: cat(skip, f(skip)); the walk once reached `a` before `a * 2` had passed its
+    # share on, and a.grad was the first slab alone (10 instead of 10 + 2 * 100)
+    from minifcn import functional as F
+
+    for make in (lambda a: F.cat([a, a * 2], dim=1), lambda a: a + (a * 2) * 1):
+        a = Tensor(np.ones((1, 1, 1, 1)), requires_grad=True)
+        y = make(a)
+        g = np.array([[[[10.0]], [[100.0]]]]) if y.shape[1] == 2 else np.full(y.shape, 10.0)
+        y.backward(g)
+        want = 10 + 2 * 100 if y.shape[1] == 2 else 10 + 2 * 10
+        np.testing.assert_allclose(a.grad, want)
+
+
 def test_grad_accumulates_across_backward_calls():
     a = Tensor(np.array([3.0]), requires_grad=True)
     (a * 2.0).backward()
