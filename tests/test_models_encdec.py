@@ -263,9 +263,9 @@ def test_segnets_encoder_from_the_classifier_computes_the_classifiers_pool5():
     seen = {}
     unpool5 = model.unpool5
 
-    def record(x, indices, like):  # what the decoder receives: the encoder's pool5
+    def record(x, indices, output_size):  # what the decoder receives: the encoder's pool5
         seen["pool5"] = x.data.copy()
-        return unpool5(x, indices, like)
+        return unpool5(x, indices, output_size=output_size)
 
     model.unpool5 = record
     model.eval()

@@ -127,7 +127,7 @@ print("and the gradient of max pooling:\n", xt5.grad[0, 0])
 # **Odd sizes.** A pool that rounds up (`ceil_mode=True`, as every net here) takes a 5x5 map to
 # 3x3, and so does a pool of a 6x6 map: from the 3x3 map alone the unpooling cannot know which
 # size to return to. By default it returns PyTorch's `(3 - 1) * 2 + 2 = 6`; `output_size` names
-# the size the pool took in. (SegNet's `Unpool` layer passes the size of the map before its pool.)
+# the size the pool took in. (SegNet keeps the size of each map before its pool, `h.shape`, and hands it to its unpooling layer.)
 
 # %%
 x7 = rng.random((1, 1, 5, 5)).astype(np.float32)
@@ -435,8 +435,8 @@ for name, (net, layers, channels, nbytes) in full.items():
 # ## Exercise
 #
 # 1. **SegNet with feature maps.** Write a subclass of `models.SegNet` whose `forward` adds the
-#    encoder's map before each pool to the unpooled map (`h = unpool(h, indices, before) +
-#    before`), like the paper's SegNet-Basic-EncoderAddition (its Table 1). Check the shapes fit, and count with
+#    encoder's map before each pool to the unpooled map (`h = unpool(h, indices, output_size=before.shape)
+#    + before`), like the paper's SegNet-Basic-EncoderAddition (its Table 1). Check the shapes fit, and count with
 #    `record` what it now keeps for its decoder. Then try `minifcn.cat` along the channels
 #    instead: which layers must change their number of input channels?
 # 2. **Count the training memory.** With `geometry.trace`, add up the values of every layer's
