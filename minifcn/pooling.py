@@ -11,6 +11,8 @@ Unpooling (SegNet's and DeconvNet's decoders) is that same scatter applied to va
 (PyTorch's indices), and ``max_unpool2d`` puts each value back there, zeros elsewhere. Its
 backward is a gather at the same positions (``primitives.maxunpool_forward`` / ``_backward``).
 """
+import numpy as np
+
 from . import primitives as P
 from .autograd import Function, Tensor
 from .backend import get_array_module
@@ -39,14 +41,25 @@ def flat_indices(argmax, hw, ksize, stride, padding, dilation):
     padding; PyTorch names the window's first real row and column there, and so do we."""
     xp = get_array_module(argmax)
     (h, w), (kh, kw), (sh, sw), (ph, pw), (dh, dw) = hw, ksize, stride, padding, dilation
-    oh, ow = argmax.shape[2:]
+    n, c, oh, ow = argmax.shape
     top = xp.arange(oh, dtype=xp.int64) * sh - ph  # where each window's tap 0 sits
     left = xp.arange(ow, dtype=xp.int64) * sw - pw
-    taps = (xp.arange(kh, dtype=xp.int64) * dh * w)[:, None] + xp.arange(kw) * dw
-    out = xp.take(taps.ravel(), argmax) + (top[:, None] * w + left)
-    if ph or pw:  # (without padding tap 0 is always real)
-        first = xp.where(top < 0, top % dh, top)[:, None] * w + xp.where(left < 0, left % dw, left)
-        out = xp.where(argmax == 0, first, out)
+    base = top[:, None] * w + left
+    taps = ((xp.arange(kh, dtype=xp.int64) * dh * w)[:, None] + xp.arange(kw) * dw).ravel()
+    # (without padding tap 0 is always real)
+    first = xp.where(top < 0, top % dh, top)[:, None] * w + xp.where(left < 0, left % dw, left)
+    out = xp.empty(argmax.shape, dtype=xp.int64)
+
+    def work(c0, c1):
+        a = argmax[:, c0:c1]
+        xp.add(taps[a], base, out=out[:, c0:c1])
+        if ph or pw:
+            xp.copyto(out[:, c0:c1], first, where=a == 0)
+
+    if xp is np:  # the lookups release the GIL: threads over channels, as the loops do
+        P._over_channels(work, c, out.nbytes)
+    else:
+        work(0, c)
     return out
 
 
