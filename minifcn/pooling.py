@@ -40,20 +40,20 @@ def flat_indices(argmax, hw, ksize, stride, padding, dilation):
     one add. A window whose real elements are all -inf keeps tap 0, which may lie in the
     padding; PyTorch names the window's first real row and column there, and so do we."""
     xp = get_array_module(argmax)
-    (h, w), (kh, kw), (sh, sw), (ph, pw), (dh, dw) = hw, ksize, stride, padding, dilation
+    w = hw[1]  # (the row stride of a plane)
+    (kh, kw), (sh, sw), (ph, pw), (dh, dw) = ksize, stride, padding, dilation
     n, c, oh, ow = argmax.shape
     top = xp.arange(oh, dtype=xp.int64) * sh - ph  # where each window's tap 0 sits
     left = xp.arange(ow, dtype=xp.int64) * sw - pw
     base = top[:, None] * w + left
     taps = ((xp.arange(kh, dtype=xp.int64) * dh * w)[:, None] + xp.arange(kw) * dw).ravel()
-    # (without padding tap 0 is always real)
     first = xp.where(top < 0, top % dh, top)[:, None] * w + xp.where(left < 0, left % dw, left)
     out = xp.empty(argmax.shape, dtype=xp.int64)
 
     def work(c0, c1):
         a = argmax[:, c0:c1]
         xp.add(taps[a], base, out=out[:, c0:c1])
-        if ph or pw:
+        if ph or pw:  # (without padding, tap 0 is always a real element)
             xp.copyto(out[:, c0:c1], first, where=a == 0)
 
     if xp is np:  # the lookups release the GIL: threads over channels, as the loops do
@@ -158,10 +158,11 @@ def _unpool_size(op, shape, ksize, stride, padding, output_size):
                              f"kernel {ksize}, stride {stride}, padding {padding} is empty")
         return default
     given = tuple(output_size)
-    if not (len(given) in (2, 4) and all(isinstance(v, int) and not isinstance(v, bool)
-                                         for v in given)):
+    if not (len(given) in (2, 4) and all(isinstance(v, (int, np.integer))
+                                         and not isinstance(v, bool) for v in given)):
         raise TypeError(f"{op}: output_size must be (oh, ow) or (N, C, oh, ow) ints, got "
                         f"{output_size!r}")
+    given = tuple(int(v) for v in given)
     if len(given) == 4 and given[:2] != tuple(shape[:2]):
         raise ValueError(f"{op}: output_size {given} must have the input's (N, C) "
                          f"{tuple(shape[:2])}")

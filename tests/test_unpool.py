@@ -186,6 +186,7 @@ def test_modules_match_the_functions(rng):
     u = unpool(y, idx, output_size=x.shape)
     np.testing.assert_array_equal(u.data, F.max_unpool2d(y, idx, 2, output_size=(7, 9)).data)
     assert u.dtype == np.float32 and u.shape == x.shape
+    np.testing.assert_array_equal(unpool(y, idx, np.array(x.shape[2:])).data, u.data)
     assert repr(unpool) == "MaxUnpool2d(kernel_size=(2, 2), stride=(2, 2), padding=(0, 0))"
     assert repr(pool).endswith("ceil_mode=True, return_indices=True)")
     assert "return_indices" not in repr(nn.MaxPool2d(2))
