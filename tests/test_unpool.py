@@ -77,7 +77,8 @@ def test_indices_match_loop_and_pytorch(rng, xs, k, s, p, d, ceil):
 
 
 def test_indices_split_over_threads_match_the_loop(rng, monkeypatch):
-    """On the CPU the indices are computed per channel block, one per thread."""
+    """On the CPU the indices (and unpooling's gather) are computed per channel block, one
+    per thread."""
     from minifcn import primitives as P
 
     if P._POOL is None:
@@ -87,6 +88,9 @@ def test_indices_split_over_threads_match_the_loop(rng, monkeypatch):
     x[:, 1, :2] = -np.inf
     _, idx = F.max_pool2d(Tensor(x), 3, 2, 1, ceil_mode=True, return_indices=True)
     np.testing.assert_array_equal(idx.data, pool_indices_loop(x, 3, 2, 1, 1, True))
+    g = rng.standard_normal(x.shape)  # unpooling's backward gathers per block of planes too
+    want = np.array([g[b, c].ravel()[idx.data[b, c]] for b in range(2) for c in range(5)])
+    np.testing.assert_array_equal(P.maxunpool_backward(g, idx.data), want.reshape(idx.shape))
 
 
 def test_gradient_flows_through_y_only(rng):
