@@ -48,18 +48,22 @@ def flat_indices(argmax, hw, ksize, stride, padding, dilation):
     base = top[:, None] * w + left
     taps = ((xp.arange(kh, dtype=xp.int64) * dh * w)[:, None] + xp.arange(kw) * dw).ravel()
     first = xp.where(top < 0, top % dh, top)[:, None] * w + xp.where(left < 0, left % dw, left)
-    out = xp.empty(argmax.shape, dtype=xp.int64)
+    if xp is not np:
+        out = taps[argmax] + base
+        return xp.where(argmax == 0, first, out) if ph or pw else out
+    out = np.empty(argmax.shape, dtype=np.int64)
 
+    # per image and channel block (threads, as the loops): each block is contiguous, so take
+    # writes it in place, unbuffered with mode="clip" (a tap number never needs clipping)
     def work(c0, c1):
-        a = argmax[:, c0:c1]
-        xp.add(taps[a], base, out=out[:, c0:c1])
-        if ph or pw:  # (without padding, tap 0 is always a real element)
-            xp.copyto(out[:, c0:c1], first, where=a == 0)
+        for b in range(n):
+            o, a = out[b, c0:c1], argmax[b, c0:c1]
+            np.take(taps, a, out=o, mode="clip")
+            o += base
+            if ph or pw:  # (without padding, tap 0 is always a real element)
+                np.copyto(o, first, where=a == 0)
 
-    if xp is np:  # the lookups release the GIL: threads over channels, as the loops do
-        P._over_channels(work, c, out.nbytes)
-    else:
-        work(0, c)
+    P._over_channels(work, c, out.nbytes)
     return out
 
 

@@ -93,6 +93,22 @@ def test_indices_split_over_threads_match_the_loop(rng, monkeypatch):
     np.testing.assert_array_equal(P.maxunpool_backward(g, idx.data), want.reshape(idx.shape))
 
 
+def test_indices_of_the_array_module_branch(rng, monkeypatch):
+    """The lines CuPy runs (no threads, no take(out=)), run here with NumPy in CuPy's place."""
+    import types
+
+    from minifcn import pooling
+
+    fake = types.ModuleType("not_numpy")
+    fake.__dict__.update(np.__dict__)
+    monkeypatch.setattr(pooling, "get_array_module", lambda a: fake)
+    for xs, k, s, p, d, ceil in POOLS:
+        x = rng.standard_normal(xs)
+        x[0, 0, :3, :] = -np.inf
+        _, idx = F.max_pool2d(Tensor(x), k, s, p, d, ceil, return_indices=True)
+        np.testing.assert_array_equal(idx.data, pool_indices_loop(x, k, s, p, d, ceil))
+
+
 def test_gradient_flows_through_y_only(rng):
     x = Tensor(rng.standard_normal((1, 2, 6, 6)), requires_grad=True)
     y, idx = F.max_pool2d(x, 2, return_indices=True)
