@@ -48,12 +48,28 @@ CASES = [
     # shape is gamma's; cat joins two feature maps along the channels (the "weight" is the second)
     ("batch_norm train, 8x64x128x128", "bn", (8, 64, 128, 128), (64,), 1, 0),
     ("cat dim 1, 2 x 8x64x128x128", "cat", (8, 64, 128, 128), (8, 64, 128, 128), 1, 0),
+    # SegNet's first stage: pool1 keeps its indices, and the last decoder stage unpools with
+    # them (the unpooling's input is the pool's output; its gradient flows to the values only)
+    ("max_pool2d 2x2 s2 return_indices, 8x64x128x128", "pool_idx", (8, 64, 128, 128), None, 2, 0),
+    ("max_unpool2d 2x2 s2, 8x64x64x64 -> 128x128", "unpool", (8, 64, 128, 128), None, 2, 0),
 ]
 
 
 def inputs(case):
     _, op, xs, ws, stride, pad = CASES[case]
+    if op == "unpool":  # the values and indices of a 2x2 pool of the input, as both get them
+        return (op, *_pooled(seeded(xs, 0)), stride, pad)
     return op, seeded(xs, 0), (seeded(ws, 1) * 0.05 if ws else None), stride, pad
+
+
+def _pooled(x):
+    """2x2 stride-2 max pooling of x (even sizes) and PyTorch's flat indices, in NumPy."""
+    n, c, h, w = x.shape
+    win = x.reshape(n, c, h // 2, 2, w // 2, 2).transpose(0, 1, 2, 4, 3, 5).reshape(
+        n, c, h // 2, w // 2, 4)
+    tap = win.argmax(-1)
+    rows, cols = np.arange(h // 2)[:, None] * 2 + tap // 2, np.arange(w // 2) * 2 + tap % 2
+    return np.take_along_axis(win, tap[..., None], -1)[..., 0], (rows * w + cols).astype(np.int64)
 
 
 def minifcn_handlers():
@@ -63,7 +79,7 @@ def minifcn_handlers():
     def run(case, backward):
         op, x, w, stride, pad = prepared(case)
         xt = Tensor(x, requires_grad=backward)
-        wt = Tensor(w, requires_grad=backward) if w is not None else None
+        wt = Tensor(w, requires_grad=backward) if op in ("conv", "deconv") else None
         if op == "conv":
             y = F.conv2d(xt, wt, None, stride, pad)
         elif op == "deconv":
@@ -74,6 +90,10 @@ def minifcn_handlers():
                              Tensor(w + 0.1, requires_grad=backward), training=True)
         elif op == "cat":
             y = F.cat([xt, wt], 1)
+        elif op == "pool_idx":
+            y, _ = F.max_pool2d(xt, 2, stride, pad, return_indices=True)
+        elif op == "unpool":
+            y = F.max_unpool2d(xt, w, 2, stride, pad)  # w: the pool's indices
         else:
             y = F.max_pool2d(xt, 2, stride, pad, ceil_mode=True)
         if backward:
@@ -92,7 +112,7 @@ def torch_handlers(threads):
     def run(case, backward):
         op, x, w, stride, pad = prepared(case)
         xt = torch.from_numpy(x).requires_grad_(backward)
-        wt = torch.from_numpy(w).requires_grad_(backward) if w is not None else None
+        wt = torch.from_numpy(w).requires_grad_(backward) if op in ("conv", "deconv") else None
         if op == "conv":
             y = tf.conv2d(xt, wt, None, stride, pad)
         elif op == "deconv":
@@ -103,6 +123,10 @@ def torch_handlers(threads):
                               torch.from_numpy(w + 0.1).requires_grad_(backward), training=True)
         elif op == "cat":
             y = torch.cat([xt, wt], 1)
+        elif op == "pool_idx":
+            y, _ = tf.max_pool2d(xt, 2, stride, pad, return_indices=True)
+        elif op == "unpool":
+            y = tf.max_unpool2d(xt, torch.from_numpy(w), 2, stride, pad)
         else:
             y = tf.max_pool2d(xt, 2, stride, pad, ceil_mode=True)
         if backward:
@@ -224,6 +248,8 @@ def _out_shape(op, xs, ws, stride, pad):
     n, _, h, w = xs
     if op in ("bn", "cat"):
         return xs  # (no flops counted: both are memory-bound)
+    if op in ("pool_idx", "unpool"):
+        return None  # (no flops to count)
     if op == "pool":
         return (n, xs[1], -(-h // 2), -(-w // 2))
     k = ws[2]

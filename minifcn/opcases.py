@@ -48,6 +48,28 @@ def _pool(x, k, s, p, ceil, negative=False, dilation=1):
     return make
 
 
+def _pool_indices(x, k, s, p, ceil):
+    """max_pool2d with return_indices, checked through y (the indices carry no gradient)."""
+    def make(rng):
+        return (lambda a: F.max_pool2d(a, k, s, p, ceil_mode=ceil, return_indices=True)[0]), [
+            _distinct(rng, *x)]
+    return make
+
+
+def _unpool(pooled, k, s, ceil=False, size=False, shared_at=None):
+    """max_unpool2d of random values at the indices of a pool of a ``pooled``-shaped input
+    (output_size = that input's size when ``size``). shared_at: a row and column made the
+    input's largest, so that every window holding it names it (indices shared)."""
+    def make(rng):
+        x = _distinct(rng, *pooled).data
+        if shared_at is not None:
+            x[:, :, shared_at[0], shared_at[1]] = x.max() + 1
+        y, idx = F.max_pool2d(Tensor(x), k, s, ceil_mode=ceil, return_indices=True)
+        out = pooled[2:] if size else None
+        return (lambda a: F.max_unpool2d(a, idx, k, s, output_size=out)), [_t(rng, *y.shape)]
+    return make
+
+
 def _loss(n, c, h, w, reduction):
     def make(rng):
         target = rng.integers(0, c, size=(n, h, w))
@@ -172,6 +194,13 @@ CASES = [
     ("cat dim 1 (three inputs)", "(2,3,4,5)+(2,1,4,5)+(2,2,4,5)",
      _cat([(2, 3, 4, 5), (2, 1, 4, 5), (2, 2, 4, 5)], 1)),
     ("cat dim 0", "(2,3,4)+(1,3,4)", _cat([(2, 3, 4), (1, 3, 4)], 0)),
+    ("max_pool2d k3 s2 p1 ceil return_indices (gradient through y)", "(1,2,13,11)",
+     _pool_indices((1, 2, 13, 11), 3, 2, 1, True)),
+    ("max_unpool2d k2 s2", "(2,3,4,5)->(8,10)", _unpool((2, 3, 8, 10), 2, 2)),
+    ("max_unpool2d k2 s2 odd size (ceil-mode indices, output_size)", "(1,2,4,5)->(7,9)",
+     _unpool((1, 2, 7, 9), 2, 2, ceil=True, size=True)),
+    ("max_unpool2d k3 s2 (overlapping windows: shared indices summed)", "(1,2,4,4)->(9,9)",
+     _unpool((1, 2, 9, 9), 3, 2, shared_at=(4, 4))),
     ("crop", "(2,3,7,9)->(4,5)", _unary(lambda a: F.crop(a, (2, 3), (4, 5)), (2, 3, 7, 9))),
     ("softmax_cross_entropy mean", "(2,4,7,9)", _loss(2, 4, 7, 9, "mean")),
     ("softmax_cross_entropy sum", "(1,3,5,6)", _loss(1, 3, 5, 6, "sum")),

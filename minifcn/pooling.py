@@ -11,6 +11,8 @@ Unpooling (SegNet's and DeconvNet's decoders) is that same scatter applied to va
 (PyTorch's indices), and ``max_unpool2d`` puts each value back there, zeros elsewhere. Its
 backward is a gather at the same positions (``primitives.maxunpool_forward`` / ``_backward``).
 """
+import numpy as np
+
 from . import primitives as P
 from .autograd import Function, Tensor
 from .backend import get_array_module
@@ -38,15 +40,30 @@ def flat_indices(argmax, hw, ksize, stride, padding, dilation):
     one add. A window whose real elements are all -inf keeps tap 0, which may lie in the
     padding; PyTorch names the window's first real row and column there, and so do we."""
     xp = get_array_module(argmax)
-    (h, w), (kh, kw), (sh, sw), (ph, pw), (dh, dw) = hw, ksize, stride, padding, dilation
-    oh, ow = argmax.shape[2:]
+    w = hw[1]  # (the row stride of a plane)
+    (kh, kw), (sh, sw), (ph, pw), (dh, dw) = ksize, stride, padding, dilation
+    n, c, oh, ow = argmax.shape
     top = xp.arange(oh, dtype=xp.int64) * sh - ph  # where each window's tap 0 sits
     left = xp.arange(ow, dtype=xp.int64) * sw - pw
-    taps = (xp.arange(kh, dtype=xp.int64) * dh * w)[:, None] + xp.arange(kw) * dw
-    out = xp.take(taps.ravel(), argmax) + (top[:, None] * w + left)
-    if ph or pw:  # (without padding tap 0 is always real)
-        first = xp.where(top < 0, top % dh, top)[:, None] * w + xp.where(left < 0, left % dw, left)
-        out = xp.where(argmax == 0, first, out)
+    base = top[:, None] * w + left
+    taps = ((xp.arange(kh, dtype=xp.int64) * dh * w)[:, None] + xp.arange(kw) * dw).ravel()
+    first = xp.where(top < 0, top % dh, top)[:, None] * w + xp.where(left < 0, left % dw, left)
+    if xp is not np:
+        out = taps[argmax] + base
+        return xp.where(argmax == 0, first, out) if ph or pw else out
+    out = np.empty(argmax.shape, dtype=np.int64)
+
+    # per image and channel block (threads, as the loops): each block is contiguous, so take
+    # writes it in place, unbuffered with mode="clip" (a tap number never needs clipping)
+    def work(c0, c1):
+        for b in range(n):
+            o, a = out[b, c0:c1], argmax[b, c0:c1]
+            np.take(taps, a, out=o, mode="clip")
+            o += base
+            if ph or pw:  # (without padding, tap 0 is always a real element)
+                np.copyto(o, first, where=a == 0)
+
+    P._over_channels(work, c, out.nbytes)
     return out
 
 
@@ -145,10 +162,11 @@ def _unpool_size(op, shape, ksize, stride, padding, output_size):
                              f"kernel {ksize}, stride {stride}, padding {padding} is empty")
         return default
     given = tuple(output_size)
-    if not (len(given) in (2, 4) and all(isinstance(v, int) and not isinstance(v, bool)
-                                         for v in given)):
+    if not (len(given) in (2, 4) and all(isinstance(v, (int, np.integer))
+                                         and not isinstance(v, bool) for v in given)):
         raise TypeError(f"{op}: output_size must be (oh, ow) or (N, C, oh, ow) ints, got "
                         f"{output_size!r}")
+    given = tuple(int(v) for v in given)
     if len(given) == 4 and given[:2] != tuple(shape[:2]):
         raise ValueError(f"{op}: output_size {given} must have the input's (N, C) "
                          f"{tuple(shape[:2])}")

@@ -233,8 +233,14 @@ def maxunpool_backward(gy, indices):
     if gpu is not None:
         return gpu.maxunpool_backward(gy, indices)
     n, c, oh, ow = gy.shape
-    planes = indices.reshape(n * c, -1)
-    return np.take_along_axis(gy.reshape(n * c, oh * ow), planes, axis=1).reshape(indices.shape)
+    planes, at = gy.reshape(n * c, oh * ow), indices.reshape(n * c, -1)
+    gx = np.empty(at.shape, dtype=gy.dtype)
+
+    def work(p0, p1):  # (over blocks of (N, C) planes: a gather releases the GIL)
+        gx[p0:p1] = np.take_along_axis(planes[p0:p1], at[p0:p1], axis=1)
+
+    _over_channels(work, n * c, gx.nbytes)
+    return gx.reshape(indices.shape)
 
 
 def softmax_cross_entropy_forward(logits, target, ignore_index, return_softmax=False):

@@ -78,6 +78,23 @@ def test_maxpool_matches_numpy(geom, dtype, rng):
         P.maxpool_backward(gy, want_arg, h, w, kh, kw, sh, sw, ph, pw, dh, dw))
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("k, s, ceil", [(2, 2, True), (3, 2, False)])  # k3 s2: shared indices
+def test_max_pool_indices_and_unpool_match_numpy(k, s, ceil, dtype, rng):
+    x = rng.standard_normal((2, 3, 13, 11)).astype(dtype)
+    y, idx = F.max_pool2d(Tensor(x), k, s, 1, ceil_mode=ceil, return_indices=True)
+    gy, gidx = F.max_pool2d(Tensor(gpu(x)), k, s, 1, ceil_mode=ceil, return_indices=True)
+    np.testing.assert_array_equal(cp.asnumpy(gidx.data), idx.data)
+    v = rng.standard_normal(y.shape).astype(dtype)
+    want = P.maxunpool_forward(v, idx.data, 13, 11)
+    got = cp.asnumpy(P.maxunpool_forward(gpu(v), gidx.data, 13, 11))
+    # atomicAdd: a shared position's sum may round differently, in any order
+    np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-6)
+    g = rng.standard_normal(want.shape).astype(dtype)
+    np.testing.assert_array_equal(cp.asnumpy(P.maxunpool_backward(gpu(g), gidx.data)),
+                                  P.maxunpool_backward(g, idx.data))
+
+
 @pytest.mark.parametrize("dtype, tol", [(np.float32, 1e-5), (np.float64, 1e-12)])
 def test_softmax_cross_entropy_matches_numpy(dtype, tol, rng):
     logits = (20 * rng.standard_normal((2, 21, 9, 13))).astype(dtype)

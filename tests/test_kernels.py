@@ -7,6 +7,7 @@ here (tests/test_gpu.py runs it where there is a GPU).
 
 im2col, col2im and max pooling must match NumPy bit for bit: the kernels add in NumPy's order,
 with and without dilation (the strategies draw dh, dw in 1..3).
+Max unpooling matches too, shared indices included (the emulator runs atomicAdd in thread order).
 The softmax loss matches to rounding (exp and log differ in the last bits between libraries).
 """
 import shutil
@@ -253,6 +254,65 @@ def test_maxpool_backward_checks_argmax_shape(rng):
     gy = _random(rng, (1, 2, 3, 3), np.float32)
     with pytest.raises(ValueError, match="argmax has shape"):
         cuda.maxpool_backward(gy, np.zeros((1, 2, 3, 4), np.int32), 6, 6, 2, 2, 2, 2, 0, 0)
+
+
+# ---------------------------------------------------------------- max unpooling
+
+
+@examples
+@given(n=st.integers(1, 2), c=st.integers(1, 3), h=st.integers(1, 6), w=st.integers(1, 6),
+       oh=st.integers(1, 7), ow=st.integers(1, 7), dtype=st.sampled_from(DTYPES),
+       index_dtype=st.sampled_from([np.int64, np.int32]), seed=st.integers(0, 2**16))
+def test_maxunpool_matches_numpy(n, c, h, w, oh, ow, dtype, index_dtype, seed):
+    """Random indices: in a small output plane many are shared, and their values are summed
+    (atomicAdd here runs in thread order, np.add.at's order: bit for bit)."""
+    rng = np.random.default_rng(seed)
+    x = _random(rng, (n, c, h, w), dtype)
+    idx = rng.integers(0, oh * ow, size=x.shape).astype(index_dtype)
+    want = P.maxunpool_forward(x, idx, oh, ow)
+    got = cuda.maxunpool_forward(x, idx, oh, ow)
+    assert got.dtype == dtype and got.shape == (n, c, oh, ow)
+    np.testing.assert_array_equal(got, want)
+    slow = np.zeros((n, c, oh * ow), dtype)
+    for b, ch, i, j in np.ndindex(x.shape):
+        slow[b, ch, idx[b, ch, i, j]] += x[b, ch, i, j]
+    np.testing.assert_array_equal(got, slow.reshape(want.shape))
+
+    gy = _random(rng, (n, c, oh, ow), dtype)
+    want_gx = P.maxunpool_backward(gy, idx)
+    gx = cuda.maxunpool_backward(gy, idx)
+    assert gx.dtype == dtype and gx.shape == x.shape
+    np.testing.assert_array_equal(gx, want_gx)
+    np.testing.assert_array_equal(gx, np.take_along_axis(gy.reshape(n, c, -1),
+                                                         idx.reshape(n, c, -1), 2).reshape(x.shape))
+
+
+def test_maxunpool_of_max_pool_indices_is_max_pool_backward(rng):
+    """Unpooling values at a k3 s2 pool's (shared) indices is the pool's backward of them."""
+    import minifcn.functional as F
+    from minifcn import Tensor
+
+    for dtype in DTYPES:
+        x = _random(rng, (2, 3, 9, 7), dtype)
+        y, idx = F.max_pool2d(Tensor(x), 3, 2, return_indices=True)
+        _, arg = P.maxpool_forward(x, 3, 3, 2, 2, 0, 0, False)
+        gy = _random(rng, y.shape, dtype)
+        got = cuda.maxunpool_forward(gy, idx.data, 9, 7)
+        want = cuda.maxpool_backward(gy, arg, 9, 7, 3, 3, 2, 2, 0, 0)
+        tol = 1e-6 if dtype == np.float32 else 1e-15
+        np.testing.assert_allclose(got, want, rtol=tol, atol=tol)
+
+
+def test_maxunpool_skips_indices_out_of_range(rng):
+    """The op refuses them before launching; the kernel still never writes outside y."""
+    x = _random(rng, (1, 1, 2, 2), np.float64)
+    idx = np.array([[[[0, -1], [4, 3]]]])
+    np.testing.assert_array_equal(cuda.maxunpool_forward(x, idx, 2, 2).ravel(),
+                                  [x[0, 0, 0, 0], 0, 0, x[0, 0, 1, 1]])
+    np.testing.assert_array_equal(cuda.maxunpool_backward(np.ones((1, 1, 2, 2)), idx),
+                                  [[[[1, 0], [0, 1]]]])
+    with pytest.raises(ValueError, match="indices must be an integer array of shape"):
+        cuda.maxunpool_forward(x, idx[..., :1], 2, 2)
 
 
 # ---------------------------------------------------------------- softmax cross-entropy

@@ -9,10 +9,10 @@ import pytest
 PUBLIC = {
     "minifcn": ["Tensor", "no_grad", "gradcheck", "summary", "manual_seed", "cat", "functional",
                 "nn", "models", "optim", "metrics", "data", "io", "training"],
-    "minifcn.functional": ["conv2d", "conv_transpose2d", "max_pool2d", "crop", "relu", "dropout",
-                           "softmax_cross_entropy", "batch_norm", "cat"],
+    "minifcn.functional": ["conv2d", "conv_transpose2d", "max_pool2d", "max_unpool2d", "crop",
+                           "relu", "dropout", "softmax_cross_entropy", "batch_norm", "cat"],
     "minifcn.nn": ["Module", "Parameter", "Buffer", "Conv2d", "ConvTranspose2d", "MaxPool2d",
-                   "ReLU", "Dropout", "Sequential", "BatchNorm2d"],
+                   "MaxUnpool2d", "ReLU", "Dropout", "Sequential", "BatchNorm2d"],
     "minifcn.models": ["FCN32s", "FCN16s", "FCN8s", "FCN8sAtOnce", "fcn32s", "fcn16s", "fcn8s",
                        "fcn8s_atonce", "rarefy", "shift_and_stitch", "convolutionalize"],
     "minifcn.optim": ["SGD"],
