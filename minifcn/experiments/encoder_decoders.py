@@ -189,7 +189,8 @@ def main(argv=None):
         params, macs, step_s, peak = cost[model]
         table_rows.append(dict(
             label=LABELS[model], start=start, model=model, params=params, macs=macs,
-            step_s=step_s, peak=peak, ius=[best["mean_iu"] for best, _ in (r for _, r in part)],
+            step_s=step_s, peak=peak, best=[best for _, (best, _) in part],
+            ius=[best["mean_iu"] for _, (best, _) in part],
             boundary=[boundary_iu(run_dir, args.band, cfg) for (cfg, run_dir), _ in part],
             runs=[str(run_dir) for (_, run_dir), _ in part]))
     first = [(f"{r['label']} ({r['start']})", r["runs"][0]) for r in table_rows]

@@ -14,7 +14,7 @@ same windows at pool5's centre. The paper's proposals, its ensemble with FCN-8s 
 """
 from .. import nn
 from .encdec import EncoderDecoder
-from .vgg import FC_CHANNELS, VGG16_BLOCKS, scaled
+from .vgg import FC_CHANNELS, scaled
 
 
 class DeconvNet(EncoderDecoder):
@@ -23,18 +23,9 @@ class DeconvNet(EncoderDecoder):
 
     def __init__(self, n_class=21, width=1.0):
         super().__init__(n_class, width)
-        self.blocks = [[scaled(c, width) for c in block] for block in VGG16_BLOCKS]
-        fc = scaled(FC_CHANNELS, width)
-        convs = tuple(f"conv{b}_{j}" for b, block in enumerate(self.blocks, 1)
-                      for j in range(1, len(block) + 1))
-        self.classifier_layers = convs + ("fc6", "fc7")
-        c_in = 3
-        for b, block in enumerate(self.blocks, 1):
-            for j, c in enumerate(block, 1):
-                self._conv(f"conv{b}_{j}", c_in, c)
-                c_in = c
-            setattr(self, f"pool{b}", nn.MaxPool2d(2, stride=2, ceil_mode=True,
-                                                   return_indices=True))
+        self._vgg_encoder(width)
+        self.classifier_layers += ("fc6", "fc7")
+        fc, c_in = scaled(FC_CHANNELS, width), self.blocks[-1][-1]
         self._conv("fc6", c_in, fc, 7)
         self._conv("fc7", fc, fc, 1)
         self._conv("deconv6", fc, c_in, 7, transposed=True)
@@ -48,13 +39,7 @@ class DeconvNet(EncoderDecoder):
         self.score = nn.Conv2d(self.blocks[0][0], n_class, 1)
 
     def forward(self, x):
-        h, pooled = x, []
-        for b, block in enumerate(self.blocks, 1):
-            for j in range(1, len(block) + 1):
-                h = self._apply(f"conv{b}_{j}", h)
-            size = h.shape  # the decoder gets the indices and this size, not the map
-            h, indices = getattr(self, f"pool{b}")(h)
-            pooled.append((indices, size))
+        h, pooled = self._encode(x)
         h = self._apply("fc7", self._apply("fc6", h))
         h = self._apply("deconv6", h)
         for b in range(len(self.blocks), 0, -1):

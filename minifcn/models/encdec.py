@@ -27,10 +27,16 @@ import numbers
 import numpy as np
 
 from .. import backend
-from ..nn import BatchNorm2d, Conv2d, ConvTranspose2d, Module, ReLU
+from ..nn import BatchNorm2d, Conv2d, ConvTranspose2d, MaxPool2d, Module, ReLU
 from . import geometry
 from .init import he_normal_
-from .vgg import MAX_WIDTH, PIXEL_STD
+from .vgg import MAX_WIDTH, PIXEL_STD, VGG16_BLOCKS, scaled
+
+
+def indexed_pool():
+    """A 2x2 stride-2 max pool that rounds up, as the FCNs' trunk (every pixel of an odd map
+    takes part), and keeps where each maximum was, for the decoder's unpooling."""
+    return MaxPool2d(2, stride=2, ceil_mode=True, return_indices=True)
 
 
 class EncoderDecoder(Module):
@@ -91,6 +97,30 @@ class EncoderDecoder(Module):
         if bn:
             setattr(self, f"{name}_bn", BatchNorm2d(c_out))
             setattr(self, f"{name}_relu", ReLU(inplace=True))
+
+    def _vgg_encoder(self, width):
+        """VGG16's thirteen convolutions (conv1_1 ... conv5_3, under the trunk's names, each
+        with BN and ReLU) and five 2x2 pools that keep their indices (SegNet, DeconvNet)."""
+        self.blocks = [[scaled(c, width) for c in block] for block in VGG16_BLOCKS]
+        self.classifier_layers = tuple(f"conv{b}_{j}" for b, block in enumerate(self.blocks, 1)
+                                       for j in range(1, len(block) + 1))
+        c_in = 3
+        for b, block in enumerate(self.blocks, 1):
+            for j, c in enumerate(block, 1):
+                self._conv(f"conv{b}_{j}", c_in, c)
+                c_in = c
+            setattr(self, f"pool{b}", indexed_pool())
+
+    def _encode(self, x):
+        """The VGG16 encoder's forward: (pool5, [(indices, size before the pool) per pool])."""
+        h, pooled = x, []
+        for b, block in enumerate(self.blocks, 1):
+            for j in range(1, len(block) + 1):
+                h = self._apply(f"conv{b}_{j}", h)
+            size = h.shape  # the decoder gets the indices and this size, not the map
+            h, indices = getattr(self, f"pool{b}")(h)
+            pooled.append((indices, size))
+        return h, pooled
 
     def _apply(self, name, h):
         """Layer ``name``, then its batch normalisation and ReLU where it has them."""

@@ -17,15 +17,8 @@ SegNet-Basic is the paper's small model for analysis: four stages of one 7x7 con
 and no ReLU, then a 1x1 classifier (as ChainerCV's reproduction; the paper's LRN is left out).
 """
 from .. import nn
-from .encdec import EncoderDecoder
-from .vgg import VGG16_BLOCKS, scaled
-
-
-def _pool(net, b):
-    # 2x2 stride 2, rounding up as the FCNs' trunk (every pixel of an odd map takes part), and
-    # keeping where each maximum was for the decoder's unpooling
-    setattr(net, f"pool{b}", nn.MaxPool2d(2, stride=2, ceil_mode=True, return_indices=True))
-    setattr(net, f"unpool{b}", nn.MaxUnpool2d(2, stride=2))
+from .encdec import EncoderDecoder, indexed_pool
+from .vgg import scaled
 
 
 class SegNet(EncoderDecoder):
@@ -34,32 +27,19 @@ class SegNet(EncoderDecoder):
 
     def __init__(self, n_class=21, width=1.0):
         super().__init__(n_class, width)
-        self.blocks = [[scaled(c, width) for c in block] for block in VGG16_BLOCKS]
-        self.classifier_layers = tuple(f"conv{b}_{j}" for b, block in enumerate(self.blocks, 1)
-                                       for j in range(1, len(block) + 1))
-        c_in = 3
-        for b, block in enumerate(self.blocks, 1):
-            for j, c in enumerate(block, 1):
-                self._conv(f"conv{b}_{j}", c_in, c)
-                c_in = c
-            _pool(self, b)
+        self._vgg_encoder(width)
         # the decoder, stage 5 first: the last convolution of stage b gives stage b-1's
         # channels (the mirror of the encoder), and conv1_1_D gives the class scores
         for b in range(len(self.blocks), 0, -1):
             block = self.blocks[b - 1]
+            setattr(self, f"unpool{b}", nn.MaxUnpool2d(2, stride=2))
             for j in range(len(block), 0, -1):
                 last = j == 1
                 c_out = (self.blocks[b - 2][-1] if b > 1 else n_class) if last else block[j - 1]
                 self._conv(f"conv{b}_{j}_D", block[j - 1], c_out, bn=not (last and b == 1))
 
     def forward(self, x):
-        h, pooled = x, []
-        for b, block in enumerate(self.blocks, 1):
-            for j in range(1, len(block) + 1):
-                h = self._apply(f"conv{b}_{j}", h)
-            size = h.shape  # the decoder gets the indices and this size, not the map
-            h, indices = getattr(self, f"pool{b}")(h)
-            pooled.append((indices, size))
+        h, pooled = self._encode(x)
         for b in range(len(self.blocks), 0, -1):
             indices, size = pooled.pop()
             # sparse: each maximum back where it was, zeros elsewhere
@@ -81,7 +61,8 @@ class SegNetBasic(EncoderDecoder):
         c = scaled(self.CHANNELS, width)
         for b in range(1, self.STAGES + 1):
             self._conv(f"conv{b}_1", 3 if b == 1 else c, c, self.KERNEL)
-            _pool(self, b)
+            setattr(self, f"pool{b}", indexed_pool())
+            setattr(self, f"unpool{b}", nn.MaxUnpool2d(2, stride=2))
         for b in range(self.STAGES, 0, -1):
             self._conv(f"conv{b}_1_D", c, c, self.KERNEL)
             del self.__dict__[f"conv{b}_1_D_relu"]  # the decoder has no ReLU (ChainerCV's)
