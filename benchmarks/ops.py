@@ -79,7 +79,7 @@ def minifcn_handlers():
     def run(case, backward):
         op, x, w, stride, pad = prepared(case)
         xt = Tensor(x, requires_grad=backward)
-        wt = Tensor(w, requires_grad=backward) if op in ("conv", "deconv") else None
+        wt = Tensor(w, requires_grad=backward) if op in ("conv", "deconv", "bn", "cat") else None
         if op == "conv":
             y = F.conv2d(xt, wt, None, stride, pad)
         elif op == "deconv":
@@ -112,7 +112,7 @@ def torch_handlers(threads):
     def run(case, backward):
         op, x, w, stride, pad = prepared(case)
         xt = torch.from_numpy(x).requires_grad_(backward)
-        wt = torch.from_numpy(w).requires_grad_(backward) if op in ("conv", "deconv") else None
+        wt = torch.from_numpy(w).requires_grad_(backward) if op in ("conv", "deconv", "bn", "cat") else None
         if op == "conv":
             y = tf.conv2d(xt, wt, None, stride, pad)
         elif op == "deconv":
