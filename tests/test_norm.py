@@ -1,4 +1,4 @@
-"""F.batch_norm and nn.BatchNorm2d (minifcn/norm.py, minifcn/nn.py): values against plain loops
+"""F.batch_norm and nn.BatchNorm2d (minifcn/norm.py, minifcn/nn/layers.py): values against plain loops
 written here and against PyTorch in float64, gradients with gradcheck, the running statistics
 (moved in place, unbiased variance, momentum=None), the state dict under PyTorch's names, and
 the NumPy channel loop against the whole-array version it speeds up."""

@@ -1,0 +1,15 @@
+"""Layer 5: Module, Parameter, Buffer and the layers the nets are built from.
+
+    module.py     Module (parameters, buffers, sub-modules found by attribute; state_dict,
+                  load_state_dict, to, train/eval), Parameter, Buffer
+    layers.py     Conv2d, ConvTranspose2d, MaxPool2d, MaxUnpool2d, BatchNorm2d, ReLU, Dropout,
+                  Sequential
+
+``import minifcn.nn as nn`` gives them all, as ``torch.nn`` does.
+"""
+from .layers import (BatchNorm2d, Conv2d, ConvTranspose2d, Dropout, MaxPool2d, MaxUnpool2d, ReLU,
+                     Sequential)
+from .module import Buffer, Module, Parameter
+
+__all__ = ["Module", "Parameter", "Buffer", "Conv2d", "ConvTranspose2d", "MaxPool2d",
+           "MaxUnpool2d", "BatchNorm2d", "ReLU", "Dropout", "Sequential"]
