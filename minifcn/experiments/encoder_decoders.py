@@ -19,22 +19,13 @@ Prints the markdown table of docs/experiments.md, writes each run under --out, t
 OUT/table.json and one figure of every net's predictions on the same validation images to
 OUT/predictions.png (--figure to write it elsewhere, e.g. docs/images/).
 """
-import argparse
 import json
 import statistics
 import sys
-import time
-import tracemalloc
 from pathlib import Path
 
-import numpy as np
-
-from .. import backend, metrics, optim, training
-from ..data import Loader
-from ..models.geometry import trace
-from ..training import DEFAULTS, resolve
-from ..training.step import predict_labels, train_step
-from .skip_architectures import run_jobs
+from . import compare
+from .compare import boundary_iu
 
 # (model, start) in table order; U-Net has no VGG16 trunk for a classifier's weights
 ROWS = (("fcn8s", "classifier"), ("fcn8s", "scratch"), ("segnet", "classifier"),
@@ -43,164 +34,25 @@ ROWS = (("fcn8s", "classifier"), ("fcn8s", "scratch"), ("segnet", "classifier"),
 LABELS = {"fcn8s": "FCN-8s", "segnet": "SegNet", "deconvnet": "DeconvNet", "unet": "U-Net"}
 
 
-def boundary_iu(run_dir, band, config):
-    """Mean IU of the run's best checkpoint over the validation pixels near a true edge."""
-    model, _ = training.load_model(Path(run_dir) / training.BEST)
-    loader = Loader(training.dataset(config, "val"), 16, shuffle=False, group_by_size=True)
-    running = metrics.RunningScore(model.config["n_class"])
-    for x, y in loader.epoch(0):
-        near = metrics.boundary_mask(y, band)
-        running.update(y[near], predict_labels(model, x)[near])
-    return running.scores()["mean_iu"]
-
-
-def step_cost(config, steps, batch_size):
-    """(seconds per training step, peak bytes of one step) of the net ``config`` builds, on
-    one batch of its training data."""
-    data = training.dataset(config, "train")
-    backend.manual_seed(0)
-    model = training.build_model({**config, "n_class": data.n_class}).to(config["device"])
-    opt = optim.SGD(model.parameters(), lr=1e-3, momentum=0.9)
-    x, y = next(iter(Loader(data, batch_size, shuffle=True, seed=0).epoch(0)))
-    x, y = backend.to_device(x, config["device"]), backend.to_device(y, config["device"])
-    times = []
-    for i in range(2 + steps):
-        t0 = time.perf_counter()
-        train_step(model, opt, x, y)
-        times.append(time.perf_counter() - t0)
-    tracemalloc.start()  # after the warm-up: the buffers every step reuses already exist
-    train_step(model, opt, x, y)
-    peak = tracemalloc.get_traced_memory()[1]
-    tracemalloc.stop()
-    return statistics.median(times[2:]), peak
-
-
-def net_size(config):
-    """(parameters, multiply-adds for one image) of the net ``config`` builds."""
-    model = training.build_model(config)
-    steps = trace(model, (1, 3, config["size"], config["size"]))
-    return sum(p.data.size for p in model.parameters()), sum(s.macs for s in steps)
-
-
-def figure(runs, config, path, n_images=4):
-    """Each net's predictions (first seed) on the first validation images, one row per net."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from ..data.transforms import to_input
-    from ..viz import colorize
-
-    data = training.dataset(config, "val")
-    images = [data[i][0] for i in range(n_images)]  # (H, W, 3) RGB
-    x = np.stack([to_input(im) for im in images])
-    rows = [("image", images), ("truth", [colorize(data[i][1]) for i in range(n_images)])]
-    for label, run_dir in runs:
-        model, _ = training.load_model(Path(run_dir) / training.BEST)
-        rows.append((label, [colorize(p) for p in predict_labels(model, x)]))
-    fig, axes = plt.subplots(len(rows), n_images, figsize=(1.3 * n_images, 1.3 * len(rows)),
-                             squeeze=False)
-    for r, (label, images) in enumerate(rows):
-        for c, im in enumerate(images):
-            axes[r, c].imshow(im)
-            axes[r, c].set_xticks([])
-            axes[r, c].set_yticks([])
-        axes[r, 0].set_ylabel(label, fontsize=7)
-    fig.tight_layout()
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=80)
-    plt.close(fig)
-
-
-def table(rows):
-    """The markdown table of ``rows``: dicts with label, start, ius, boundary, params, macs,
-    step_s, peak."""
-    head = ("net", "start", "mean IU", "boundary IU", "params", "MACs / image", "time / step",
-            "peak memory / step")
-    lines = ["| " + " | ".join(head) + " |", "|---" * len(head) + "|"]
-    for r in rows:
-        ius = [100 * v for v in r["ius"]]
-        spread = f" ± {statistics.stdev(ius):.1f}" if len(ius) > 1 else ""
-        lines.append("| " + " | ".join((
-            r["label"], r["start"], f"{statistics.fmean(ius):.1f}{spread}",
-            f"{100 * statistics.fmean(r['boundary']):.1f}", f"{r['params'] / 1e3:.0f} K",
-            f"{r['macs'] / 1e6:.0f} M", f"{1e3 * r['step_s']:.0f} ms",
-            f"{r['peak'] / 2**20:.0f} MiB")) + " |")
-    return "\n".join(lines)
-
-
 def main(argv=None):
-    p = argparse.ArgumentParser(prog="python -m minifcn.experiments.encoder_decoders",
-                                description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--iters", type=int, default=500, help="training steps per run (500)")
-    p.add_argument("--width", type=float, default=DEFAULTS["width"])
-    p.add_argument("--size", type=int, default=DEFAULTS["size"])
-    p.add_argument("--n-train", type=int, default=DEFAULTS["n_train"])
-    p.add_argument("--n-val", type=int, default=None)
-    p.add_argument("--batch-size", type=int, default=DEFAULTS["batch_size"])
-    p.add_argument("--seeds", type=int, default=3, help="runs per net and start (3)")
-    p.add_argument("--jobs", type=int, default=1, help="runs at a time, in worker processes")
+    p = compare.parser("python -m minifcn.experiments.encoder_decoders", __doc__,
+                       "runs/encoder-decoders", list(LABELS))
     p.add_argument("--band", type=int, default=3, help="boundary IU: pixels within this many "
                    "of a true edge (3)")
-    p.add_argument("--steps", type=int, default=5, help="timed steps per net (5)")
-    p.add_argument("--nets", default=",".join(dict.fromkeys(m for m, _ in ROWS)),
-                   help="which nets, comma-separated (default all four)")
-    p.add_argument("--out", default="runs/encoder-decoders")
-    p.add_argument("--figure", help="where to write the predictions figure (default "
-                   "OUT/predictions.png)")
-    p.add_argument("--overwrite", action="store_true", help="replace the runs of an earlier "
-                   "call in --out")
-    p.add_argument("--device", default="auto", choices=["cpu", "cuda", "auto"])
     args = p.parse_args(argv)
-    for name in ("iters", "seeds", "jobs", "steps", "batch_size", "size", "n_train"):
-        if getattr(args, name) < 1:
-            p.error(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
-    nets = args.nets.split(",")
-    unknown = [n for n in nets if n not in LABELS]
-    if unknown:
-        p.error(f"--nets: unknown {', '.join(unknown)}; choose from {', '.join(LABELS)}")
-    rows = [(m, start) for m, start in ROWS if m in nets]
-    jobs = []
-    for model, start in rows:
-        for seed in range(args.seeds):
-            config = {**DEFAULTS, "model": model, "data": "shapes", "width": args.width,
-                      "size": args.size, "seed": seed, "device": args.device, "init": start,
-                      "n_train": args.n_train, "n_val": args.n_val, "iters": args.iters,
-                      "epochs": None, "batch_size": args.batch_size}
-            jobs.append((resolve(config), Path(args.out) / f"{model}-{start}-seed{seed}"))
-    taken = [str(d) for _, d in jobs if any((d / f).exists() for f in training.runs.RUN_FILES)]
-    if taken and not args.overwrite:
-        raise SystemExit(f"error: --out {args.out} already holds runs ({taken[0]} ...); pass "
-                         f"--overwrite to replace them, or choose another --out")
-    print(f"{len(jobs)} runs of {args.iters} steps, {min(args.jobs, len(jobs))} at a time")
-    results = run_jobs(jobs, min(args.jobs, len(jobs)))
-    if None in results:
-        raise SystemExit(f"error: {results.count(None)} runs failed (see above); no table")
-    table_rows, cost = [], {}
-    for i, (model, start) in enumerate(rows):
-        part = list(zip(jobs[i * args.seeds:(i + 1) * args.seeds],
-                        results[i * args.seeds:(i + 1) * args.seeds]))
-        if model not in cost:  # the same net costs the same from either start
-            config = part[0][0][0]
-            config = {**config, "n_class": training.dataset(config, "train").n_class}
-            cost[model] = (*net_size(config), *step_cost(config, args.steps, args.batch_size))
-        params, macs, step_s, peak = cost[model]
-        table_rows.append(dict(
-            label=LABELS[model], start=start, model=model, params=params, macs=macs,
-            step_s=step_s, peak=peak, best=[best for _, (best, _) in part],
-            ius=[best["mean_iu"] for _, (best, _) in part],
-            boundary=[boundary_iu(run_dir, args.band, cfg) for (cfg, run_dir), _ in part],
-            runs=[str(run_dir) for (_, run_dir), _ in part]))
-    first = [(f"{r['label']} ({r['start']})", r["runs"][0]) for r in table_rows]
+    nets = compare.check(p, args, LABELS)
+    rows = compare.run(args, [(m, s) for m, s in ROWS if m in nets], LABELS)
+    for r in rows:
+        r["boundary"] = [boundary_iu(d, args.band, c) for d, c in zip(r["runs"], r["configs"])]
     fig = args.figure or Path(args.out) / "predictions.png"
-    figure(first, jobs[0][0], fig)
+    compare.figure([(f"{r['label']} ({r['start']})", r["runs"][0]) for r in rows],
+                   rows[0]["configs"][0], fig)
     print(f"\nshapes {args.size}x{args.size}, width {args.width}, {args.iters} steps of batch "
           f"{args.batch_size}, seeds 0-{args.seeds - 1}; boundary band {args.band} px; "
           f"time and memory at batch {args.batch_size} on this machine:\n")
-    print(table(table_rows))
-    Path(args.out, "table.json").write_text(json.dumps(table_rows, indent=1))
+    print(compare.table(rows, [("boundary IU",
+                                lambda r: f"{100 * statistics.fmean(r['boundary']):.1f}")]))
+    Path(args.out, "table.json").write_text(json.dumps(rows, indent=1))
     print(f"\nfigure: {fig}; numbers: {Path(args.out) / 'table.json'}")
     return 0
 

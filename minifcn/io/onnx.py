@@ -19,7 +19,12 @@ FCN-32s, 16s, 8s and 8s at-once and the encoder-decoders alike, and each layer b
     MaxPool2d with return_indices   MaxPool with its second output, Indices
     MaxUnpool2d      MaxUnpool, then Slice to output_size, the size of the map the pool took
                      in (``_unpool``)
-    Concat           Concat on axis 1 (U-Net's skips)
+    Concat           Concat on axis 1 (U-Net's skips, ASPP's branches)
+    AdaptiveAvgPool2d(1)  GlobalAveragePool (ASPP's image pooling)
+    Resize           Resize, linear, "pytorch_half_pixel", to the size of a map read at run time
+    SqueezeExcitation     GlobalAveragePool, Conv, Relu, Conv, Sigmoid, Mul
+    NonLocal2d       Conv (theta, phi, g), Reshape, Transpose, MatMul, Softmax, MatMul,
+                     Reshape, Conv (W), Add
 
 Input "image" (N, 3, H, W) float32, RGB 0..255 minus ``MEAN_RGB``; output "scores"
 (N, n_class, H, W); N, H and W are free (any H, W the model accepts). Weights are written as
@@ -35,7 +40,7 @@ from .. import nn
 from .atomic import atomic_path
 from ..data.transforms import MEAN_RGB
 from .. import backend
-from ..models.layers import Concat, Crop, Scale, Sum
+from ..models.layers import Concat, Crop, Resize, Scale, Sum
 
 __all__ = ["to_onnx", "require_onnx", "OPSET", "IR_VERSION", "INPUT", "OUTPUT"]
 
@@ -105,13 +110,7 @@ class _Stand:
         m, g, name = self.module, self.g, self.name
         x = inputs[0]
         if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d)):
-            args = [x, g.const(f"{name}.weight", m.weight.numpy().astype(np.float32))]
-            if m.bias is not None:
-                args.append(g.const(f"{name}.bias", m.bias.numpy().astype(np.float32)))
-            ph, pw = _square(m.padding)
-            op = "Conv" if isinstance(m, nn.Conv2d) else "ConvTranspose"
-            return g.node(op, args, name, kernel_shape=_square(m.kernel_size),
-                          strides=_square(m.stride), pads=[ph, pw, ph, pw])
+            return _conv(g, name, m, x)
         if isinstance(m, nn.MaxPool2d):
             ph, pw = _square(m.padding)
             # with return_indices a second output: ONNX's indices count over the whole
@@ -138,6 +137,21 @@ class _Stand:
             return g.node("BatchNormalization", [x] + names, name, epsilon=float(m.eps))
         if isinstance(m, Concat):
             return g.node("Concat", list(inputs), name, axis=1)
+        if isinstance(m, nn.AdaptiveAvgPool2d):
+            if m.output_size not in (1, (1, 1)):
+                raise ValueError(f"to_onnx: {name}: ONNX has no adaptive pooling; only output "
+                                 f"size 1 (GlobalAveragePool) is exported, got {m.output_size}")
+            return g.node("GlobalAveragePool", [x], name)
+        if isinstance(m, Resize):
+            return _resize(g, name, x, inputs[1] if len(inputs) > 1 else output_size)
+        if isinstance(m, nn.SqueezeExcitation):
+            gate = g.node("GlobalAveragePool", [x], f"{name}.squeeze")
+            for i, conv in enumerate((m.fc1, m.fc2)):
+                gate = _conv(g, f"{name}.fc{i + 1}", conv, gate)
+                gate = g.node("Relu" if i == 0 else "Sigmoid", [gate], f"{name}.act{i + 1}")
+            return g.node("Mul", [x, gate], name)
+        if isinstance(m, nn.NonLocal2d):
+            return _non_local(g, name, m, x)
         if isinstance(m, nn.ReLU):
             return g.node("Relu", [x], name)
         if isinstance(m, nn.Dropout):
@@ -155,6 +169,52 @@ class _Stand:
             axes = g.const(f"{name}.axes", np.array([2, 3], np.int64))
             return g.node("Slice", [x, starts, ends, axes], name)
         raise ValueError(f"to_onnx: layer {name} of type {type(m).__name__} has no ONNX rule")
+
+
+def _conv(g, name, m, x):
+    """Conv or ConvTranspose of layer m on x (weights as float32 initializers)."""
+    args = [x, g.const(f"{name}.weight", _f32(m.weight))]
+    if m.bias is not None:
+        args.append(g.const(f"{name}.bias", _f32(m.bias)))
+    ph, pw = _square(m.padding)
+    attrs = dict(kernel_shape=_square(m.kernel_size), strides=_square(m.stride),
+                 pads=[ph, pw, ph, pw])
+    if isinstance(m, nn.Conv2d):
+        attrs["dilations"] = _square(m.dilation)
+        return g.node("Conv", args, name, **attrs)
+    return g.node("ConvTranspose", args, name, **attrs)
+
+
+def _resize(g, name, x, size):
+    """Bilinear Resize of x to the spatial size of ``size`` (a value's ``.shape``), as
+    F.interpolate(align_corners=False): ONNX's "pytorch_half_pixel" rule."""
+    if not isinstance(size, _ShapeOf):
+        raise ValueError(f"to_onnx: {name} must be given <map>.shape (its size at run time)")
+    i64 = lambda tag, v: g.const(f"{name}.{tag}", np.array(v, np.int64))  # noqa: E731
+    nc = g.node("Slice", [g.node("Shape", [x], f"{name}.x_shape"), i64("zero", [0]),
+                          i64("two", [2])], f"{name}.nc")
+    hw = g.node("Slice", [g.node("Shape", [size.value], f"{name}.to_shape"), i64("two2", [2]),
+                          i64("four", [4])], f"{name}.hw")
+    sizes = g.node("Concat", [nc, hw], f"{name}.sizes", axis=0)
+    return g.node("Resize", [x, "", "", sizes], name, mode="linear",
+                  coordinate_transformation_mode="pytorch_half_pixel")
+
+
+def _non_local(g, name, m, x):
+    """The embedded-Gaussian non-local block: softmax(theta^T phi) g, then W, plus x."""
+    ci = m.theta.out_channels
+    flat = g.const(f"{name}.flat", np.array([0, ci, -1], np.int64))  # (N, C', H*W)
+    theta_map = _conv(g, f"{name}.theta", m.theta, x)
+    theta, phi, gx = (g.node("Reshape", [t, flat], f"{name}.{tag}_flat") for t, tag in (
+        (theta_map, "theta"), (_conv(g, f"{name}.phi", m.phi, x), "phi"),
+        (_conv(g, f"{name}.g", m.g, x), "g")))
+    scores = g.node("MatMul", [g.node("Transpose", [theta], f"{name}.theta_t", perm=[0, 2, 1]),
+                               phi], f"{name}.scores")  # (N, HW, HW)
+    attention = g.node("Softmax", [scores], f"{name}.attention", axis=-1)
+    y = g.node("MatMul", [gx, g.node("Transpose", [attention], f"{name}.attention_t",
+                                     perm=[0, 2, 1])], f"{name}.y")  # (N, C', HW)
+    y = g.node("Reshape", [y, g.node("Shape", [theta_map], f"{name}.shape")], f"{name}.y_map")
+    return g.node("Add", [_conv(g, f"{name}.W", m.W, y), x], name)
 
 
 class _Value(str):

@@ -51,7 +51,7 @@ from fractions import Fraction
 
 from .. import nn
 from ..primitives import conv_out_size
-from .layers import Concat, Crop, Scale, Sum
+from .layers import Concat, Crop, Resize, Scale, Sum
 
 
 class GeometryError(ValueError):
@@ -90,14 +90,28 @@ def deconv_map(k, s, p):
     return CoordMap(1 / fwd.a, -fwd.b / fwd.a)
 
 
+class Shape(tuple):
+    """A Blob's shape (N, C, H, W) that also carries its coordinate map: a net that resizes a
+    map to another's size (``resize(x, h.shape)``) hands the trace both."""
+
+    def __new__(cls, values, map):
+        shape = super().__new__(cls, values)
+        shape.map = map
+        return shape
+
+
 @dataclass
 class Blob:
     """What the trace knows about a tensor: shape (N, C, H, W) (H, W None in a size-free trace),
-    map to input-image coordinates, receptive field (in input pixels, per axis)."""
+    map to input-image coordinates, receptive field (in input pixels, per axis; inf after a
+    layer that sees the whole map: a global pool, a non-local block)."""
 
     shape: tuple
     map: CoordMap
     rf: int
+
+    def __post_init__(self):
+        self.shape = Shape(self.shape, self.map)
 
 
 @dataclass
@@ -105,7 +119,8 @@ class Step:
     """One layer call as seen by ``trace``: one row of ``summary``."""
 
     name: str
-    kind: str  # input conv pool relu dropout upscore crop sum scale bn unpool concat
+    kind: str  # input conv pool relu dropout upscore crop sum scale bn unpool concat resize se
+    # nonlocal
     shape: tuple  # output shape (H, W None in a size-free trace)
     jump: Fraction  # cumulative stride relative to the input
     rf: int  # receptive field of one output pixel, in input pixels
@@ -143,7 +158,7 @@ class _Stand:
         n, c = x.shape[:2]
         params = sum(p.size for p in m.parameters())
         trainable = sum(p.size for p in m.parameters() if p.requires_grad)
-        offset, macs, d = None, 0, 1
+        offset, macs, d, placed = None, 0, 1, None  # placed: the output's map, set outright
         if isinstance(m, (nn.Conv2d, nn.MaxPool2d)):
             pool = isinstance(m, nn.MaxPool2d)
             k = _square(m.kernel_size, name, "kernel")
@@ -225,13 +240,40 @@ class _Stand:
             hw, c_out, fmap, kind, rf = x.shape[2:], c, IDENTITY, "bn", x.rf
             if None not in x.shape:  # at inference one multiply-add per value
                 macs = n * c * x.shape[2] * x.shape[3]
+        elif isinstance(m, nn.AdaptiveAvgPool2d):
+            want = m.output_size if isinstance(m.output_size, tuple) else (m.output_size,) * 2
+            hw = tuple(v if o is None else o for v, o in zip(x.shape[2:], want))
+            c_out, kind = c, "pool"
+            if want[0] == 1 or None in x.shape[2:]:  # the whole map: everything, at its centre
+                fmap, rf = IDENTITY, math.inf
+            else:
+                a = Fraction(x.shape[2], hw[0])
+                fmap, rf = CoordMap(a, (a - 1) / 2), x.rf + (math.ceil(a) - 1) * x.map.a
+        elif isinstance(m, Resize):  # bilinear: each output reads 2 x 2 cells of its input
+            size = blobs[1]
+            hw, c_out, fmap, kind, rf = tuple(size[-2:]), c, IDENTITY, "resize", x.rf + x.map.a
+            placed = getattr(size, "map", None)
+            if None not in x.shape:
+                macs = n * c * hw[0] * hw[1] * 4 if None not in hw else 0
+        elif isinstance(m, (nn.SqueezeExcitation, nn.NonLocal2d)):
+            hw, c_out, fmap = x.shape[2:], c, IDENTITY
+            if isinstance(m, nn.SqueezeExcitation):  # a gate per channel from the map's mean
+                kind, rf = "se", math.inf
+                if None not in x.shape:
+                    r = m.fc1.out_channels
+                    macs = n * (2 * c * x.shape[2] * x.shape[3] + 2 * c * r)
+            else:  # every position attends to every other: HW x HW
+                kind, rf = "nonlocal", math.inf
+                if None not in x.shape:
+                    p, ci = x.shape[2] * x.shape[3], m.theta.out_channels
+                    macs = n * (4 * p * c * ci + 2 * p * p * ci)
         elif isinstance(m, (nn.ReLU, nn.Dropout, Scale)):
             kind = {nn.ReLU: "relu", nn.Dropout: "dropout", Scale: "scale"}[type(m)]
             hw, c_out, fmap, rf = x.shape[2:], c, IDENTITY, x.rf
         else:
             raise GeometryError(f"geometry: layer {name} of type {type(m).__name__} has no "
                                 "coordinate rule")
-        out = Blob((n, c_out) + tuple(hw), x.map.compose(fmap), rf)
+        out = Blob((n, c_out) + tuple(hw), placed or x.map.compose(fmap), rf)
         self.steps.append(Step(name, kind, out.shape, out.map.a, out.rf, out.map.b,
                                params, trainable, macs, offset, d))
         if getattr(m, "return_indices", False):

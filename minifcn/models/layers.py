@@ -11,6 +11,7 @@ named layers, which ``minifcn.models.geometry`` can follow to derive crop offset
 - ``Sum``: Caffe's Eltwise SUM, the fusion of a skip with the upsampled coarser scores.
 - ``Scale``: multiply by a fixed number (FCN-8s at-once scales pool4 by 0.01, pool3 by 1e-4).
 - ``Concat``: U-Net's skip, feature maps joined along the channels.
+- ``Resize``: bilinear resampling to a given size (DeepLab).
 """
 from .. import functional as F
 from ..nn import Module
@@ -61,3 +62,13 @@ class Concat(Module):
 
     def forward(self, *maps):
         return F.cat(list(maps), dim=1)
+
+
+class Resize(Module):
+    """``resize(x, size)``: bilinear resampling of x to the spatial size ``size`` ((H, W), or a
+    whole (N, C, H, W) shape such as ``like.shape``), PyTorch's ``F.interpolate`` with
+    align_corners=False. DeepLab's score upsampling to the image, and ASPP's image pooling
+    spread back over the map."""
+
+    def forward(self, x, size):
+        return F.interpolate(x, size=tuple(size[-2:]), mode="bilinear", align_corners=False)

@@ -36,7 +36,8 @@ class SegNet(EncoderDecoder):
             for j in range(len(block), 0, -1):
                 last = j == 1
                 c_out = (self.blocks[b - 2][-1] if b > 1 else n_class) if last else block[j - 1]
-                self._conv(f"conv{b}_{j}_D", block[j - 1], c_out, bn=not (last and b == 1))
+                scores = last and b == 1
+                self._conv(f"conv{b}_{j}_D", block[j - 1], c_out, bn=not scores, relu=not scores)
 
     def forward(self, x):
         h, pooled = self._encode(x)
@@ -64,8 +65,7 @@ class SegNetBasic(EncoderDecoder):
             setattr(self, f"pool{b}", indexed_pool())
             setattr(self, f"unpool{b}", nn.MaxUnpool2d(2, stride=2))
         for b in range(self.STAGES, 0, -1):
-            self._conv(f"conv{b}_1_D", c, c, self.KERNEL)
-            del self.__dict__[f"conv{b}_1_D_relu"]  # the decoder has no ReLU (ChainerCV's)
+            self._conv(f"conv{b}_1_D", c, c, self.KERNEL, relu=False)  # as ChainerCV's
         self.score = nn.Conv2d(c, n_class, 1)
 
     def forward(self, x):
@@ -78,7 +78,7 @@ class SegNetBasic(EncoderDecoder):
         for b in range(self.STAGES, 0, -1):
             indices, size = pooled.pop()
             h = getattr(self, f"unpool{b}")(h, indices, output_size=size)
-            h = getattr(self, f"conv{b}_1_D_bn")(getattr(self, f"conv{b}_1_D")(h))
+            h = self._apply(f"conv{b}_1_D", h)
         return self.score(h)
 
 

@@ -10,6 +10,7 @@ milliseconds and no memory.
 ``summary`` returns the table as a string (a str whose repr is the table itself, so a notebook
 or the REPL shows it laid out): ``print(minifcn.summary(model, (1, 3, 500, 500)))``.
 """
+import math
 from fractions import Fraction
 
 from .geometry import trace
@@ -37,6 +38,8 @@ def _input_shape(model, input_shape):
 
 
 def _frac(v):
+    if v == math.inf:  # a global pool or a non-local block: every input pixel
+        return "all"
     v = Fraction(v)
     return str(v.numerator) if v.denominator == 1 else f"{v.numerator}/{v.denominator}"
 

@@ -217,14 +217,21 @@ def trunk(net, x):
     h = net.relu3_1(net.conv3_1(h))
     h = net.relu3_2(net.conv3_2(h))
     h = net.relu3_3(net.conv3_3(h))
-    pool3 = h = net.pool3(h)
+    pool3 = h = _context(net, "pool3", net.pool3(h))
     h = net.relu4_1(net.conv4_1(h))
     h = net.relu4_2(net.conv4_2(h))
     h = net.relu4_3(net.conv4_3(h))
-    pool4 = h = net.pool4(h)
+    pool4 = h = _context(net, "pool4", net.pool4(h))
     h = net.relu5_1(net.conv5_1(h))
     h = net.relu5_2(net.conv5_2(h))
     h = net.relu5_3(net.conv5_3(h))
-    return pool3, pool4, net.pool5(h)
+    return pool3, pool4, _context(net, "pool5", net.pool5(h))
+
+
+def _context(net, pool, h):
+    """The context block a net inserts after ``pool``, if it has one (``pool4_context``: FCN-8s
+    with squeeze-and-excitation or a non-local block, fcn_context.py); else h as it is."""
+    block = getattr(net, f"{pool}_context", None)
+    return h if block is None else block(h)
 
 __all__ = ["FCNBase", "scaled", "VGG16_BLOCKS", "FC_CHANNELS", "build_trunk", "trunk"]

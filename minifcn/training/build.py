@@ -19,13 +19,13 @@ MIN_INIT_SHARE = 0.5
 def build_model(config):
     """The model ``config`` names, with conv1_1's padding resolved ('auto', 'full' -> int);
     "vgg16" is the classifier that ``python -m minifcn.pretrain`` trains."""
-    from ..models import ENCODER_DECODERS, build, padding
+    from ..models import PLAIN_NETS, build, padding
     from ..models.classifier import VGGClassifier
 
     if config["model"] == "vgg16":
         return VGGClassifier(config["n_class"], width=config["width"],
                              dropout=option(config, "dropout"))
-    if config["model"] in ENCODER_DECODERS:  # no conv1_1 padding, dropout or fixed upsampling
+    if config["model"] in PLAIN_NETS:  # no conv1_1 padding, dropout or fixed upsampling
         model = build(config["model"], n_class=config["n_class"], width=config["width"])
         return freeze_trunk(model) if option(config, "freeze_trunk") else model
     pad1 = config["pad1"]

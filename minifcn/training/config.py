@@ -8,7 +8,7 @@ config is a plain dict: it is written to the run folder as config.json and read 
 from .. import optim
 from ..models import vgg
 from ..models.classifier import shipped_classifier_path
-from ..models.registry import CLASSIFIER_START, ENCODER_DECODERS
+from ..models.registry import CLASSIFIER_START, PLAIN_NETS
 
 # A small FCN-8s whose run ends within about 10 minutes on 2 CPU cores on `shapes` (7 epochs of
 # 2,000 images from the classifier, 5 from scratch; batch 8: 250 steps an epoch at ~0.3 s).
@@ -64,7 +64,7 @@ def resolve(config):
     """Fill in the options whose default depends on the data (None in DEFAULTS) and check the
     values; returns ``config``. Bad values raise SystemExit with a one-line message."""
     model = config.get("model")
-    if model in ENCODER_DECODERS:
+    if model in PLAIN_NETS:
         check_encoder_decoder(config)
     if config.get("init") is None:  # a file given, or the shipped classifier where there is one
         config["init"] = ("file" if config.get("init_from") else
@@ -91,7 +91,7 @@ def resolve(config):
             continue  # --epochs or --iters says how long: the recipe's length does not apply
         if config.get(key) is None:
             config[key] = value
-    if model in ENCODER_DECODERS:
+    if model in PLAIN_NETS:
         config["pad1"] = None  # the recipe's conv1_1 padding is an FCN's: these pad by 1
     if not 0 <= config["dropout"] < 1:
         raise SystemExit(f"error: --dropout must be in [0, 1), got {config['dropout']}")
