@@ -5,7 +5,8 @@ This file holds the element-wise and shape ops (arithmetic, reshape, transpose, 
 crop, cat); the other families live one to a file and are imported at the end:
 
     conv.py      conv2d, conv_transpose2d
-    pooling.py   max_pool2d, max_unpool2d
+    pooling.py   max_pool2d, max_unpool2d, adaptive_avg_pool2d
+    resize.py    interpolate (bilinear, nearest)
     norm.py      batch_norm
     loss.py      softmax_cross_entropy
 
@@ -354,10 +355,11 @@ def cat(tensors, dim=0):
 from .conv import conv2d, conv_transpose2d  # noqa: E402,F401
 from .loss import softmax_cross_entropy  # noqa: E402,F401
 from .norm import batch_norm  # noqa: E402,F401
-from .pooling import max_pool2d, max_unpool2d  # noqa: E402,F401
+from .pooling import adaptive_avg_pool2d, max_pool2d, max_unpool2d  # noqa: E402,F401
+from .resize import interpolate  # noqa: E402,F401
 
 __all__ = [
     "add", "sub", "mul", "div", "neg", "matmul", "sum", "mean", "reshape", "transpose",
     "relu", "dropout", "conv2d", "conv_transpose2d", "max_pool2d", "max_unpool2d", "crop", "cat",
-    "batch_norm", "softmax_cross_entropy", "Tensor",
+    "batch_norm", "adaptive_avg_pool2d", "interpolate", "softmax_cross_entropy", "Tensor",
 ]

@@ -126,6 +126,18 @@ def _cat(shapes, dim):
     return make
 
 
+def _resize(shape, **options):
+    def make(rng):
+        return (lambda a: F.interpolate(a, **options)), [_t(rng, *shape)]
+    return make
+
+
+def _adaptive(shape, size):
+    def make(rng):
+        return (lambda a: F.adaptive_avg_pool2d(a, size)), [_t(rng, *shape)]
+    return make
+
+
 def _reused(rng):
     """b = a + a; c = b * b: a used twice, then b used twice (micrograd's classic trap)."""
     def fn(a):
@@ -201,6 +213,20 @@ CASES = [
      _unpool((1, 2, 7, 9), 2, 2, ceil=True, size=True)),
     ("max_unpool2d k3 s2 (overlapping windows: shared indices summed)", "(1,2,4,4)->(9,9)",
      _unpool((1, 2, 9, 9), 3, 2, shared_at=(4, 4))),
+    ("interpolate bilinear x2", "(2,3,4,5)->(8,10)", _resize((2, 3, 4, 5), scale_factor=2)),
+    ("interpolate bilinear to an odd size (down H, up W)", "(1,2,9,5)->(5,7)",
+     _resize((1, 2, 9, 5), size=(5, 7))),
+    ("interpolate bilinear align_corners", "(1,2,4,5)->(7,9)",
+     _resize((1, 2, 4, 5), size=(7, 9), align_corners=True)),
+    ("interpolate bilinear scale_factor 1.5 (1 / scale_factor mapping)", "(1,2,5,7)->(7,10)",
+     _resize((1, 2, 5, 7), scale_factor=1.5)),
+    ("interpolate nearest up", "(1,2,3,4)->(7,9)",
+     _resize((1, 2, 3, 4), size=(7, 9), mode="nearest")),
+    ("interpolate nearest down (inputs nobody reads)", "(1,2,9,8)->(4,3)",
+     _resize((1, 2, 9, 8), size=(4, 3), mode="nearest")),
+    ("adaptive_avg_pool2d 1", "(2,3,5,6)->(1,1)", _adaptive((2, 3, 5, 6), 1)),
+    ("adaptive_avg_pool2d (3,2) (overlapping windows)", "(1,2,7,5)->(3,2)",
+     _adaptive((1, 2, 7, 5), (3, 2))),
     ("crop", "(2,3,7,9)->(4,5)", _unary(lambda a: F.crop(a, (2, 3), (4, 5)), (2, 3, 7, 9))),
     ("softmax_cross_entropy mean", "(2,4,7,9)", _loss(2, 4, 7, 9, "mean")),
     ("softmax_cross_entropy sum", "(1,3,5,6)", _loss(1, 3, 5, 6, "sum")),
