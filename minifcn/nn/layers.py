@@ -1,6 +1,7 @@
 """The layers the nets are built from: convolutions, pooling and unpooling, batch
-normalisation, ReLU, dropout, Sequential. Each holds its options and weights and calls its op
-in ``minifcn.functional``; PyTorch's names, argument order and state dict keys.
+normalisation, ReLU, sigmoid, softmax, dropout, Sequential. Each holds its options and
+weights and calls its op in ``minifcn.functional``; PyTorch's names, argument order and state
+dict keys.
 """
 import math
 
@@ -158,6 +159,28 @@ class ReLU(Module):
 
     def forward(self, x):
         return F.relu(x, self.inplace)
+
+
+class Sigmoid(Module):
+    """1 / (1 + exp(-x)) (see F.sigmoid): squeeze-and-excitation's gate."""
+
+    def forward(self, x):
+        return F.sigmoid(x)
+
+
+class Softmax(Module):
+    """Softmax along ``dim`` (see F.softmax); dim is required, as PyTorch now asks."""
+
+    def __init__(self, dim):
+        if isinstance(dim, bool) or not isinstance(dim, int):
+            raise TypeError(f"Softmax: dim must be an int, got {dim!r}")
+        self.dim = dim
+
+    def forward(self, x):
+        return F.softmax(x, self.dim)
+
+    def extra_repr(self):
+        return f"dim={self.dim}"
 
 
 class Dropout(Module):
