@@ -4,10 +4,12 @@ Import as ``import minifcn.functional as F``: it is the one module of ops a lear
 This file holds the element-wise and shape ops (arithmetic, reshape, transpose, relu, dropout,
 crop, cat); the other families live one to a file and are imported at the end:
 
-    conv.py      conv2d, conv_transpose2d
-    pooling.py   max_pool2d, max_unpool2d
-    norm.py      batch_norm
-    loss.py      softmax_cross_entropy
+    conv.py         conv2d, conv_transpose2d
+    pooling.py      max_pool2d, max_unpool2d, adaptive_avg_pool2d
+    resize.py       interpolate (bilinear, nearest)
+    norm.py         batch_norm
+    activations.py  sigmoid, softmax, log_softmax
+    loss.py         softmax_cross_entropy
 
 Everything is written against ``xp`` (NumPy or CuPy, whichever the data lives in) and the loops
 of ``minifcn.primitives``, so one source serves the CPU and the GPU. Arithmetic broadcasts like
@@ -99,9 +101,7 @@ class Neg(Function):
 
 
 class MatMul(Function):
-    def forward(self, a, b):
-        if a.ndim < 2 or b.ndim < 2 or a.shape[-1] != b.shape[-2]:
-            raise ValueError(f"matmul: expected (..., n, k) @ (..., k, m), got {a.shape} @ {b.shape}")
+    def forward(self, a, b):  # (..., n, k) @ (..., k, m); matmul() checked the shapes
         self.saved = (a, b)
         return a @ b
 
@@ -175,7 +175,31 @@ def neg(a):
 
 
 def matmul(a, b):
-    return MatMul.apply(a, b)
+    """a @ b with torch.matmul's semantics: (..., n, k) @ (..., k, m) -> (..., n, m), the batch
+    axes (all but the last two) broadcast as in NumPy (the non-local block's (N, HW, C') @
+    (N, C', HW)); a 1-D a is a row (1, k) and a 1-D b a column (k, 1), that axis dropped from
+    the result. Backward sums each gradient back over the batch axes its operand was
+    broadcast along."""
+    a, b = as_tensor(a, like=b), as_tensor(b, like=a)
+    if a.ndim == 0 or b.ndim == 0:
+        raise ValueError(f"matmul: both operands need at least one dimension, got {a.shape} @ "
+                         f"{b.shape}")
+    ka, kb = a.shape[-1], b.shape[0 if b.ndim == 1 else -2]
+    if ka != kb:
+        raise ValueError(f"matmul: expected (..., n, k) @ (..., k, m), got {a.shape} @ "
+                         f"{b.shape} (k {ka} vs {kb})")
+    try:
+        np.broadcast_shapes(a.shape[:-2], b.shape[:-2])
+    except ValueError:
+        raise ValueError(f"matmul: batch shapes {a.shape[:-2]} and {b.shape[:-2]} do not "
+                         f"broadcast ({a.shape} @ {b.shape})") from None
+    row, col = a.ndim == 1, b.ndim == 1
+    y = MatMul.apply(reshape(a, (1, ka)) if row else a, reshape(b, (kb, 1)) if col else b)
+    if row:
+        y = reshape(y, y.shape[:-2] + y.shape[-1:])
+    if col:
+        y = reshape(y, y.shape[:-1])
+    return y
 
 
 def sum(x, axis=None, keepdims=False):  # noqa: A001 - the name users expect
@@ -351,13 +375,16 @@ def cat(tensors, dim=0):
 
 # ----------------------------------------------------------------------------- the op families
 
+from .activations import log_softmax, sigmoid, softmax  # noqa: E402,F401
 from .conv import conv2d, conv_transpose2d  # noqa: E402,F401
 from .loss import softmax_cross_entropy  # noqa: E402,F401
 from .norm import batch_norm  # noqa: E402,F401
-from .pooling import max_pool2d, max_unpool2d  # noqa: E402,F401
+from .pooling import adaptive_avg_pool2d, max_pool2d, max_unpool2d  # noqa: E402,F401
+from .resize import interpolate  # noqa: E402,F401
 
 __all__ = [
     "add", "sub", "mul", "div", "neg", "matmul", "sum", "mean", "reshape", "transpose",
     "relu", "dropout", "conv2d", "conv_transpose2d", "max_pool2d", "max_unpool2d", "crop", "cat",
-    "batch_norm", "softmax_cross_entropy", "Tensor",
+    "batch_norm", "adaptive_avg_pool2d", "interpolate", "sigmoid", "softmax", "log_softmax",
+    "softmax_cross_entropy", "Tensor",
 ]

@@ -126,6 +126,50 @@ def _cat(shapes, dim):
     return make
 
 
+def _resize(shape, **options):
+    def make(rng):
+        return (lambda a: F.interpolate(a, **options)), [_t(rng, *shape)]
+    return make
+
+
+def _adaptive(shape, size):
+    def make(rng):
+        return (lambda a: F.adaptive_avg_pool2d(a, size)), [_t(rng, *shape)]
+    return make
+
+
+def _block(build, x_shape, scale=0.5):
+    """A module checked through its parameters, which are the case's inputs after x: fn binds
+    each back onto the module before calling it, so that the GPU run, which moves the inputs,
+    moves them too. All random (none zero: the non-local block's W starts at zero, which
+    would leave theta, phi and g without gradient), scaled so that no softmax saturates."""
+    def make(rng):
+        module = build()
+        names = [name for name, _ in module.named_parameters()]
+        params = [Tensor(scale * rng.standard_normal(p.shape), requires_grad=True)
+                  for _, p in module.named_parameters()]
+
+        def fn(x, *ps):
+            for name, p in zip(names, ps):
+                owner, attr = name.rsplit(".", 1)
+                setattr(getattr(module, owner), attr, p)
+            return module(x)
+        return fn, [_t(rng, *x_shape)] + params
+    return make
+
+
+def _se():
+    from .nn import SqueezeExcitation
+
+    return SqueezeExcitation(8, reduction=4)
+
+
+def _non_local():
+    from .nn import NonLocal2d
+
+    return NonLocal2d(4)
+
+
 def _reused(rng):
     """b = a + a; c = b * b: a used twice, then b used twice (micrograd's classic trap)."""
     def fn(a):
@@ -141,6 +185,10 @@ CASES = [
     ("div (broadcast)", "(3,4)/(1,4)", _binary(F.div, (3, 4), (1, 4))),
     ("neg", "(3,5)", _unary(F.neg, (3, 5))),
     ("matmul", "(2,3,4)@(4,5)", _binary(F.matmul, (2, 3, 4), (4, 5))),
+    ("matmul batched (the non-local block's)", "(2,6,3)@(2,3,6)",
+     _binary(F.matmul, (2, 6, 3), (2, 3, 6))),
+    ("matmul broadcast batch axes", "(2,1,4,3)@(3,3,5)", _binary(F.matmul, (2, 1, 4, 3), (3, 3, 5))),
+    ("matmul 1-D operands", "(3,)@(2,3,4)", _binary(F.matmul, (3,), (2, 3, 4))),
     ("sum axis=1", "(3,4,5)", _unary(lambda a: F.sum(a, axis=1), (3, 4, 5))),
     ("sum all", "(3,4)", _unary(lambda a: F.sum(a), (3, 4))),
     ("mean axis=(0,2) keepdims", "(3,4,5)", _unary(lambda a: F.mean(a, (0, 2), True), (3, 4, 5))),
@@ -148,6 +196,11 @@ CASES = [
     ("transpose", "(2,3,4)->(4,2,3)", _unary(lambda a: F.transpose(a, (2, 0, 1)), (2, 3, 4))),
     ("tensor used twice", "(3,4)", _reused),
     ("relu", "(2,3,7,9)", _unary(F.relu, (2, 3, 7, 9), distinct=True)),
+    ("sigmoid", "(2,3,5,5)", _unary(lambda a: F.sigmoid(3 * a), (2, 3, 5, 5))),
+    ("softmax dim 1", "(2,4,3,5)", _unary(lambda a: F.softmax(a, 1), (2, 4, 3, 5))),
+    ("softmax dim -1", "(2,3,7)", _unary(lambda a: F.softmax(a, -1), (2, 3, 7))),
+    ("log_softmax dim 1", "(2,4,3,5)", _unary(lambda a: F.log_softmax(a, 1), (2, 4, 3, 5))),
+    ("log_softmax dim 0", "(5,3)", _unary(lambda a: F.log_softmax(a, 0), (5, 3))),
     ("dropout (train, fixed mask)", "(2,3,5,5)", _dropout_train),
     ("dropout (eval)", "(2,3,5,5)", _unary(lambda a: F.dropout(a, 0.5, training=False), (2, 3, 5, 5))),
     ("conv2d k3 s1 p1", "x(2,3,7,9) w(4,3,3,3)", _conv((2, 3, 7, 9), (4, 3, 3, 3), 1, 1)),
@@ -201,8 +254,26 @@ CASES = [
      _unpool((1, 2, 7, 9), 2, 2, ceil=True, size=True)),
     ("max_unpool2d k3 s2 (overlapping windows: shared indices summed)", "(1,2,4,4)->(9,9)",
      _unpool((1, 2, 9, 9), 3, 2, shared_at=(4, 4))),
+    ("interpolate bilinear x2", "(2,3,4,5)->(8,10)", _resize((2, 3, 4, 5), scale_factor=2)),
+    ("interpolate bilinear to an odd size (down H, up W)", "(1,2,9,5)->(5,7)",
+     _resize((1, 2, 9, 5), size=(5, 7))),
+    ("interpolate bilinear align_corners", "(1,2,4,5)->(7,9)",
+     _resize((1, 2, 4, 5), size=(7, 9), align_corners=True)),
+    ("interpolate bilinear scale_factor 1.5 (1 / scale_factor mapping)", "(1,2,5,7)->(7,10)",
+     _resize((1, 2, 5, 7), scale_factor=1.5)),
+    ("interpolate nearest up", "(1,2,3,4)->(7,9)",
+     _resize((1, 2, 3, 4), size=(7, 9), mode="nearest")),
+    ("interpolate nearest down (inputs nobody reads)", "(1,2,9,8)->(4,3)",
+     _resize((1, 2, 9, 8), size=(4, 3), mode="nearest")),
+    ("adaptive_avg_pool2d 1", "(2,3,5,6)->(1,1)", _adaptive((2, 3, 5, 6), 1)),
+    ("adaptive_avg_pool2d (3,2) (overlapping windows)", "(1,2,7,5)->(3,2)",
+     _adaptive((1, 2, 7, 5), (3, 2))),
     ("crop", "(2,3,7,9)->(4,5)", _unary(lambda a: F.crop(a, (2, 3), (4, 5)), (2, 3, 7, 9))),
     ("softmax_cross_entropy mean", "(2,4,7,9)", _loss(2, 4, 7, 9, "mean")),
     ("softmax_cross_entropy sum", "(1,3,5,6)", _loss(1, 3, 5, 6, "sum")),
     ("softmax_cross_entropy none", "(1,3,5,6)", _loss(1, 3, 5, 6, "none")),
+    ("nn.SqueezeExcitation(8, reduction=4): x and fc1, fc2", "x(2,8,3,4)",
+     _block(_se, (2, 8, 3, 4))),
+    ("nn.NonLocal2d(4): x and g, W, theta, phi (W random)", "x(2,4,3,3)",
+     _block(_non_local, (2, 4, 3, 3))),
 ]

@@ -10,6 +10,13 @@ Unpooling (SegNet's and DeconvNet's decoders) is that same scatter applied to va
 ``return_indices=True`` the pool also hands out each winner's flat position in its input plane
 (PyTorch's indices), and ``max_unpool2d`` puts each value back there, zeros elsewhere. Its
 backward is a gather at the same positions (``primitives.maxunpool_forward`` / ``_backward``).
+
+Adaptive average pooling (``F.adaptive_avg_pool2d``) fixes the output size instead of the window:
+output row i averages input rows floor(i * H / oh) to ceil((i + 1) * H / oh) (PyTorch's windows,
+which overlap when H / oh is not whole). An average over a rectangle is separable, so it is two
+small matrix products, as bilinear resizing (``minifcn.resize.separable``); its backward, each
+output's gradient spread evenly over its window, is the same products transposed. Output 1
+(the image pooling of ASPP, squeeze-and-excitation) is a plain mean.
 """
 import numpy as np
 
@@ -17,6 +24,7 @@ from . import primitives as P
 from .autograd import Function, Tensor
 from .backend import get_array_module
 from .primitives import check_4d, check_float, check_window, pair
+from .resize import separable
 
 
 class MaxPool2d(Function):
@@ -176,3 +184,57 @@ def _unpool_size(op, shape, ksize, stride, padding, output_size):
             raise ValueError(f"{op}: output_size {given}: dim {d} must be between {f - st} and "
                              f"{f + st} (exclusive) and positive, got {g}")
     return given
+
+
+class AdaptiveAvgPool2d(Function):
+    def forward(self, x, size):
+        xp = get_array_module(x)
+        h, w = x.shape[2:]
+        if size == (1, 1):
+            self.saved = (x.shape, None)
+            return x.mean(axis=(2, 3), keepdims=True)
+        ah, aw = (xp.asarray(window_matrix(s, o, x.dtype)) for s, o in zip((h, w), size))
+        self.saved = (x.shape, (ah, aw))
+        return separable(x, ah, aw)
+
+    def backward(self, g):
+        shape, mats = self.saved
+        if mats is None:
+            xp = get_array_module(g)
+            return xp.broadcast_to(g * g.dtype.type(1 / (shape[2] * shape[3])), shape).copy()
+        return separable(g, mats[0].T, mats[1].T)
+
+
+def window_matrix(n_in, n_out, dtype):
+    """(n_out, n_in): row i is 1 / its window's length over PyTorch's window
+    floor(i * n_in / n_out) <= j < ceil((i + 1) * n_in / n_out), 0 elsewhere."""
+    i = np.arange(n_out)
+    start, end = i * n_in // n_out, -(-(i + 1) * n_in // n_out)
+    j = np.arange(n_in)
+    inside = (j >= start[:, None]) & (j < end[:, None])
+    return (inside / (end - start)[:, None]).astype(dtype)
+
+
+def adaptive_avg_pool2d(x, output_size):
+    """Average pooling to a fixed output size: x (N, C, H, W) -> (N, C, oh, ow).
+
+    output_size: an int, or a pair whose None entries keep that input size (as PyTorch). Output
+    (i, j) averages PyTorch's window, rows floor(i * H / oh) to ceil((i + 1) * H / oh) - 1 and
+    the same for the columns; an output larger than the input repeats inputs. output_size 1 is
+    the mean over H and W (global average pooling).
+    """
+    op = "adaptive_avg_pool2d"
+    check_4d(op, "input", x)
+    check_float(op, "input", x)
+    two = tuple(output_size) if isinstance(output_size, (tuple, list)) else (output_size,) * 2
+    if len(two) != 2 or not all(v is None or (isinstance(v, (int, np.integer))
+                                              and not isinstance(v, bool)) for v in two):
+        raise TypeError(f"{op}: output_size must be an int or a pair of ints (or None), got "
+                        f"{output_size!r}")
+    size = tuple(int(s if v is None else v) for s, v in zip(x.shape[2:], two))
+    if min(size) < 1:
+        raise ValueError(f"{op}: output_size must be positive, got {output_size!r}")
+    if min(x.shape[2:]) < 1:
+        raise ValueError(f"{op}: input must have a non-empty H and W, got shape "
+                         f"{tuple(x.shape)}")
+    return AdaptiveAvgPool2d.apply(x, size=size)

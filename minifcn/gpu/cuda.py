@@ -140,6 +140,70 @@ def maxunpool_backward(gy, indices):
     return gx
 
 
+def _tables(like, **tables):
+    """The resize tables as C-contiguous arrays of like's module: int32 indices, like's dtype
+    for the weights (named l*)."""
+    xp = get_array_module(like)
+    return {k: xp.ascontiguousarray(xp.asarray(v), dtype=like.dtype if k[0] == "l" else np.int32)
+            for k, v in tables.items()}
+
+
+def resize_bilinear_forward(x, ry0, ry1, ly, rx0, rx1, lx):
+    """x (N, C, h, w) -> y (N, C, len(ry0), len(rx0)): output (oy, ox) mixes input rows ry0, ry1
+    (weights 1 - ly, ly) and columns rx0, rx1 (1 - lx, lx). One thread per output element."""
+    _ndim("resize_bilinear_forward", "x", x, 4, "(N, C, h, w)")
+    xp = get_array_module(x)
+    x = _floating("resize_bilinear_forward", "x", x)
+    n, c, h, w = x.shape
+    oh, ow = len(ry0), len(rx0)
+    y = xp.empty((n, c, oh, ow), dtype=x.dtype)
+    launch("resize_bilinear_forward", y.size, x=x, y=y, h=h, w=w, oh=oh, ow=ow,
+           **_tables(x, ry0=ry0, ry1=ry1, ly=ly, rx0=rx0, rx1=rx1, lx=lx))
+    return y
+
+
+def resize_bilinear_backward(gy, h, w, ry0, ry1, ly, rx0, rx1, lx, first_y, end_y, first_x,
+                             end_x):
+    """gy (N, C, oh, ow) -> gx (N, C, h, w), the forward's adjoint; input row i is read by the
+    output rows first_y[i] <= oy < end_y[i] (and so for the columns). One thread per input
+    pixel, gathering from those outputs."""
+    _ndim("resize_bilinear_backward", "gy", gy, 4, "(N, C, oh, ow)")
+    xp = get_array_module(gy)
+    gy = _floating("resize_bilinear_backward", "gy", gy)
+    n, c, oh, ow = gy.shape
+    gx = xp.empty((n, c, h, w), dtype=gy.dtype)
+    launch("resize_bilinear_backward", gx.size, gy=gy, gx=gx, h=h, w=w, oh=oh, ow=ow,
+           **_tables(gy, ry0=ry0, ry1=ry1, ly=ly, rx0=rx0, rx1=rx1, lx=lx, first_y=first_y,
+                     end_y=end_y, first_x=first_x, end_x=end_x))
+    return gx
+
+
+def resize_nearest_forward(x, ry0, rx0):
+    """x (N, C, h, w) -> y (N, C, len(ry0), len(rx0)), y[.., oy, ox] = x[.., ry0[oy], rx0[ox]].
+    One thread per output element."""
+    _ndim("resize_nearest_forward", "x", x, 4, "(N, C, h, w)")
+    xp = get_array_module(x)
+    x = _floating("resize_nearest_forward", "x", x)
+    n, c, h, w = x.shape
+    y = xp.empty((n, c, len(ry0), len(rx0)), dtype=x.dtype)
+    launch("resize_nearest_forward", y.size, x=x, y=y, h=h, w=w, oh=len(ry0), ow=len(rx0),
+           **_tables(x, ry0=ry0, rx0=rx0))
+    return y
+
+
+def resize_nearest_backward(gy, h, w, first_y, end_y, first_x, end_x):
+    """gy (N, C, oh, ow) -> gx (N, C, h, w): each input's sum over the outputs that copied it
+    (rows first_y[i] <= oy < end_y[i], likewise the columns). One thread per input pixel."""
+    _ndim("resize_nearest_backward", "gy", gy, 4, "(N, C, oh, ow)")
+    xp = get_array_module(gy)
+    gy = _floating("resize_nearest_backward", "gy", gy)
+    n, c, oh, ow = gy.shape
+    gx = xp.empty((n, c, h, w), dtype=gy.dtype)
+    launch("resize_nearest_backward", gx.size, gy=gy, gx=gx, h=h, w=w, oh=oh, ow=ow,
+           **_tables(gy, first_y=first_y, end_y=end_y, first_x=first_x, end_x=end_x))
+    return gx
+
+
 def _loss_inputs(op, logits, target):
     """Checked logits (contiguous float) and target (contiguous int64) and the pixel count."""
     _ndim(op, "logits", logits, 4, "(N, C, H, W)")

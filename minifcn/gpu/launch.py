@@ -38,6 +38,11 @@ _IMAGE_GEOMETRY = (("h", "int"), ("w", "int"), ("kh", "int"), ("kw", "int"), ("s
                    ("sw", "int"), ("ph", "int"), ("pw", "int"), ("dh", "int"), ("dw", "int"),
                    ("oh", "int"), ("ow", "int"))
 _TOTAL = (("total", "long long"),)
+_RESIZE_TAPS = (("ry0", "const int*"), ("ry1", "const int*"), ("ly", "const T*"),
+                ("rx0", "const int*"), ("rx1", "const int*"), ("lx", "const T*"))
+_RESIZE_RUNS = (("first_y", "const int*"), ("end_y", "const int*"), ("first_x", "const int*"),
+                ("end_x", "const int*"))
+_RESIZE_SIZES = (("h", "int"), ("w", "int"), ("oh", "int"), ("ow", "int"))
 KERNELS = {
     "im2col": Kernel("im2col.cu", _TOTAL + (("x", "const T*"), ("col", "T*")) + _IMAGE_GEOMETRY),
     "col2im": Kernel("im2col.cu", _TOTAL + (("col", "const T*"), ("img", "T*")) + _IMAGE_GEOMETRY),
@@ -55,6 +60,19 @@ KERNELS = {
         "pooling.cu",
         _TOTAL + (("gy", "const T*"), ("indices", "const long long*"), ("gx", "T*"))
         + (("in_plane", "long long"), ("out_plane", "long long"))),
+    # resizing: per-axis tables (int rows/columns, T weights) computed by minifcn/resize.py
+    "resize_bilinear_forward": Kernel(
+        "resize.cu", _TOTAL + (("x", "const T*"), ("y", "T*")) + _RESIZE_TAPS + _RESIZE_SIZES),
+    "resize_bilinear_backward": Kernel(
+        "resize.cu",
+        _TOTAL + (("gy", "const T*"), ("gx", "T*")) + _RESIZE_TAPS + _RESIZE_RUNS
+        + _RESIZE_SIZES),
+    "resize_nearest_forward": Kernel(
+        "resize.cu",
+        _TOTAL + (("x", "const T*"), ("y", "T*"), ("ry0", "const int*"), ("rx0", "const int*"))
+        + _RESIZE_SIZES),
+    "resize_nearest_backward": Kernel(
+        "resize.cu", _TOTAL + (("gy", "const T*"), ("gx", "T*")) + _RESIZE_RUNS + _RESIZE_SIZES),
     "softmax_cross_entropy_forward": Kernel(
         "softmax_loss.cu",
         _TOTAL + (("logits", "const T*"), ("target", "const long long*"), ("loss", "T*"),

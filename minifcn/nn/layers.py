@@ -1,6 +1,7 @@
-"""The layers the nets are built from: convolutions, pooling and unpooling, batch
-normalisation, ReLU, dropout, Sequential. Each holds its options and weights and calls its op
-in ``minifcn.functional``; PyTorch's names, argument order and state dict keys.
+"""The layers the nets are built from: convolutions, pooling and unpooling, adaptive average
+pooling, resizing (Upsample), batch normalisation, ReLU, sigmoid, softmax, dropout, Sequential.
+Each holds its options and weights and calls its op in ``minifcn.functional``; PyTorch's names,
+argument order and state dict keys.
 """
 import math
 
@@ -106,6 +107,39 @@ class MaxUnpool2d(Module):
         return f"kernel_size={self.kernel_size}, stride={self.stride}, padding={self.padding}"
 
 
+class AdaptiveAvgPool2d(Module):
+    """Average pooling to a fixed output size (see F.adaptive_avg_pool2d): an int, or a pair
+    whose None entries keep that input size. AdaptiveAvgPool2d(1) is global average pooling."""
+
+    def __init__(self, output_size):
+        self.output_size = output_size
+
+    def forward(self, x):
+        return F.adaptive_avg_pool2d(x, self.output_size)
+
+    def extra_repr(self):
+        return f"output_size={self.output_size}"
+
+
+class Upsample(Module):
+    """Resizing layer (see F.interpolate): exactly one of size and scale_factor; mode
+    "bilinear" (the default here; PyTorch's is "nearest") or "nearest"; align_corners for
+    bilinear only (None means False)."""
+
+    def __init__(self, size=None, scale_factor=None, mode="bilinear", align_corners=None):
+        self.size, self.scale_factor = size, scale_factor
+        self.mode, self.align_corners = mode, align_corners
+
+    def forward(self, x):
+        return F.interpolate(x, self.size, self.scale_factor, self.mode, self.align_corners)
+
+    def extra_repr(self):
+        what = (f"size={self.size}" if self.size is not None
+                else f"scale_factor={self.scale_factor}")
+        corners = "" if self.align_corners is None else f", align_corners={self.align_corners}"
+        return f"{what}, mode={self.mode!r}{corners}"
+
+
 class BatchNorm2d(Module):
     """Batch normalisation over the channels of (N, C, H, W) (see F.batch_norm), PyTorch's
     layer: weight 1 and bias 0 (affine), running_mean 0, running_var 1 and num_batches_tracked
@@ -158,6 +192,28 @@ class ReLU(Module):
 
     def forward(self, x):
         return F.relu(x, self.inplace)
+
+
+class Sigmoid(Module):
+    """1 / (1 + exp(-x)) (see F.sigmoid): squeeze-and-excitation's gate."""
+
+    def forward(self, x):
+        return F.sigmoid(x)
+
+
+class Softmax(Module):
+    """Softmax along ``dim`` (see F.softmax); dim is required, as PyTorch now asks."""
+
+    def __init__(self, dim):
+        if isinstance(dim, bool) or not isinstance(dim, int):
+            raise TypeError(f"Softmax: dim must be an int, got {dim!r}")
+        self.dim = dim
+
+    def forward(self, x):
+        return F.softmax(x, self.dim)
+
+    def extra_repr(self):
+        return f"dim={self.dim}"
 
 
 class Dropout(Module):
