@@ -216,7 +216,8 @@ needs_gxx = pytest.mark.skipif(not (shutil.which("g++") or shutil.which("c++")),
     ((5, 7), {"size": (11, 4)}), ((12, 12), {"scale_factor": 8}),
     ((7, 5), {"size": (3, 2), "align_corners": True}), ((1, 3), {"size": (4, 1)}),
     ((5, 7), {"scale_factor": 1.5}), ((9, 8), {"size": (4, 3), "mode": "nearest"}),
-    ((3, 4), {"size": (7, 9), "mode": "nearest"}), ((6, 5), {"scale_factor": 2, "mode": "nearest"})])
+    ((3, 4), {"size": (7, 9), "mode": "nearest"}),
+    ((6, 5), {"scale_factor": 2, "mode": "nearest"})])
 def test_kernels_match_the_numpy_path(rng, monkeypatch, hw, options, dtype):
     """The whole op with its loops handed to minifcn.gpu.cuda (the CuPy branch: tables moved
     to the array module, the kernels launched), run on the CPU emulator."""
