@@ -52,6 +52,10 @@ CASES = [
     # them (the unpooling's input is the pool's output; its gradient flows to the values only)
     ("max_pool2d 2x2 s2 return_indices, 8x64x128x128", "pool_idx", (8, 64, 128, 128), None, 2, 0),
     ("max_unpool2d 2x2 s2, 8x64x64x64 -> 128x128", "unpool", (8, 64, 128, 128), None, 2, 0),
+    # DeepLab's score upsampling (bilinear x8 of the stride-8 logits), and the global average
+    # pooling of ASPP's image branch / squeeze-and-excitation (the "stride" slot: the size)
+    ("interpolate bilinear x8, 8x21x12x12 -> 96x96", "resize", (8, 21, 12, 12), None, 96, 0),
+    ("adaptive_avg_pool2d 1, 8x256x12x12", "adaptive", (8, 256, 12, 12), None, 1, 0),
 ]
 
 
@@ -94,6 +98,10 @@ def minifcn_handlers():
             y, _ = F.max_pool2d(xt, 2, stride, pad, return_indices=True)
         elif op == "unpool":
             y = F.max_unpool2d(xt, w, 2, stride, pad)  # w: the pool's indices
+        elif op == "resize":
+            y = F.interpolate(xt, size=stride, mode="bilinear", align_corners=False)
+        elif op == "adaptive":
+            y = F.adaptive_avg_pool2d(xt, stride)
         else:
             y = F.max_pool2d(xt, 2, stride, pad, ceil_mode=True)
         if backward:
@@ -127,6 +135,10 @@ def torch_handlers(threads):
             y, _ = tf.max_pool2d(xt, 2, stride, pad, return_indices=True)
         elif op == "unpool":
             y = tf.max_unpool2d(xt, torch.from_numpy(w), 2, stride, pad)
+        elif op == "resize":
+            y = tf.interpolate(xt, size=stride, mode="bilinear", align_corners=False)
+        elif op == "adaptive":
+            y = tf.adaptive_avg_pool2d(xt, stride)
         else:
             y = tf.max_pool2d(xt, 2, stride, pad, ceil_mode=True)
         if backward:
@@ -248,7 +260,7 @@ def _out_shape(op, xs, ws, stride, pad):
     n, _, h, w = xs
     if op in ("bn", "cat"):
         return xs  # (no flops counted: both are memory-bound)
-    if op in ("pool_idx", "unpool"):
+    if op in ("pool_idx", "unpool", "resize", "adaptive"):
         return None  # (no flops to count)
     if op == "pool":
         return (n, xs[1], -(-h // 2), -(-w // 2))

@@ -190,9 +190,11 @@ class AdaptiveAvgPool2d(Function):
     def forward(self, x, size):
         xp = get_array_module(x)
         h, w = x.shape[2:]
-        if size == (1, 1):
+        if size == (1, 1):  # a matrix-vector product: a few times faster than x.mean
             self.saved = (x.shape, None)
-            return x.mean(axis=(2, 3), keepdims=True)
+            n, c = x.shape[:2]
+            return (x.reshape(n * c, h * w) @ xp.full(h * w, 1 / (h * w), x.dtype)).reshape(
+                n, c, 1, 1)
         ah, aw = (xp.asarray(window_matrix(s, o, x.dtype)) for s, o in zip((h, w), size))
         self.saved = (x.shape, (ah, aw))
         return separable(x, ah, aw)

@@ -13,12 +13,14 @@ row (column) reads, and with what weight. For an axis of ``n_in`` inputs and ``n
     nearest (PyTorch's legacy)     src = min(floor(dest * scale), n_in - 1), in float32 as
                                    PyTorch computes it
 
-On NumPy, bilinear is two small matrix products per image: y = A_h @ x @ A_w.T with A (n_out x
-n_in) holding each output row's two weights; its backward (the adjoint, a scatter-add of the four
-weighted taps) is then A_h.T @ g @ A_w, the same two products transposed (``separable``, which
-``F.adaptive_avg_pool2d`` shares: an average over windows is separable too). Nearest is a gather
-(fancy indexing) and its backward a sum over each input's run of outputs (``np.add.reduceat``:
-src never decreases, so the outputs that read one input are consecutive).
+On NumPy, bilinear is two small matrix products per plane: y = A_h @ x @ A_w.T with A (n_out x
+n_in) holding each output row's two weights (faster than gathering the taps although most of A
+is zeros: BLAS does the work in two calls, and neither makes a copy). Its backward (the adjoint,
+a scatter-add of the four weighted taps) is then A_h.T @ g @ A_w, the same two products
+transposed (``separable``, which ``F.adaptive_avg_pool2d`` shares: an average over windows is
+separable too). Nearest is a gather (fancy indexing) and its backward a sum over each input's
+run of outputs (``np.add.reduceat``: src never decreases, so the outputs that read one input
+are consecutive).
 
 On CuPy the same tables go to the kernels of ``kernels/resize.cu``: forward one thread per output
 (a gather of its taps); backward one thread per input pixel gathering from the outputs that read
@@ -83,19 +85,17 @@ def axis_matrix(axis, n_in, dtype):
 
 def separable(x, ah, aw):
     """ah @ x @ aw.T for every (N, C) plane of x: (N, C, H, W), ah (OH, H), aw (OW, W) ->
-    (N, C, OH, OW), as two GEMMs over the whole batch (one transposing copy between them),
-    the cheaper axis first."""
-    xp = get_array_module(x)
+    (N, C, OH, OW). The column pass is one GEMM over all rows of the batch, the row pass a
+    batched product over the planes; neither needs a transposing copy. The cheaper axis goes
+    first (upsampling: the smaller input; downsampling: the one shrinking more)."""
     n, c, h, w = x.shape
     oh, ow = ah.shape[0], aw.shape[0]
-    nc = n * c
+    planes = x.reshape(n * c, h, w)
     if h * ow * (w + oh) <= oh * w * (h + ow):  # columns first
-        t = (x.reshape(nc * h, w) @ aw.T).reshape(nc, h, ow).transpose(1, 0, 2)
-        y = ah @ xp.ascontiguousarray(t).reshape(h, nc * ow)
-    else:  # rows first
-        t = xp.ascontiguousarray(x.reshape(nc, h, w).transpose(1, 0, 2)).reshape(h, nc * w)
-        y = (ah @ t).reshape(oh * nc, w) @ aw.T
-    return xp.ascontiguousarray(y.reshape(oh, n, c, ow).transpose(1, 2, 0, 3))
+        y = ah @ (planes.reshape(n * c * h, w) @ aw.T).reshape(n * c, h, ow)
+    else:
+        y = (ah @ planes).reshape(n * c * oh, w) @ aw.T
+    return y.reshape(n, c, oh, ow)
 
 
 def _tables(xp, axis, dtype, names):
