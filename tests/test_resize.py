@@ -268,7 +268,7 @@ def test_backward_kernel_is_the_adjoint(rng):
 
 def test_layers_match_the_functions(rng):
     x = Tensor(rng.standard_normal((1, 2, 5, 6)))
-    up = nn.Upsample(scale_factor=2, align_corners=True)
+    up = nn.Upsample(scale_factor=2, mode="bilinear", align_corners=True)
     np.testing.assert_array_equal(up(x).data,
                                   F.interpolate(x, scale_factor=2, align_corners=True).data)
     np.testing.assert_array_equal(nn.Upsample(size=(3, 4), mode="nearest")(x).data,
@@ -278,6 +278,7 @@ def test_layers_match_the_functions(rng):
     assert "scale_factor=2" in repr(up) and "align_corners=True" in repr(up)
     assert "output_size=1" in repr(nn.AdaptiveAvgPool2d(1))
     assert not list(up.parameters()) and not list(nn.AdaptiveAvgPool2d(1).parameters())
+    assert nn.Upsample(scale_factor=2).mode == "nearest"  # PyTorch's default for the layer
 
 
 # ---------------------------------------------------------------- bad input

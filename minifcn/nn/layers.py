@@ -123,10 +123,10 @@ class AdaptiveAvgPool2d(Module):
 
 class Upsample(Module):
     """Resizing layer (see F.interpolate): exactly one of size and scale_factor; mode
-    "bilinear" (the default here; PyTorch's is "nearest") or "nearest"; align_corners for
+    "nearest" (the default, as PyTorch's nn.Upsample) or "bilinear"; align_corners for
     bilinear only (None means False)."""
 
-    def __init__(self, size=None, scale_factor=None, mode="bilinear", align_corners=None):
+    def __init__(self, size=None, scale_factor=None, mode="nearest", align_corners=None):
         self.size, self.scale_factor = size, scale_factor
         self.mode, self.align_corners = mode, align_corners
 
