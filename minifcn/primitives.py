@@ -23,6 +23,7 @@ The plain versions to read first, without the threads, workspaces and stride blo
 ``minifcn.simple``. This file reads top down: the sizes, then each loop, then (in marked sections
 at the end) the machinery that makes them fast and the argument checks the ops share.
 """
+import numbers
 import os
 from concurrent.futures import ThreadPoolExecutor
 
@@ -365,12 +366,15 @@ def _stride_blocks(kh, kw, sh, sw, dh=1, dw=1):
 
 
 def pair(value, name, op, minimum=0):
-    """(a, b) from an int or a pair of ints, each >= minimum; a clear error otherwise."""
-    two = (value, value) if isinstance(value, int) and not isinstance(value, bool) else value
-    if not (isinstance(two, (tuple, list)) and len(two) == 2
-            and all(isinstance(v, int) and not isinstance(v, bool) for v in two)):
+    """(a, b) from an int or a pair of ints (NumPy's integers too), each >= minimum; a clear
+    error otherwise."""
+    def whole(v):
+        return isinstance(v, numbers.Integral) and not isinstance(v, (bool, np.bool_))
+
+    two = (value, value) if whole(value) else value
+    if not (isinstance(two, (tuple, list)) and len(two) == 2 and all(map(whole, two))):
         raise TypeError(f"{op}: {name} must be an int or a pair of ints, got {value!r}")
-    two = tuple(two)
+    two = tuple(int(v) for v in two)
     if min(two) < minimum:
         raise ValueError(f"{op}: {name} must be >= {minimum}, got {value!r}")
     return two

@@ -27,3 +27,16 @@ def test_primitives_split_over_threads_match_one_thread(rng, monkeypatch, k, s, 
     monkeypatch.setattr(P, "_PARALLEL_MIN_BYTES", 0)
     for got, want in zip(run(), serial):
         np.testing.assert_array_equal(got, want)
+
+
+def test_pair_takes_numpy_integers_and_refuses_bools_and_floats():
+    from minifcn.primitives import pair
+
+    assert pair(np.int64(2), "padding", "conv2d") == (2, 2)
+    assert pair((np.int32(1), 3), "stride", "conv2d", 1) == (1, 3)
+    assert all(type(v) is int for v in pair(np.int64(2), "padding", "conv2d"))
+    for bad in (True, np.bool_(True), 1.0, (1, 2.0), (1,), "1"):
+        with pytest.raises(TypeError, match="conv2d: padding must be an int or a pair of ints"):
+            pair(bad, "padding", "conv2d")
+    with pytest.raises(ValueError, match="stride must be >= 1"):
+        pair(np.int64(0), "stride", "conv2d", 1)
