@@ -53,8 +53,11 @@ def test_scores_gradients_and_statistics_match_pytorch(name):
         if k.endswith(("fc8.weight", "score.weight", "score_pool3.weight", "context.W.weight")):
             assert np.abs(v).min() > 0, k  # randomised, not left at zero
     rng = np.random.default_rng(7)
-    # odd sizes: the stride-8 map (5x4) is resized to 37x29, FCN's crops must land on it
-    batches = [rng.standard_normal((2, 3, 37, 29)) * 40, rng.standard_normal((2, 3, 23, 19)) * 40]
+    # odd sizes: the stride-8 map (5x4) is resized to 37x29, FCN's crops must land on it. On a
+    # 5x4 map every dilated tap but the centre falls in the padding, so DeepLab's second batch
+    # has a 20x21 map (157x161), on which fc6's rate 12 and ASPP's 18 reach inside
+    second = (157, 161) if name in DEEPLABS else (23, 19)
+    batches = [rng.standard_normal((2, 3, 37, 29)) * 40, rng.standard_normal((2, 3) + second) * 40]
     for step, x in enumerate(batches):  # two training forwards: the statistics move twice
         xt = torch.from_numpy(x).requires_grad_(True)
         ours_x = Tensor(x, requires_grad=True)

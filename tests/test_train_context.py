@@ -17,6 +17,7 @@ from test_train_encdec import paper_metrics, records, state_of
 from minifcn import Tensor, evaluate, export, io, no_grad, predict, training, viz
 from minifcn import train as train_cli
 from minifcn.data import to_input
+from minifcn.models import build
 from minifcn.training.build import final_stride
 
 NETS = ["deeplab-largefov", "deeplab-aspp", "fcn8s-se", "fcn8s-nonlocal"]
@@ -195,6 +196,29 @@ def test_onnxruntime_scores_as_the_model_down_to_the_minimum_size(runs, name, tm
 
 
 @pytest.mark.parametrize("name", NETS)
+def test_onnx_of_random_weights_scores_as_the_model(name, tmp_path):
+    # 4 steps from zero leave the non-local W and the score layers too small for the run's
+    # export to show a wrong attention axis or BN rule: every weight and statistic random here
+    pytest.importorskip("onnx")
+    ort = pytest.importorskip("onnxruntime")
+    from test_models_encdec import randomized
+
+    options = {"dropout": 0.0} if name in FCNS else {}
+    model = randomized(build(name, n_class=3, width=0.0625, **options), seed=12).eval()
+    export.to_onnx(model, tmp_path / "net.onnx")
+    session = ort.InferenceSession(str(tmp_path / "net.onnx"), providers=["CPUExecutionProvider"])
+    rng = np.random.default_rng(13)
+    m = model.min_input_size
+    for h, w in [(m, m + 2), (37, 29)]:
+        x = (rng.standard_normal((2, 3, h, w)) * 50).astype(np.float32)
+        with no_grad():
+            want = model(Tensor(x)).data
+        (got,) = session.run(["scores"], {"image": x})
+        np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4 * np.abs(want).max(),
+                                   err_msg=f"{h}x{w}")
+
+
+@pytest.mark.parametrize("name", NETS)
 def test_safetensors_and_pytorch_exports_round_trip(runs, name, tmp_path, capsys):
     run, _ = runs[name]
     model, config = training.load_model(run / training.LAST)
@@ -264,3 +288,17 @@ def test_fcn_options_are_taken_by_fcn8s_se(tmp_path, capsys):
     err = capsys.readouterr().err
     assert rc == 1 and "pad1=5" in err and "69" in err and "has none" not in err
     assert not (tmp_path / "r").exists()
+
+
+@pytest.mark.parametrize("name", NETS)
+def test_freeze_trunk_freezes_exactly_the_classifiers_layers(name):
+    # what the classifier fills keeps its weights; what starts new learns, the context blocks
+    # included (a frozen non-local W stays at zero: the block would stay the identity)
+    config = config_of("--model", name, "--freeze-trunk")
+    model = training.build_model({**config, "n_class": 5})
+    frozen = {k.rsplit(".", 1)[0] for k, p in model.named_parameters() if not p.requires_grad}
+    trunk = set(VGG_CONVS) | ({"fc6", "fc7"} if name in FCNS else set())
+    fixed = {"upscore2", "upscore_pool4", "upscore8"} if name in FCNS else set()  # bilinear
+    assert frozen == trunk | fixed
+    learned = {k for k, p in model.named_parameters() if p.requires_grad}
+    assert any("_context." in k for k in learned) == (name in FCNS)
