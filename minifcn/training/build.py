@@ -46,13 +46,16 @@ def freeze_trunk(model):
     score_pool4/3) learn; the trunk conv1_1 ... fc7 keeps its weights (requires_grad False, so
     the optimiser skips it and backward computes no gradient for it). For an encoder-decoder
     the trunk is what a classifier fills (its ``classifier_layers``: SegNet's and DeconvNet's
-    VGG16 convolutions, fc6 and fc7); their batch normalisation and the decoder learn."""
+    VGG16 convolutions, fc6 and fc7); their batch normalisation and the decoder learn. The
+    context blocks of FCN-8s + SE / + non-local (``pool4_context`` ...) start new: they learn
+    too (a frozen non-local block would stay the identity)."""
     trunk = getattr(model, "classifier_layers", None)
     if trunk is not None and not trunk:
         raise ValueError(f"--freeze-trunk: {type(model).__name__} has no classifier trunk to "
                          f"freeze (only segnet, deconvnet and the FCNs start from one)")
     for name, p in model.named_parameters():
-        if (name.rsplit(".", 1)[0] in trunk) if trunk else not name.startswith("score"):
+        new = name.startswith("score") or "_context." in name
+        if (name.rsplit(".", 1)[0] in trunk) if trunk else not new:
             p.requires_grad = False
     return model
 
