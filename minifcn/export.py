@@ -11,9 +11,12 @@ CHECKPOINT is a checkpoint of ``python -m minifcn.train`` (read with
                reads BGR. ``torch.load(FILE, weights_only=True)`` reads it, and
                ``FCN8s(n_class).load_state_dict(...)`` takes it strictly at width 1. Written
                in torch's zip format by :func:`save_torch_state_dict` (no torch needed).
-               An encoder-decoder (segnet, segnet-basic, deconvnet, unet) has no port: its
-               state dict goes as it is (RGB; batch norm's running statistics and
-               num_batches_tracked included), for a PyTorch module with the same names.
+               The nets after FCN that are not FCNs (segnet, segnet-basic, deconvnet, unet,
+               deeplab-largefov, deeplab-aspp) have no port: their state dict goes as it
+               is (RGB; batch norm's running statistics and num_batches_tracked included),
+               for a PyTorch module with the same names. fcn8s-se and fcn8s-nonlocal are
+               written in the port's layout (BGR conv1_1) with their blocks' weights too, so
+               the port's FCN8s loads them only with strict=False (it has no such blocks).
   onnx         the whole net for inference (see :mod:`minifcn.io.onnx`): input "image"
                (N, 3, H, W), output "scores" (N, n_class, H, W), N, H and W free.
   safetensors  minifcn's own state dict (RGB conv1_1) as a .safetensors file

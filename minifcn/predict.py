@@ -52,7 +52,7 @@ def fit_padding(model, config, h, w, device):
     smaller image; the weights do not depend on the padding, so the same weights serve."""
     from .models import FCNBase, padding
 
-    if not isinstance(model, FCNBase):  # an encoder-decoder takes any size as it is
+    if not isinstance(model, FCNBase):  # no conv1_1 padding to grow: its min_input_size holds
         return model
     need = padding.min_pad1(model, min(h, w))
     if need <= model.conv1_1.padding[0]:

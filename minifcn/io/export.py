@@ -26,9 +26,10 @@ def pytorch_state_dict(model):
     """``{name: ndarray}`` for the PyTorch FCN port's net of the same kind: minifcn's names and
     shapes are the port's already (fc6 (4096, 512, 7, 7) at width 1; upscore*, like the port's,
     without bias), so only conv1_1.weight changes: its input channels reversed, RGB -> BGR. The
-    inverse of ``minifcn.io.from_fcn_port``. dtypes are the model's. An encoder-decoder (SegNet,
-    DeconvNet, U-Net) has no port: its state dict is written as it is, RGB conv1_1 and batch
-    norm's buffers included, for a PyTorch module with the same attribute names."""
+    inverse of ``minifcn.io.from_fcn_port``. dtypes are the model's. A net after FCN that is not an
+    FCN (SegNet, DeconvNet, U-Net, DeepLab) has no port: its state dict is written as it is, RGB
+    conv1_1 and batch norm's buffers included, for a PyTorch module with the same attribute
+    names."""
     state = _state(model, "pytorch_state_dict")
     if not _is_fcn(model):  # no port, no Caffe heritage: the state dict as it is (RGB)
         return state

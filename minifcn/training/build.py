@@ -7,6 +7,7 @@ from .. import backend, io, optim
 from ..data import get_dataset
 from ..loss import IGNORE_INDEX
 from ..models.classifier import shipped_classifier_path as shipped_classifier
+from ..models.registry import CLASSIFIER_START
 from .config import LEARN_UPSAMPLING, SYNTHETIC, option
 
 
@@ -52,7 +53,7 @@ def freeze_trunk(model):
     trunk = getattr(model, "classifier_layers", None)
     if trunk is not None and not trunk:
         raise ValueError(f"--freeze-trunk: {type(model).__name__} has no classifier trunk to "
-                         f"freeze (only segnet, deconvnet and the FCNs start from one)")
+                         f"freeze (only {', '.join(CLASSIFIER_START)} start from one)")
     for name, p in model.named_parameters():
         new = name.startswith("score") or "_context." in name
         if (name.rsplit(".", 1)[0] in trunk) if trunk else not new:
