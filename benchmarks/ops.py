@@ -56,7 +56,17 @@ CASES = [
     # pooling of ASPP's image branch / squeeze-and-excitation (the "stride" slot: the size)
     ("interpolate bilinear x8, 8x21x12x12 -> 96x96", "resize", (8, 21, 12, 12), None, 96, 0),
     ("adaptive_avg_pool2d 1, 8x256x12x12", "adaptive", (8, 256, 12, 12), None, 1, 0),
+    # attention: SE's gate on a 64-channel map; softmax / log_softmax over the 21 class scores of
+    # the default run (the "stride" slot holds dim); the non-local block's two products on a
+    # 12x12 map (HW = 144) with C' = 16 (the "weight" is the second operand)
+    ("sigmoid, 8x64x48x48", "sigmoid", (8, 64, 48, 48), None, 1, 0),
+    ("softmax dim 1, 8x21x96x96", "softmax", (8, 21, 96, 96), None, 1, 0),
+    ("log_softmax dim 1, 8x21x96x96", "log_softmax", (8, 21, 96, 96), None, 1, 0),
+    ("matmul (8,144,16) @ (8,16,144)", "matmul", (8, 144, 16), (8, 16, 144), 1, 0),
+    ("matmul (8,144,144) @ (8,144,16)", "matmul", (8, 144, 144), (8, 144, 16), 1, 0),
 ]
+# the ops whose second array is a tensor with a gradient of its own
+TWO_TENSORS = ("conv", "deconv", "bn", "cat", "matmul")
 
 
 def inputs(case):
@@ -83,9 +93,15 @@ def minifcn_handlers():
     def run(case, backward):
         op, x, w, stride, pad = prepared(case)
         xt = Tensor(x, requires_grad=backward)
-        wt = Tensor(w, requires_grad=backward) if op in ("conv", "deconv", "bn", "cat") else None
+        wt = Tensor(w, requires_grad=backward) if op in TWO_TENSORS else None
         if op == "conv":
             y = F.conv2d(xt, wt, None, stride, pad)
+        elif op == "sigmoid":
+            y = F.sigmoid(xt)
+        elif op in ("softmax", "log_softmax"):
+            y = getattr(F, op)(xt, stride)
+        elif op == "matmul":
+            y = F.matmul(xt, wt)
         elif op == "deconv":
             y = F.conv_transpose2d(xt, wt, None, stride, pad)
         elif op == "bn":
@@ -120,9 +136,15 @@ def torch_handlers(threads):
     def run(case, backward):
         op, x, w, stride, pad = prepared(case)
         xt = torch.from_numpy(x).requires_grad_(backward)
-        wt = torch.from_numpy(w).requires_grad_(backward) if op in ("conv", "deconv", "bn", "cat") else None
+        wt = torch.from_numpy(w).requires_grad_(backward) if op in TWO_TENSORS else None
         if op == "conv":
             y = tf.conv2d(xt, wt, None, stride, pad)
+        elif op == "sigmoid":
+            y = torch.sigmoid(xt)
+        elif op in ("softmax", "log_softmax"):
+            y = getattr(tf, op)(xt, stride)
+        elif op == "matmul":
+            y = torch.matmul(xt, wt)
         elif op == "deconv":
             y = tf.conv_transpose2d(xt, wt, None, stride, pad)
         elif op == "bn":
@@ -184,11 +206,13 @@ def worker(impl, threads):
 
 
 def flops(op, xshape, wshape, yshape):
-    """Multiply-adds x 2 of a conv / transposed conv forward."""
+    """Multiply-adds x 2 of a conv / transposed conv / matmul forward."""
     if op == "conv":
         return 2 * np.prod(yshape) * np.prod(wshape[1:])
     if op == "deconv":
         return 2 * np.prod(xshape) * np.prod(wshape[1:])
+    if op == "matmul":
+        return 2 * np.prod(xshape) * wshape[-1]
     return 0
 
 
@@ -257,6 +281,8 @@ def main(argv=None):
 
 
 def _out_shape(op, xs, ws, stride, pad):
+    if op in ("sigmoid", "softmax", "log_softmax", "matmul"):
+        return xs  # (element-wise, or flops counted from the operands)
     n, _, h, w = xs
     if op in ("bn", "cat"):
         return xs  # (no flops counted: both are memory-bound)

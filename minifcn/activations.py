@@ -12,70 +12,123 @@ Backward, with y the output and g the upstream gradient, sums along ``dim``:
     log_softmax   g - exp(y) * sum(g)                             (exp(y) is the softmax)
 
 Subtracting the max makes every exponent <= 0, so nothing overflows whatever the logits.
-Sigmoid takes e = exp(-|x|), which lies in (0, 1], and returns 1 / (1 + e) for x >= 0 and
-e / (1 + e) below: no overflow warning for any x, and small outputs keep their relative
-precision (1 - 1 / (1 + e) would round them to 0). Everything is written in ``xp``, so one
-source serves NumPy and CuPy; these are element-wise lines and reductions, no kernel is needed.
+Sigmoid is 1 / (1 + exp(-x)) as PyTorch computes it: for x far below 0, exp(-x) overflows to
+inf and 1 / (1 + inf) = 0 is the right limit (NumPy's overflow warning is silenced), so no NaN
+ever appears and every output that is a normal float keeps its relative precision (1 - 1 / (1 +
+exp(x)) would round the small ones to 0).
+
+Everything is written in ``xp``, so one source serves NumPy and CuPy; these are element-wise
+lines and reductions, no kernel is needed. On NumPy, big arrays are cut into blocks along an
+axis other than ``dim`` (each block holds whole slices along dim) that run on the cores at once,
+as PyTorch's kernels do (``_by_blocks``); CuPy takes the whole array in one go.
 """
+import numpy as np
+
 from .autograd import Function
 from .backend import get_array_module
-from .primitives import check_float
+from .primitives import _over_channels, check_float
 
 
 class Sigmoid(Function):
     def forward(self, x):
         xp = get_array_module(x)
-        e = xp.abs(x)
-        xp.negative(e, out=e)
-        xp.exp(e, out=e)  # exp(-|x|) in (0, 1]: never overflows
-        y = xp.where(x >= 0, x.dtype.type(1), e)
-        e += 1
-        y /= e
+        y = xp.empty_like(x)
+
+        def work(i):
+            yi = y[i]
+            xp.negative(x[i], out=yi)
+            with np.errstate(over="ignore"):  # exp(-x) = inf for x << 0: the output is 0
+                xp.exp(yi, out=yi)
+            yi += 1
+            xp.reciprocal(yi, out=yi)
+        _by_blocks(xp, x, None, work)
         self.saved = (y,)
         return y
 
     def backward(self, g):
         (y,) = self.saved
-        gx = 1 - y
-        gx *= y
-        gx *= g
+        xp = get_array_module(g)
+        gx = xp.empty_like(y)
+
+        def work(i):
+            gxi, yi = gx[i], y[i]
+            xp.subtract(1, yi, out=gxi)
+            gxi *= yi
+            gxi *= g[i]
+        _by_blocks(xp, gx, None, work)
         return gx
 
 
 class Softmax(Function):
     def forward(self, x, dim):
         xp = get_array_module(x)
-        y = x - x.max(axis=dim, keepdims=True)
-        xp.exp(y, out=y)
-        s = y.sum(axis=dim, keepdims=True)
-        y *= 1 / s  # one division per softmax, then a multiply per element
+        y = xp.empty_like(x)
+
+        def work(i):
+            xi, yi = x[i], y[i]
+            xp.subtract(xi, xi.max(axis=dim, keepdims=True), out=yi)
+            xp.exp(yi, out=yi)
+            yi *= 1 / yi.sum(axis=dim, keepdims=True)  # one division per slice, then multiplies
+        _by_blocks(xp, x, dim, work)
         self.saved = (y, dim)
         return y
 
     def backward(self, g):
         y, dim = self.saved
-        gx = g * y
-        s = gx.sum(axis=dim, keepdims=True)
-        gx -= y * s  # y * (g - s), without a second full-size temporary
+        xp = get_array_module(g)
+        gx = xp.empty_like(y)
+
+        def work(i):
+            gi, yi, gxi = g[i], y[i], gx[i]
+            xp.multiply(gi, yi, out=gxi)
+            s = gxi.sum(axis=dim, keepdims=True)
+            xp.subtract(gi, s, out=gxi)  # g * y is summed: its buffer takes g - s
+            gxi *= yi
+        _by_blocks(xp, gx, dim, work)
         return gx
 
 
 class LogSoftmax(Function):
     def forward(self, x, dim):
         xp = get_array_module(x)
-        z = x - x.max(axis=dim, keepdims=True)
-        lse = xp.exp(z).sum(axis=dim, keepdims=True)
-        z -= xp.log(lse, out=lse)
+        z = xp.empty_like(x)
+
+        def work(i):
+            xi, zi = x[i], z[i]
+            xp.subtract(xi, xi.max(axis=dim, keepdims=True), out=zi)
+            lse = xp.exp(zi).sum(axis=dim, keepdims=True)
+            zi -= xp.log(lse, out=lse)
+        _by_blocks(xp, x, dim, work)
         self.saved = (z, dim)
         return z
 
     def backward(self, g):
         y, dim = self.saved
         xp = get_array_module(g)
-        gx = xp.exp(y)  # the softmax, recomputed rather than kept beside y
-        gx *= -g.sum(axis=dim, keepdims=True)
-        gx += g
+        gx = xp.empty_like(y)
+
+        def work(i):
+            gi, gxi = g[i], gx[i]
+            xp.exp(y[i], out=gxi)  # the softmax, recomputed rather than kept beside y
+            gxi *= -gi.sum(axis=dim, keepdims=True)
+            gxi += gi
+        _by_blocks(xp, gx, dim, work)
         return gx
+
+
+def _by_blocks(xp, a, dim, work):
+    """Call work(index) so that the indexes cover an array shaped as ``a``, each block holding
+    whole slices along ``dim`` (None: any blocks): on NumPy, blocks along the first other axis
+    run on the cores at once once the array is big (a NumPy ufunc releases the GIL); on CuPy,
+    or with no axis to cut, one call with the whole array."""
+    full = (slice(None),) * a.ndim or (Ellipsis,)  # a[...] of a 0-d array: a view, not a scalar
+    axis = next((k for k in range(a.ndim) if k != dim and a.shape[k] > 1), None)
+    if xp is not np or axis is None:
+        return work(full)
+
+    def block(start, stop):
+        work(full[:axis] + (slice(start, stop),) + full[axis + 1:])
+    _over_channels(block, a.shape[axis], a.nbytes)
 
 
 def _dim(op, x, dim):
@@ -89,7 +142,8 @@ def _dim(op, x, dim):
 
 
 def sigmoid(x):
-    """1 / (1 + exp(-x)), element-wise; no overflow for any x (see the module's docstring)."""
+    """1 / (1 + exp(-x)), element-wise; no NaN or warning for any x (see the module's
+    docstring)."""
     check_float("sigmoid", "input", x)
     return Sigmoid.apply(x)
 
