@@ -60,6 +60,8 @@ CASES = [
     # the default run (the "stride" slot holds dim); the non-local block's two products on a
     # 12x12 map (HW = 144) with C' = 16 (the "weight" is the second operand)
     ("sigmoid, 8x64x48x48", "sigmoid", (8, 64, 48, 48), None, 1, 0),
+    # an instance net splits its head's channels: x[:, 1:3] (the "stride" slot: the first)
+    ("getitem x[:, 1:3], 8x3x96x96", "getitem", (8, 3, 96, 96), None, 1, 0),
     ("softmax dim 1, 8x21x96x96", "softmax", (8, 21, 96, 96), None, 1, 0),
     ("log_softmax dim 1, 8x21x96x96", "log_softmax", (8, 21, 96, 96), None, 1, 0),
     ("matmul (8,144,16) @ (8,16,144)", "matmul", (8, 144, 16), (8, 16, 144), 1, 0),
@@ -98,6 +100,8 @@ def minifcn_handlers():
             y = F.conv2d(xt, wt, None, stride, pad)
         elif op == "sigmoid":
             y = F.sigmoid(xt)
+        elif op == "getitem":
+            y = xt[:, stride:stride + 2]
         elif op in ("softmax", "log_softmax"):
             y = getattr(F, op)(xt, stride)
         elif op == "matmul":
@@ -141,6 +145,8 @@ def torch_handlers(threads):
             y = tf.conv2d(xt, wt, None, stride, pad)
         elif op == "sigmoid":
             y = torch.sigmoid(xt)
+        elif op == "getitem":
+            y = xt[:, stride:stride + 2]
         elif op in ("softmax", "log_softmax"):
             y = getattr(tf, op)(xt, stride)
         elif op == "matmul":
@@ -281,7 +287,7 @@ def main(argv=None):
 
 
 def _out_shape(op, xs, ws, stride, pad):
-    if op in ("sigmoid", "softmax", "log_softmax", "matmul"):
+    if op in ("sigmoid", "softmax", "log_softmax", "matmul", "getitem"):
         return xs  # (element-wise, or flops counted from the operands)
     n, _, h, w = xs
     if op in ("bn", "cat"):
