@@ -6,7 +6,7 @@ import pytest
 from PIL import Image
 
 from minifcn.data import (VOC_CLASSES, Digits, FolderSegmentation, Loader, Shapes,
-                          VOCSegmentation, get_dataset, voc_palette)
+                          ShapesTouching, VOCSegmentation, get_dataset, voc_palette)
 
 from _helpers import check_interface
 
@@ -281,11 +281,14 @@ def test_folder_errors(tmp_path):
 def test_get_dataset(tmp_path):
     assert isinstance(get_dataset("shapes", "val"), Shapes)
     assert isinstance(get_dataset("digits", "train", n=3), Digits)
+    touching = get_dataset("shapes-touching", "val", n=2)
+    assert isinstance(touching, ShapesTouching) and touching.class_names == Shapes.class_names
     base, _ = make_voc(tmp_path / "v")
     assert len(get_dataset(f"voc:{tmp_path / 'v' / 'VOCdevkit'}", "val")) == 1
     make_folder(tmp_path / "f", splits=True)
     assert len(get_dataset(f"folder:{tmp_path / 'f'}", "train")) == 5
-    with pytest.raises(ValueError, match="shapes, digits, shapes-cls, voc:ROOT, folder:ROOT"):
+    specs = "shapes, shapes-touching, digits, shapes-cls, voc:ROOT, folder:ROOT"
+    with pytest.raises(ValueError, match=specs):
         get_dataset("cityscapes", "train")
     with pytest.raises(ValueError, match="needs a folder"):
         get_dataset("voc:", "train")
