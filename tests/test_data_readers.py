@@ -87,10 +87,11 @@ def write_objects(base, written, seed=1):
             y, x = rng.integers(0, h - 8), rng.integers(0, w - 8)
             inst[y:y + 8, x:x + 10], cls[y:y + 8, x:x + 10] = k, rng.integers(1, 21)
         inst[0, :] = cls[0, :] = 255  # the void band, as VOC draws it on both maps
+        cls[:, -1] = 255  # void on the class map alone: the reader voids the instance map too
         write_label(base / "SegmentationObject" / f"{name}.png", inst)
         write_label(base / "SegmentationClass" / f"{name}.png", cls)
         written[name] = (image, cls)
-        maps[name] = inst
+        maps[name] = np.where(cls == 255, 255, inst)
     return maps
 
 
