@@ -20,6 +20,7 @@ PUBLIC = {
     "minifcn.models": ["FCN32s", "FCN16s", "FCN8s", "FCN8sAtOnce", "fcn32s", "fcn16s", "fcn8s",
                        "fcn8s_atonce", "rarefy", "shift_and_stitch", "convolutionalize"],
     "minifcn.optim": ["SGD"],
+    "minifcn.metrics": ["panoptic_quality", "RunningPanoptic"],
     "minifcn.io": ["save", "load", "read_torch_state_dict", "read_caffemodel", "import_weights"],
     "minifcn.export": ["to_pytorch", "to_onnx"],
 }
