@@ -56,6 +56,8 @@ CASES = [
     # pooling of ASPP's image branch / squeeze-and-excitation (the "stride" slot: the size)
     ("interpolate bilinear x8, 8x21x12x12 -> 96x96", "resize", (8, 21, 12, 12), None, 96, 0),
     ("adaptive_avg_pool2d 1, 8x256x12x12", "adaptive", (8, 256, 12, 12), None, 1, 0),
+    # the norms of the discriminative loss (instances.py), at an embedding's size
+    ("sqrt, 8x8x96x96", "sqrt", (8, 8, 96, 96), None, 1, 0),
 ]
 
 
@@ -63,6 +65,8 @@ def inputs(case):
     _, op, xs, ws, stride, pad = CASES[case]
     if op == "unpool":  # the values and indices of a 2x2 pool of the input, as both get them
         return (op, *_pooled(seeded(xs, 0)), stride, pad)
+    if op == "sqrt":  # inside its domain
+        return op, np.abs(seeded(xs, 0)) + np.float32(0.1), None, stride, pad
     return op, seeded(xs, 0), (seeded(ws, 1) * 0.05 if ws else None), stride, pad
 
 
@@ -102,6 +106,8 @@ def minifcn_handlers():
             y = F.interpolate(xt, size=stride, mode="bilinear", align_corners=False)
         elif op == "adaptive":
             y = F.adaptive_avg_pool2d(xt, stride)
+        elif op == "sqrt":
+            y = F.sqrt(xt)
         else:
             y = F.max_pool2d(xt, 2, stride, pad, ceil_mode=True)
         if backward:
@@ -139,6 +145,8 @@ def torch_handlers(threads):
             y = tf.interpolate(xt, size=stride, mode="bilinear", align_corners=False)
         elif op == "adaptive":
             y = tf.adaptive_avg_pool2d(xt, stride)
+        elif op == "sqrt":
+            y = torch.sqrt(xt)
         else:
             y = tf.max_pool2d(xt, 2, stride, pad, ceil_mode=True)
         if backward:
@@ -260,7 +268,7 @@ def _out_shape(op, xs, ws, stride, pad):
     n, _, h, w = xs
     if op in ("bn", "cat"):
         return xs  # (no flops counted: both are memory-bound)
-    if op in ("pool_idx", "unpool", "resize", "adaptive"):
+    if op in ("pool_idx", "unpool", "resize", "adaptive", "sqrt"):
         return None  # (no flops to count)
     if op == "pool":
         return (n, xs[1], -(-h // 2), -(-w // 2))

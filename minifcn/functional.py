@@ -8,7 +8,7 @@ crop, cat); the other families live one to a file and are imported at the end:
     pooling.py      max_pool2d, max_unpool2d, adaptive_avg_pool2d
     resize.py       interpolate (bilinear, nearest)
     norm.py         batch_norm
-    activations.py  sigmoid, softmax, log_softmax
+    activations.py  sigmoid, sqrt, softmax, log_softmax
     loss.py         softmax_cross_entropy
 
 Everything is written against ``xp`` (NumPy or CuPy, whichever the data lives in) and the loops
@@ -375,7 +375,7 @@ def cat(tensors, dim=0):
 
 # ----------------------------------------------------------------------------- the op families
 
-from .activations import log_softmax, sigmoid, softmax  # noqa: E402,F401
+from .activations import log_softmax, sigmoid, softmax, sqrt  # noqa: E402,F401
 from .conv import conv2d, conv_transpose2d  # noqa: E402,F401
 from .loss import softmax_cross_entropy  # noqa: E402,F401
 from .norm import batch_norm  # noqa: E402,F401
@@ -385,6 +385,6 @@ from .resize import interpolate  # noqa: E402,F401
 __all__ = [
     "add", "sub", "mul", "div", "neg", "matmul", "sum", "mean", "reshape", "transpose",
     "relu", "dropout", "conv2d", "conv_transpose2d", "max_pool2d", "max_unpool2d", "crop", "cat",
-    "batch_norm", "adaptive_avg_pool2d", "interpolate", "sigmoid", "softmax", "log_softmax",
-    "softmax_cross_entropy", "Tensor",
+    "batch_norm", "adaptive_avg_pool2d", "interpolate", "sigmoid", "sqrt", "softmax",
+    "log_softmax", "softmax_cross_entropy", "Tensor",
 ]

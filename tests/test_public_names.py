@@ -12,7 +12,7 @@ PUBLIC = {
     "minifcn.functional": ["conv2d", "conv_transpose2d", "max_pool2d", "max_unpool2d", "crop",
                            "relu", "dropout", "softmax_cross_entropy", "batch_norm", "cat",
                            "interpolate", "adaptive_avg_pool2d", "sigmoid", "softmax",
-                           "log_softmax", "matmul"],
+                           "log_softmax", "matmul", "sqrt"],
     "minifcn.nn": ["Module", "Parameter", "Buffer", "Conv2d", "ConvTranspose2d", "MaxPool2d",
                    "MaxUnpool2d", "ReLU", "Dropout", "Sequential", "BatchNorm2d",
                    "AdaptiveAvgPool2d", "Upsample", "Sigmoid", "Softmax", "SqueezeExcitation",
