@@ -1,5 +1,5 @@
-"""F.sigmoid, F.sqrt, F.softmax, F.log_softmax (minifcn/activations.py), nn.Sigmoid and nn.Softmax, and
-batched F.matmul: values against plain loops written here and against PyTorch in float64
+"""F.sigmoid, F.sqrt, F.softmax, F.log_softmax (minifcn/activations.py), nn.Sigmoid and nn.Softmax,
+and batched F.matmul: values against plain loops written here and against PyTorch in float64
 (values and gradients), stability at extreme inputs, and the errors bad input must raise.
 (Gradient checks of each: minifcn.opcases, run by tests/test_functional.py.)"""
 import math

@@ -20,6 +20,9 @@ PUBLIC = {
     "minifcn.models": ["FCN32s", "FCN16s", "FCN8s", "FCN8sAtOnce", "fcn32s", "fcn16s", "fcn8s",
                        "fcn8s_atonce", "rarefy", "shift_and_stitch", "convolutionalize"],
     "minifcn.optim": ["SGD"],
+    "minifcn.instances": ["discriminative_loss", "centre_targets", "CentreTargets",
+                          "centre_offset_loss", "connected_components", "cluster_embeddings",
+                          "group_by_centres", "instance_classes"],
     "minifcn.io": ["save", "load", "read_torch_state_dict", "read_caffemodel", "import_weights"],
     "minifcn.export": ["to_pytorch", "to_onnx"],
 }
