@@ -377,3 +377,27 @@ def test_instance_classes_against_loops(rng):
     got = instance_classes(cls, inst)
     np.testing.assert_array_equal(got, want)
     np.testing.assert_array_equal(instance_classes(cls[0], inst[0]), want[0])
+
+
+# ---------------------------------------------------------------- GPU (skipped without CuPy)
+
+
+def test_losses_on_gpu_match_the_cpu(rng):
+    from minifcn import backend
+
+    cp = backend.cupy_or_none()
+    if cp is None:
+        pytest.skip(f"needs CuPy and a CUDA device ({backend.cupy_unavailable_reason()})")
+    inst = instance_batch(rng)
+    emb = rng.standard_normal((4, 3, 6, 7))
+    t = centre_targets(inst)
+    hp, op = rng.random(t.heatmap.shape), rng.standard_normal(t.offset.shape)
+
+    def run(put):
+        e, h, o = (Tensor(put(a), requires_grad=True) for a in (emb, hp, op))
+        loss = discriminative_loss(e, put(inst)) + centre_offset_loss(h, o, t)
+        loss.backward()
+        return [backend.as_numpy(a) for a in (loss.data, e.grad, h.grad, o.grad)]
+
+    for got, want in zip(run(cp.asarray), run(np.asarray)):
+        np.testing.assert_allclose(got, want, rtol=1e-10, atol=1e-12)
