@@ -66,6 +66,8 @@ CASES = [
     ("log_softmax dim 1, 8x21x96x96", "log_softmax", (8, 21, 96, 96), None, 1, 0),
     ("matmul (8,144,16) @ (8,16,144)", "matmul", (8, 144, 16), (8, 16, 144), 1, 0),
     ("matmul (8,144,144) @ (8,144,16)", "matmul", (8, 144, 144), (8, 144, 16), 1, 0),
+    # the norms of the discriminative loss (instances.py), at an embedding's size
+    ("sqrt, 8x8x96x96", "sqrt", (8, 8, 96, 96), None, 1, 0),
 ]
 # the ops whose second array is a tensor with a gradient of its own
 TWO_TENSORS = ("conv", "deconv", "bn", "cat", "matmul")
@@ -75,6 +77,8 @@ def inputs(case):
     _, op, xs, ws, stride, pad = CASES[case]
     if op == "unpool":  # the values and indices of a 2x2 pool of the input, as both get them
         return (op, *_pooled(seeded(xs, 0)), stride, pad)
+    if op == "sqrt":  # inside its domain
+        return op, np.abs(seeded(xs, 0)) + np.float32(0.1), None, stride, pad
     return op, seeded(xs, 0), (seeded(ws, 1) * 0.05 if ws else None), stride, pad
 
 
@@ -122,6 +126,8 @@ def minifcn_handlers():
             y = F.interpolate(xt, size=stride, mode="bilinear", align_corners=False)
         elif op == "adaptive":
             y = F.adaptive_avg_pool2d(xt, stride)
+        elif op == "sqrt":
+            y = F.sqrt(xt)
         else:
             y = F.max_pool2d(xt, 2, stride, pad, ceil_mode=True)
         if backward:
@@ -167,6 +173,8 @@ def torch_handlers(threads):
             y = tf.interpolate(xt, size=stride, mode="bilinear", align_corners=False)
         elif op == "adaptive":
             y = tf.adaptive_avg_pool2d(xt, stride)
+        elif op == "sqrt":
+            y = torch.sqrt(xt)
         else:
             y = tf.max_pool2d(xt, 2, stride, pad, ceil_mode=True)
         if backward:
@@ -292,7 +300,7 @@ def _out_shape(op, xs, ws, stride, pad):
     n, _, h, w = xs
     if op in ("bn", "cat"):
         return xs  # (no flops counted: both are memory-bound)
-    if op in ("pool_idx", "unpool", "resize", "adaptive"):
+    if op in ("pool_idx", "unpool", "resize", "adaptive", "sqrt"):
         return None  # (no flops to count)
     if op == "pool":
         return (n, xs[1], -(-h // 2), -(-w // 2))

@@ -12,7 +12,7 @@ PUBLIC = {
     "minifcn.functional": ["conv2d", "conv_transpose2d", "max_pool2d", "max_unpool2d", "crop",
                            "relu", "dropout", "softmax_cross_entropy", "batch_norm", "cat",
                            "interpolate", "adaptive_avg_pool2d", "sigmoid", "softmax",
-                           "log_softmax", "matmul", "getitem"],
+                           "log_softmax", "matmul", "getitem", "sqrt"],
     "minifcn.nn": ["Module", "Parameter", "Buffer", "Conv2d", "ConvTranspose2d", "MaxPool2d",
                    "MaxUnpool2d", "ReLU", "Dropout", "Sequential", "BatchNorm2d",
                    "AdaptiveAvgPool2d", "Upsample", "Sigmoid", "Softmax", "SqueezeExcitation",
@@ -21,6 +21,9 @@ PUBLIC = {
                        "fcn8s_atonce", "rarefy", "shift_and_stitch", "convolutionalize"],
     "minifcn.optim": ["SGD"],
     "minifcn.metrics": ["panoptic_quality", "RunningPanoptic"],
+    "minifcn.instances": ["discriminative_loss", "centre_targets", "CentreTargets",
+                          "centre_offset_loss", "connected_components", "cluster_embeddings",
+                          "group_by_centres", "instance_classes"],
     "minifcn.io": ["save", "load", "read_torch_state_dict", "read_caffemodel", "import_weights"],
     "minifcn.export": ["to_pytorch", "to_onnx"],
 }
