@@ -105,9 +105,9 @@ print(f"{true_count} objects, {cc_count} connected components")
 # is the set of pixels with one class and one id. Background is "stuff" (uncountable), so it forms
 # a single segment per image. The rules:
 #
-# * a true and a predicted segment of one class **match** when their IoU is above 0.5. Two
-#   predicted segments cannot both cover more than half of one true segment's union, so each
-#   segment matches at most once;
+# * a true and a predicted segment of one class **match** when their IoU is above 0.5. The
+#   segments of one map do not overlap, so at most one predicted segment can pass 0.5 with a
+#   given true segment, and the other way round: each segment matches at most once;
 # * matched pairs are true positives (TP), unmatched true segments false negatives (FN),
 #   unmatched predicted segments false positives (FP);
 # * **void** pixels (label 255) count for nothing: a predicted segment's pixels over void are left
