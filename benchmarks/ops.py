@@ -60,10 +60,14 @@ CASES = [
     # the default run (the "stride" slot holds dim); the non-local block's two products on a
     # 12x12 map (HW = 144) with C' = 16 (the "weight" is the second operand)
     ("sigmoid, 8x64x48x48", "sigmoid", (8, 64, 48, 48), None, 1, 0),
+    # an instance net splits its head's channels: x[:, 1:3] (the "stride" slot: the first)
+    ("getitem x[:, 1:3], 8x3x96x96", "getitem", (8, 3, 96, 96), None, 1, 0),
     ("softmax dim 1, 8x21x96x96", "softmax", (8, 21, 96, 96), None, 1, 0),
     ("log_softmax dim 1, 8x21x96x96", "log_softmax", (8, 21, 96, 96), None, 1, 0),
     ("matmul (8,144,16) @ (8,16,144)", "matmul", (8, 144, 16), (8, 16, 144), 1, 0),
     ("matmul (8,144,144) @ (8,144,16)", "matmul", (8, 144, 144), (8, 144, 16), 1, 0),
+    # the norms of the discriminative loss (instances.py), at an embedding's size
+    ("sqrt, 8x8x96x96", "sqrt", (8, 8, 96, 96), None, 1, 0),
 ]
 # the ops whose second array is a tensor with a gradient of its own
 TWO_TENSORS = ("conv", "deconv", "bn", "cat", "matmul")
@@ -73,6 +77,8 @@ def inputs(case):
     _, op, xs, ws, stride, pad = CASES[case]
     if op == "unpool":  # the values and indices of a 2x2 pool of the input, as both get them
         return (op, *_pooled(seeded(xs, 0)), stride, pad)
+    if op == "sqrt":  # inside its domain
+        return op, np.abs(seeded(xs, 0)) + np.float32(0.1), None, stride, pad
     return op, seeded(xs, 0), (seeded(ws, 1) * 0.05 if ws else None), stride, pad
 
 
@@ -98,6 +104,8 @@ def minifcn_handlers():
             y = F.conv2d(xt, wt, None, stride, pad)
         elif op == "sigmoid":
             y = F.sigmoid(xt)
+        elif op == "getitem":
+            y = xt[:, stride:stride + 2]
         elif op in ("softmax", "log_softmax"):
             y = getattr(F, op)(xt, stride)
         elif op == "matmul":
@@ -118,6 +126,8 @@ def minifcn_handlers():
             y = F.interpolate(xt, size=stride, mode="bilinear", align_corners=False)
         elif op == "adaptive":
             y = F.adaptive_avg_pool2d(xt, stride)
+        elif op == "sqrt":
+            y = F.sqrt(xt)
         else:
             y = F.max_pool2d(xt, 2, stride, pad, ceil_mode=True)
         if backward:
@@ -141,6 +151,8 @@ def torch_handlers(threads):
             y = tf.conv2d(xt, wt, None, stride, pad)
         elif op == "sigmoid":
             y = torch.sigmoid(xt)
+        elif op == "getitem":
+            y = xt[:, stride:stride + 2]
         elif op in ("softmax", "log_softmax"):
             y = getattr(tf, op)(xt, stride)
         elif op == "matmul":
@@ -161,6 +173,8 @@ def torch_handlers(threads):
             y = tf.interpolate(xt, size=stride, mode="bilinear", align_corners=False)
         elif op == "adaptive":
             y = tf.adaptive_avg_pool2d(xt, stride)
+        elif op == "sqrt":
+            y = torch.sqrt(xt)
         else:
             y = tf.max_pool2d(xt, 2, stride, pad, ceil_mode=True)
         if backward:
@@ -281,12 +295,12 @@ def main(argv=None):
 
 
 def _out_shape(op, xs, ws, stride, pad):
-    if op in ("sigmoid", "softmax", "log_softmax", "matmul"):
+    if op in ("sigmoid", "softmax", "log_softmax", "matmul", "getitem"):
         return xs  # (element-wise, or flops counted from the operands)
     n, _, h, w = xs
     if op in ("bn", "cat"):
         return xs  # (no flops counted: both are memory-bound)
-    if op in ("pool_idx", "unpool", "resize", "adaptive"):
+    if op in ("pool_idx", "unpool", "resize", "adaptive", "sqrt"):
         return None  # (no flops to count)
     if op == "pool":
         return (n, xs[1], -(-h // 2), -(-w // 2))

@@ -1,13 +1,16 @@
 """Sigmoid, softmax and log-softmax with PyTorch's semantics: the gates of squeeze-and-excitation
-and the attention weights of the non-local block.
+and the attention weights of the non-local block; and sqrt, for the Euclidean norms of the
+instance losses (minifcn.instances: ||v|| = sqrt(sum(v * v) + eps)).
 
     sigmoid(x)            = 1 / (1 + exp(-x))
+    sqrt(x)               = x ** 0.5
     softmax(x, dim)       = exp(x - m) / sum(exp(x - m))          m = max along dim
     log_softmax(x, dim)   = (x - m) - log(sum(exp(x - m)))        (log-sum-exp)
 
 Backward, with y the output and g the upstream gradient, sums along ``dim``:
 
     sigmoid       g * y * (1 - y)
+    sqrt          g / (2 y)                                       (inf at x = 0, as torch's)
     softmax       y * (g - sum(g * y))
     log_softmax   g - exp(y) * sum(g)                             (exp(y) is the softmax)
 
@@ -56,6 +59,19 @@ class Sigmoid(Function):
             gxi *= yi
             gxi *= g[i]
         _by_blocks(xp, gx, None, work)
+        return gx
+
+
+class Sqrt(Function):
+    def forward(self, x):
+        y = get_array_module(x).sqrt(x)
+        self.saved = (y,)
+        return y
+
+    def backward(self, g):
+        (y,) = self.saved
+        gx = y + y
+        get_array_module(g).divide(g, gx, out=gx)
         return gx
 
 
@@ -146,6 +162,13 @@ def sigmoid(x):
     docstring)."""
     check_float("sigmoid", "input", x)
     return Sigmoid.apply(x)
+
+
+def sqrt(x):
+    """The element-wise square root, as torch.sqrt: NaN below 0; the gradient 1 / (2 sqrt(x)) is
+    infinite at 0, so a norm that can vanish takes sqrt(sum(v * v) + eps)."""
+    check_float("sqrt", "input", x)
+    return Sqrt.apply(x)
 
 
 def softmax(x, dim):

@@ -23,7 +23,7 @@ import numpy as np
 from . import backend, io
 from .data import Loader, get_dataset
 from .models import MODELS, build
-from .training import dataset, load_model, validate
+from .training import dataset, load_model, validate, validate_instances
 from .training.build import read_weights
 
 
@@ -35,6 +35,20 @@ def format_table(scores, class_names):
              f"{'class':<24}IU"]
     for name, iu in zip(class_names, scores["per_class_iu"]):
         lines.append(f"{name:<24}{'absent' if np.isnan(iu) else f'{iu:.4f}'}")
+    return "\n".join(lines)
+
+
+def format_panoptic(panoptic, class_names):
+    """PQ, SQ, RQ overall and per class, with each class's TP, FP and FN."""
+    lines = [f"{'':<24}{'PQ':>8}{'SQ':>8}{'RQ':>8}{'TP':>6}{'FP':>6}{'FN':>6}",
+             f"{'all classes':<24}" + "".join(f"{panoptic[k]:8.4f}" for k in ("pq", "sq", "rq"))]
+    c = panoptic["per_class"]
+    for i, name in enumerate(class_names):
+        if c["tp"][i] + c["fp"][i] + c["fn"][i] == 0:
+            lines.append(f"{name:<24}{'absent':>8}")
+            continue
+        lines.append(f"{name:<24}" + "".join(f"{c[k][i]:8.4f}" for k in ("pq", "sq", "rq"))
+                     + "".join(f"{int(c[k][i]):6d}" for k in ("tp", "fp", "fn")))
     return "\n".join(lines)
 
 
@@ -129,16 +143,31 @@ def main(argv=None):
         loader = Loader(data, args.batch_size, shuffle=False, group_by_size=True)
         device = backend.check_device(args.device)
         scores, loss, _ = validate(model, loader, data.n_class, device)
+        panoptic = None
+        if data.has_instances:  # instance maps to score against: panoptic quality too
+            loader = Loader(data, args.batch_size, shuffle=False, group_by_size=True,
+                            instances=True)
+            panoptic = validate_instances(model, loader, data.n_class, device)
     except (FileNotFoundError, ValueError) as e:  # a file or an option at fault, named in e
         print(f"error: {e}", file=sys.stderr)
         return 1
     print(f"{spec} {args.split_file or split}: {len(data)} images, mean loss {loss:.4f}\n")
     print(format_table(scores, data.class_names))
+    if panoptic is not None:
+        how = "its instance head" if hasattr(model, "heads") else \
+            "connected components of each class"
+        print(f"\npanoptic quality (instances from {how}):\n")
+        print(format_panoptic(panoptic, data.class_names))
     if args.json:
         out = {k: float(scores[k]) for k in ("pixel_acc", "mean_acc", "mean_iu", "fw_iu")}
         out["loss"] = loss
         out["per_class_iu"] = {n: (None if np.isnan(v) else float(v))
                                for n, v in zip(data.class_names, scores["per_class_iu"])}
+        if panoptic is not None:
+            out["panoptic"] = {k: float(panoptic[k]) for k in ("pq", "sq", "rq")}
+            out["panoptic"]["per_class_pq"] = {
+                n: (None if np.isnan(v) else float(v))
+                for n, v in zip(data.class_names, panoptic["per_class"]["pq"])}
         try:
             io.check_output(args.json, **check_json, create=True)
             io.atomic_write_text(args.json, json.dumps(out, indent=2) + "\n")

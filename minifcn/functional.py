@@ -8,7 +8,8 @@ crop, cat); the other families live one to a file and are imported at the end:
     pooling.py      max_pool2d, max_unpool2d, adaptive_avg_pool2d
     resize.py       interpolate (bilinear, nearest)
     norm.py         batch_norm
-    activations.py  sigmoid, softmax, log_softmax
+    activations.py  sigmoid, sqrt, softmax, log_softmax
+    indexing.py     getitem (x[key] on a Tensor)
     loss.py         softmax_cross_entropy
 
 Everything is written against ``xp`` (NumPy or CuPy, whichever the data lives in) and the loops
@@ -232,6 +233,7 @@ Tensor.__truediv__ = lambda self, other: div(self, other)
 Tensor.__rtruediv__ = lambda self, other: div(other, self)
 Tensor.__neg__ = lambda self: neg(self)
 Tensor.__matmul__ = lambda self, other: matmul(self, other)
+Tensor.__getitem__ = lambda self, key: getitem(self, key)  # getitem: indexing.py
 Tensor.sum = lambda self, axis=None, keepdims=False: sum(self, axis, keepdims)
 Tensor.mean = lambda self, axis=None, keepdims=False: mean(self, axis, keepdims)
 Tensor.reshape = lambda self, *shape: reshape(self, shape[0] if len(shape) == 1 else shape)
@@ -375,8 +377,9 @@ def cat(tensors, dim=0):
 
 # ----------------------------------------------------------------------------- the op families
 
-from .activations import log_softmax, sigmoid, softmax  # noqa: E402,F401
+from .activations import log_softmax, sigmoid, softmax, sqrt  # noqa: E402,F401
 from .conv import conv2d, conv_transpose2d  # noqa: E402,F401
+from .indexing import getitem  # noqa: E402,F401
 from .loss import softmax_cross_entropy  # noqa: E402,F401
 from .norm import batch_norm  # noqa: E402,F401
 from .pooling import adaptive_avg_pool2d, max_pool2d, max_unpool2d  # noqa: E402,F401
@@ -385,6 +388,6 @@ from .resize import interpolate  # noqa: E402,F401
 __all__ = [
     "add", "sub", "mul", "div", "neg", "matmul", "sum", "mean", "reshape", "transpose",
     "relu", "dropout", "conv2d", "conv_transpose2d", "max_pool2d", "max_unpool2d", "crop", "cat",
-    "batch_norm", "adaptive_avg_pool2d", "interpolate", "sigmoid", "softmax", "log_softmax",
-    "softmax_cross_entropy", "Tensor",
+    "batch_norm", "adaptive_avg_pool2d", "interpolate", "getitem", "sigmoid", "sqrt", "softmax",
+    "log_softmax", "softmax_cross_entropy", "Tensor",
 ]

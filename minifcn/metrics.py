@@ -141,3 +141,162 @@ def boundary_mask(target, width=3):
                 fold(out[early], base[late], out=out[early])  # the neighbour shift ahead
                 fold(out[late], base[early], out=out[late])  # and shift behind
     return lo != hi
+
+
+# ---------------------------------------------------------------- panoptic quality
+# Kirillov et al., "Panoptic Segmentation" (CVPR 2019), counted as cocodataset/panopticapi's
+# evaluation.py counts: per class over the whole set, divided once at the end.
+
+def _check_maps(maps, n_class, ignore_index, where):
+    """The four maps as (N, H*W) int64 NumPy arrays (an (H, W) map is one image)."""
+    names = ("true_class", "true_instance", "pred_class", "pred_instance")
+    maps = [as_numpy(m) for m in maps]
+    for name, m in zip(names, maps):
+        if not np.issubdtype(m.dtype, np.integer):
+            raise TypeError(f"{where}: {name} must be an integer array, got dtype {m.dtype}")
+    shapes = [m.shape for m in maps]
+    if len(set(shapes)) != 1 or maps[0].ndim not in (2, 3):
+        raise ValueError(f"{where}: true_class, true_instance, pred_class, pred_instance must be "
+                         f"(N, H, W) arrays of one shape, got {', '.join(map(str, shapes))}")
+    tc, ti, pc, pi = (m.reshape(m.shape[0] if m.ndim == 3 else 1, -1).astype(np.int64)
+                      for m in maps)
+    bad = (tc < 0) | ((tc >= n_class) & (tc != ignore_index))
+    if bad.any():
+        raise ValueError(f"{where}: true_class holds {int(tc[bad][0])}; expected classes in "
+                         f"[0, {n_class}) or {ignore_index} (void)")
+    if pc.size and (pc.min() < 0 or pc.max() >= n_class):
+        raise ValueError(f"{where}: pred_class holds values in [{pc.min()}, {pc.max()}], "
+                         f"expected classes in [0, {n_class})")
+    for name, m in (("true_instance", ti), ("pred_instance", pi)):
+        if m.size and m.min() < 0:
+            raise ValueError(f"{where}: {name} holds {m.min()}; instance ids are >= 0")
+    return tc, ti, pc, pi
+
+
+def _check_stuff(stuff, n_class, where):
+    try:
+        stuff = sorted({int(c) for c in stuff})
+    except (TypeError, ValueError):
+        raise TypeError(f"{where}: stuff must be a sequence of class indices, got {stuff!r}") from None
+    if any(not 0 <= c < n_class for c in stuff):
+        raise ValueError(f"{where}: stuff classes {stuff} must lie in [0, {n_class})")
+    is_stuff = np.zeros(n_class, bool)
+    is_stuff[stuff] = True
+    return is_stuff
+
+
+def _panoptic_counts(tc, ti, pc, pi, is_stuff, ignore_index):
+    """Per class (tp, fp, fn, sum of the matched IoUs) of a batch of checked maps."""
+    n_class = len(is_stuff)
+    true_stuff = is_stuff[np.where(tc == ignore_index, 0, tc)]
+    true_void = (tc == ignore_index) | ~true_stuff & ((ti == 0) | (ti == ignore_index))
+    pred_stuff = is_stuff[pc]
+    pred_void = ~pred_stuff & (pi == 0)
+    ti, pi = np.where(true_stuff, 0, ti), np.where(pred_stuff, 0, pi)  # one stuff segment
+    image = np.arange(tc.shape[0])[:, None]
+
+    def segments(cls, inst, void):  # (class of each segment, its area, each pixel's segment)
+        ids = int(inst.max(initial=0)) + 1
+        if max(len(image), 1) * n_class * ids >= 2**62:  # the keys below would overflow
+            inst = np.unique(inst, return_inverse=True)[1].reshape(inst.shape)
+            ids = int(inst.max(initial=0)) + 1
+        keys, seg, area = np.unique(((image * n_class + cls) * ids + inst)[~void],
+                                    return_inverse=True, return_counts=True)
+        where = np.full(cls.shape, -1, np.int64)
+        where[~void] = seg.ravel()
+        return keys // ids % n_class, area, where
+
+    t_cls, t_area, t_seg = segments(tc, ti, true_void)
+    p_cls, p_area, p_seg = segments(pc, pi, pred_void)
+    n_pred = len(p_cls)
+    p_void = np.bincount(p_seg[true_void & ~pred_void], minlength=n_pred)  # over true void
+    both = ~true_void & ~pred_void
+    pairs, inter = np.unique(t_seg[both] * n_pred + p_seg[both], return_counts=True)
+    t, p = pairs // max(n_pred, 1), pairs % max(n_pred, 1)
+    iou = inter / (t_area[t] + p_area[p] - inter - p_void[p])
+    match = (t_cls[t] == p_cls[p]) & (iou > 0.5)  # IoU > 0.5: at most one partner each
+    t_hit, p_hit = np.zeros(len(t_cls), bool), np.zeros(n_pred, bool)
+    t_hit[t[match]], p_hit[p[match]] = True, True
+    counted = ~p_hit & (p_void <= 0.5 * p_area)  # more than half void: not a false positive
+
+    def count(cls, weights=None):
+        return np.bincount(cls, weights, minlength=n_class)
+
+    return (count(t_cls[t[match]]), count(p_cls[counted]), count(t_cls[~t_hit]),
+            count(t_cls[t[match]], iou[match]).astype(np.float64))
+
+
+def panoptic_scores(tp, fp, fn, iou):
+    """PQ, SQ, RQ from per-class counts (see ``panoptic_quality``)."""
+    tp, fp, fn = (np.asarray(a, np.int64) for a in (tp, fp, fn))
+    iou = np.asarray(iou, np.float64)
+    present = (tp + fp + fn) > 0
+    if not present.any():
+        raise ValueError("panoptic_quality: no segment was counted (is every pixel void?)")
+    denom = np.where(present, tp + 0.5 * fp + 0.5 * fn, np.nan)
+    pq, rq = iou / denom, tp / denom
+    sq = np.where(present, iou / np.maximum(tp, 1), np.nan)  # 0 for a class with no match
+    return {"pq": float(np.nanmean(pq)), "sq": float(np.nanmean(sq)), "rq": float(np.nanmean(rq)),
+            "per_class": {"pq": pq, "sq": sq, "rq": rq, "tp": tp, "fp": fp, "fn": fn,
+                          "iou": iou}}
+
+
+class RunningPanoptic:
+    """Panoptic counts accumulated over many batches, scored once (like ``RunningScore``):
+
+        rp = RunningPanoptic(n_class=5, stuff=(0,))
+        for x, y, inst in loader.epoch(0):       # Loader(..., instances=True)
+            rp.update(y, inst, pred_class, pred_instance)
+        rp.scores()["pq"]
+    """
+
+    _where = "RunningPanoptic"  # the name its errors give
+
+    def __init__(self, n_class, stuff=(0,), ignore_index=IGNORE_INDEX):
+        self.n_class = _check_n_class(n_class, self._where)
+        self.is_stuff = _check_stuff(stuff, self.n_class, self._where)
+        self.ignore_index = ignore_index
+        self.reset()
+
+    def update(self, true_class, true_instance, pred_class, pred_instance):
+        """Add the segments of one batch of (N, H, W) maps (``panoptic_quality``'s rules)."""
+        maps = _check_maps((true_class, true_instance, pred_class, pred_instance), self.n_class,
+                           self.ignore_index, self._where)
+        for total, add in zip((self.tp, self.fp, self.fn, self.iou),
+                              _panoptic_counts(*maps, self.is_stuff, self.ignore_index)):
+            total += add
+        return self
+
+    def scores(self):
+        """The dict of ``panoptic_quality``; ValueError if no segment was counted yet."""
+        return panoptic_scores(self.tp, self.fp, self.fn, self.iou)
+
+    def reset(self):
+        self.tp, self.fp, self.fn = (np.zeros(self.n_class, np.int64) for _ in range(3))
+        self.iou = np.zeros(self.n_class, np.float64)
+
+
+def panoptic_quality(true_class, true_instance, pred_class, pred_instance, n_class, stuff=(0,),
+                     ignore_index=IGNORE_INDEX):
+    """Panoptic quality of instance predictions: a dict with ``pq``, ``sq``, ``rq`` (means over
+    the classes with a TP, FP or FN) and ``per_class``: (n_class,) arrays ``pq``, ``sq``, ``rq``
+    (NaN for a class with none), ``tp``, ``fp``, ``fn`` (int64) and ``iou`` (sum of matched IoUs).
+
+    Inputs: (N, H, W) integer maps, NumPy or CuPy ((H, W) is one image). A segment is, within one
+    image, the pixels of one class and one instance id; a ``stuff`` class (background by
+    default) is one segment per image whatever its ids. Void, belonging to no segment: true
+    pixels of class ``ignore_index``, and thing pixels of instance id 0 (none, as panopticapi's
+    VOID), on the true side also of id ``ignore_index`` (the data's instance maps mark ignored
+    pixels so). A true segment and a predicted one of the same class match when IoU > 0.5,
+    where the predicted segment's pixels over true void count in neither its intersection nor
+    the union: TP the matches (their IoUs summed), FN the true segments unmatched, FP the
+    predicted ones unmatched, except those more than half over true void. Per class over the
+    whole set, PQ = sum IoU / (TP + FP/2 + FN/2) = SQ x RQ, SQ = sum IoU / TP (0 without a TP),
+    RQ = TP / (TP + FP/2 + FN/2).
+    """
+    return _OneShot(n_class, stuff, ignore_index).update(
+        true_class, true_instance, pred_class, pred_instance).scores()
+
+
+class _OneShot(RunningPanoptic):
+    _where = "panoptic_quality"

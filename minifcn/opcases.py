@@ -93,6 +93,13 @@ def _unary(fn, shape, distinct=False):
     return make
 
 
+def _positive(fn, shape):
+    """Inputs well inside fn's domain: sqrt's derivative grows without bound near 0."""
+    def make(rng):
+        return fn, [Tensor(rng.random(shape) * 3 + 0.2, requires_grad=True)]
+    return make
+
+
 def _dropout_train(rng):
     """Training-mode dropout with the mask fixed by reseeding before every call."""
     from .backend import manual_seed
@@ -194,9 +201,13 @@ CASES = [
     ("mean axis=(0,2) keepdims", "(3,4,5)", _unary(lambda a: F.mean(a, (0, 2), True), (3, 4, 5))),
     ("reshape", "(2,3,4)->(6,4)", _unary(lambda a: F.reshape(a, (6, 4)), (2, 3, 4))),
     ("transpose", "(2,3,4)->(4,2,3)", _unary(lambda a: F.transpose(a, (2, 0, 1)), (2, 3, 4))),
+    ("getitem x[:, 1:3] (a head's channels)", "(2,5,3,4)->(2,2,3,4)",
+     _unary(lambda a: a[:, 1:3], (2, 5, 3, 4))),
+    ("getitem x[1, ..., ::2, None]", "(3,4,5)->(4,3,1)", _unary(lambda a: a[1, ..., ::2, None], (3, 4, 5))),
     ("tensor used twice", "(3,4)", _reused),
     ("relu", "(2,3,7,9)", _unary(F.relu, (2, 3, 7, 9), distinct=True)),
     ("sigmoid", "(2,3,5,5)", _unary(lambda a: F.sigmoid(3 * a), (2, 3, 5, 5))),
+    ("sqrt (inputs in [0.2, 3.2))", "(2,3,5,5)", _positive(F.sqrt, (2, 3, 5, 5))),
     ("softmax dim 1", "(2,4,3,5)", _unary(lambda a: F.softmax(a, 1), (2, 4, 3, 5))),
     ("softmax dim -1", "(2,3,7)", _unary(lambda a: F.softmax(a, -1), (2, 3, 7))),
     ("log_softmax dim 1", "(2,4,3,5)", _unary(lambda a: F.log_softmax(a, 1), (2, 4, 3, 5))),

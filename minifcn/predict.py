@@ -6,6 +6,12 @@ For each image it writes two new files, named after the image's whole file name:
                             coloured with the VOC palette
   DIR/SUB/NAME.overlay.png  the colours over the image
 
+and for a net with an instance head (fcn8s-embed, fcn8s-centres) two more:
+
+  DIR/SUB/NAME.instances.png          the instance map: pixel values are instance ids (0: none),
+                                      a palette PNG (16-bit greyscale past 255 instances)
+  DIR/SUB/NAME.instances-overlay.png  each instance in its own colour over the image
+
 NAME keeps its extension (cat.jpg -> cat.jpg.label.png) and SUB is the image's folder relative
 to the deepest folder that holds all the images (none when they share one). Two images never
 share SUB/NAME and the two kinds end differently, so no two outputs can have the same name:
@@ -19,8 +25,10 @@ temporary name, then renamed. An image that cannot be read is reported, one line
 the others are done; the exit status is then 1, as for a refusal.
 """
 import argparse
+import json
 import os
 import sys
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -31,6 +39,21 @@ from .training import build_model, load_model, predict_labels
 from .data import to_input
 
 KINDS = ("label", "overlay")
+INSTANCE_KINDS = ("instances", "instances-overlay")
+
+
+def kinds_of(checkpoint):
+    """The outputs predict writes for the net in ``checkpoint``, read from its metadata alone
+    (so that outputs are checked before the model loads): KINDS, and INSTANCE_KINDS for a net
+    with an instance head. An unreadable file gets KINDS: load_model then says what is wrong."""
+    from .models.registry import INSTANCE_MODELS
+
+    try:
+        with np.load(checkpoint, allow_pickle=False) as z:
+            meta = json.loads(str(z[io.checkpoint.META_KEY][()]))
+        return KINDS + (INSTANCE_KINDS if meta["config"]["model"] in INSTANCE_MODELS else ())
+    except (OSError, KeyError, ValueError, TypeError, zipfile.BadZipFile):
+        return KINDS
 
 
 def read_image(path):
@@ -68,7 +91,7 @@ def entry(path):
     return os.path.join(os.path.realpath(folder), name)
 
 
-def plan(images, out, overwrite):
+def plan(images, out, overwrite, kinds=KINDS):
     """{image: {kind: output path}} for ``images`` (one given twice is kept once), or ValueError
     with a one-line reason if writing them could lose a file."""
     if not out:
@@ -78,7 +101,7 @@ def plan(images, out, overwrite):
         first.setdefault(os.path.abspath(p), p)
     top = os.path.commonpath([os.path.dirname(a) for a in first])
     outputs = {p: {k: Path(out, os.path.relpath(os.path.dirname(a), top),
-                           f"{os.path.basename(a)}.{k}.png") for k in KINDS}
+                           f"{os.path.basename(a)}.{k}.png") for k in kinds}
                for a, p in first.items()}
     inputs = {e for a in first for e in (entry(a), os.path.realpath(a))}
     folders = {os.path.dirname(e) for e in inputs}
@@ -108,6 +131,32 @@ def write_png(path, save, overwrite):
         save(tmp)
 
 
+def predict_instances(model, x):
+    """(classes (H, W) uint8, instance ids (H, W)) of one image x (1, 3, H, W)."""
+    from .autograd import Tensor, no_grad
+    from .models.instances import predict_instances as group
+
+    with no_grad():
+        scores, extra = model.heads(Tensor(x))
+    classes, ids = group(model, scores, extra)
+    return classes[0].astype(np.uint8), ids[0]
+
+
+def write_instances(out, image, ids, overwrite):
+    """The instance map (palette PNG, 16-bit past 255 ids) and its overlay in colours."""
+    def save(tmp):
+        if ids.max() <= 255:
+            viz.save_label_png(tmp, ids.astype(np.uint8))
+        else:
+            Image.fromarray(ids.astype(np.uint16)).save(tmp, format="PNG")
+
+    # colours by id, cycling through the palette's 254 (0 is no instance, 255 is ignore)
+    tinted = Image.fromarray(viz.overlay(image, np.where(ids > 0, (ids - 1) % 254 + 1, 0)
+                                         .astype(np.uint8)))
+    write_png(out["instances"], save, overwrite)
+    write_png(out["instances-overlay"], lambda tmp: tinted.save(tmp, format="PNG"), overwrite)
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(prog="python -m minifcn.predict", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -119,7 +168,7 @@ def main(argv=None):
     p.add_argument("--device", default="auto", choices=["cpu", "cuda", "auto"])
     args = p.parse_args(argv)
     try:
-        outputs = plan(args.images, args.out, args.overwrite)
+        outputs = plan(args.images, args.out, args.overwrite, kinds_of(args.checkpoint))
         io.check_folder(args.out, f"--out {args.out}")
         model, config = load_model(args.checkpoint, args.device)
         device = backend.check_device(args.device)
@@ -132,7 +181,11 @@ def main(argv=None):
             image = read_image(path)
             x = backend.to_device(to_input(image)[None], device)
             net = fit_padding(model, config, *image.shape[:2], device)
-            label = predict_labels(net, x)[0].astype(np.uint8)
+            if "instances" in out:  # a net with an instance head: classes and instances
+                label, ids = predict_instances(net, x)
+                write_instances(out, image, ids, args.overwrite)
+            else:
+                label = predict_labels(net, x)[0].astype(np.uint8)
             tinted = Image.fromarray(viz.overlay(image, label))
             write_png(out["label"], lambda tmp: viz.save_label_png(tmp, label), args.overwrite)
             write_png(out["overlay"], lambda tmp: tinted.save(tmp, format="PNG"), args.overwrite)

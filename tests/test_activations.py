@@ -1,5 +1,5 @@
-"""F.sigmoid, F.softmax, F.log_softmax (minifcn/activations.py), nn.Sigmoid and nn.Softmax, and
-batched F.matmul: values against plain loops written here and against PyTorch in float64
+"""F.sigmoid, F.sqrt, F.softmax, F.log_softmax (minifcn/activations.py), nn.Sigmoid and nn.Softmax,
+and batched F.matmul: values against plain loops written here and against PyTorch in float64
 (values and gradients), stability at extreme inputs, and the errors bad input must raise.
 (Gradient checks of each: minifcn.opcases, run by tests/test_functional.py.)"""
 import math
@@ -51,6 +51,16 @@ def test_sigmoid_against_loops(rng):
     np.testing.assert_allclose(F.sigmoid(Tensor(x)).data, slow_sigmoid(x), rtol=1e-14, atol=0)
 
 
+def test_sqrt_against_loops_and_its_edges(rng):
+    x = rng.random((3, 4, 5)) * 50
+    want = np.array([math.sqrt(v) for v in x.ravel().tolist()]).reshape(x.shape)
+    np.testing.assert_allclose(F.sqrt(Tensor(x)).data, want, rtol=1e-15, atol=0)
+    t = Tensor(np.array([0.0, 4.0]), requires_grad=True)
+    with np.errstate(divide="ignore"):
+        F.sqrt(t).backward(np.ones(2))
+    assert t.grad.tolist() == [math.inf, 0.25]  # torch.sqrt's too: a norm adds eps first
+
+
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_sigmoid_extremes_warn_nothing_and_keep_small_values(dtype):
     x = np.array([-1e4, -800, -100, -30, -1, 0, 1, 30, 100, 800, 1e4], dtype)
@@ -97,6 +107,20 @@ def test_matches_pytorch_values_and_gradients(rng, shape, dim, op):
     ty.backward(torch.tensor(g))
     np.testing.assert_allclose(y.data, ty.detach().numpy(), rtol=1e-12, atol=1e-14)
     np.testing.assert_allclose(ours.grad, theirs.grad.numpy(), rtol=1e-10, atol=1e-13)
+
+
+@pytest.mark.parametrize("dtype,tol", [(np.float64, 1e-13), (np.float32, 1e-6)])
+def test_sqrt_matches_pytorch(rng, dtype, tol):
+    torch = pytest.importorskip("torch")
+    x = (rng.random((2, 5, 3, 4)) * 10 + 1e-3).astype(dtype)
+    g = rng.standard_normal(x.shape).astype(dtype)
+    ours, theirs = Tensor(x, requires_grad=True), torch.tensor(x, requires_grad=True)
+    y, ty = F.sqrt(ours), torch.sqrt(theirs)
+    y.backward(g)
+    ty.backward(torch.tensor(g))
+    assert y.dtype == dtype and ours.grad.dtype == dtype
+    np.testing.assert_allclose(y.data, ty.detach().numpy(), rtol=tol, atol=0)
+    np.testing.assert_allclose(ours.grad, theirs.grad.numpy(), rtol=tol, atol=0)
 
 
 @pytest.mark.parametrize("op", ["sigmoid", "softmax", "log_softmax"])
@@ -177,9 +201,11 @@ def test_softmax_errors(op):
         fn(Tensor(np.array(1.0)), 0)
 
 
-def test_sigmoid_and_matmul_errors():
+def test_sigmoid_sqrt_and_matmul_errors():
     with pytest.raises(TypeError, match="sigmoid: input must be a floating array"):
         F.sigmoid(Tensor(np.ones(3, np.int32)))
+    with pytest.raises(TypeError, match="sqrt: input must be a floating array"):
+        F.sqrt(Tensor(np.ones(3, np.int64)))
     with pytest.raises(ValueError, match=r"matmul: batch shapes \(2,\) and \(3,\) do not"):
         F.matmul(Tensor(np.ones((2, 5, 4))), Tensor(np.ones((3, 4, 6))))
     with pytest.raises(ValueError, match=r"matmul: expected .* \(k 4 vs 5\)"):

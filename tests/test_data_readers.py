@@ -6,7 +6,7 @@ import pytest
 from PIL import Image
 
 from minifcn.data import (VOC_CLASSES, Digits, FolderSegmentation, Loader, Shapes,
-                          VOCSegmentation, get_dataset, voc_palette)
+                          ShapesTouching, VOCSegmentation, get_dataset, voc_palette)
 
 from _helpers import check_interface
 
@@ -72,6 +72,55 @@ def test_voc_loads_what_was_written(tmp_path):
         np.testing.assert_array_equal(label, written[name][1])
         assert image.shape == written[name][0].shape
         assert np.abs(image.astype(int) - written[name][0]).mean() < 3  # JPEG is lossy
+
+
+def write_objects(base, written, seed=1):
+    """SegmentationObject/ palette PNGs for the tree ``make_voc`` wrote: a few rectangles per
+    image, each one instance of one class, later ones over earlier ones; returns {name: map}."""
+    rng = np.random.default_rng(seed)
+    (base / "SegmentationObject").mkdir()
+    maps = {}
+    for name, (image, label) in written.items():
+        h, w = label.shape
+        inst, cls = np.zeros((h, w), np.int64), np.zeros((h, w), np.int64)
+        for k in range(1, 4):
+            y, x = rng.integers(0, h - 8), rng.integers(0, w - 8)
+            inst[y:y + 8, x:x + 10], cls[y:y + 8, x:x + 10] = k, rng.integers(1, 21)
+        inst[0, :] = cls[0, :] = 255  # the void band, as VOC draws it on both maps
+        cls[:, -1] = 255  # void on the class map alone: the reader voids the instance map too
+        write_label(base / "SegmentationObject" / f"{name}.png", inst)
+        write_label(base / "SegmentationClass" / f"{name}.png", cls)
+        written[name] = (image, cls)
+        maps[name] = np.where(cls == 255, 255, inst)
+    return maps
+
+
+def test_voc_reads_segmentation_object_instance_maps(tmp_path):
+    base, written = make_voc(tmp_path)
+    assert not VOCSegmentation(base, "train").has_instances  # no SegmentationObject/ yet
+    with pytest.raises(ValueError, match="no instance maps"):
+        VOCSegmentation(base, "train").item(0, instances=True)
+    maps = write_objects(base, written)
+    with Image.open(base / "SegmentationObject" / f"{next(iter(maps))}.png") as im:
+        assert im.mode == "P"  # a palette PNG, as VOC ships them
+    ds = VOCSegmentation(base, "train")
+    assert ds.has_instances and ds.notice is None
+    for i, name in enumerate(ds.names):
+        image, label, inst = ds.item(i, instances=True)
+        assert inst.dtype == np.int64
+        np.testing.assert_array_equal(inst, maps[name])
+        np.testing.assert_array_equal(label, written[name][1])
+        np.testing.assert_array_equal(ds[i][1], label)  # ds[i] still gives the pair
+        for k in np.unique(inst[(inst > 0) & (inst < 255)]):
+            assert len(np.unique(label[inst == k])) == 1  # one class per instance
+    x, y, inst = next(Loader(ds, batch_size=1, shuffle=False, flip=False, crop=(20, 20),
+                             instances=True).epoch(0))
+    np.testing.assert_array_equal(inst[0], maps[ds.names[0]][:20, :20])
+    # a list naming an id without its object PNG: no instance maps, and a notice says why
+    (base / "SegmentationObject" / f"{ds.names[1]}.png").unlink()
+    partial = VOCSegmentation(base, "train")
+    assert not partial.has_instances and "lacks 1 of the 2" in partial.notice
+    assert len(partial) == 2 and partial[1][1].shape == written[ds.names[1]][1].shape
 
 
 def test_voc_root_discovery(tmp_path):
@@ -281,11 +330,14 @@ def test_folder_errors(tmp_path):
 def test_get_dataset(tmp_path):
     assert isinstance(get_dataset("shapes", "val"), Shapes)
     assert isinstance(get_dataset("digits", "train", n=3), Digits)
+    touching = get_dataset("shapes-touching", "val", n=2)
+    assert isinstance(touching, ShapesTouching) and touching.class_names == Shapes.class_names
     base, _ = make_voc(tmp_path / "v")
     assert len(get_dataset(f"voc:{tmp_path / 'v' / 'VOCdevkit'}", "val")) == 1
     make_folder(tmp_path / "f", splits=True)
     assert len(get_dataset(f"folder:{tmp_path / 'f'}", "train")) == 5
-    with pytest.raises(ValueError, match="shapes, digits, shapes-cls, voc:ROOT, folder:ROOT"):
+    specs = "shapes, shapes-touching, digits, shapes-cls, voc:ROOT, folder:ROOT"
+    with pytest.raises(ValueError, match=specs):
         get_dataset("cityscapes", "train")
     with pytest.raises(ValueError, match="needs a folder"):
         get_dataset("voc:", "train")

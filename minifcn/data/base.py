@@ -10,6 +10,11 @@ Two optional parts, which the base class provides: ``image_size(i) -> (H, W)``, 
 that ``Loader(group_by_size=True)`` can batch images by size; and ``notice``, None or a one-line
 message about a guess the dataset made that the user should know of (e.g. an inferred number of
 classes), which the training command prints.
+
+Instances, for the datasets that have them (``has_instances`` True): ``ds.item(i,
+instances=True)`` returns (image, label, instance), instance (H, W) int64 with 0 on background,
+one id 1..K per object (each object of one class) and 255 where the label is 255; ``ds[i]``
+keeps returning the pair.
 """
 import operator
 
@@ -28,11 +33,15 @@ class SegmentationDataset:
     n_class = 0
     class_names = ()
     notice = None  # or a one-line message for the user: a guess made while reading the data
+    has_instances = False  # True where item(i, instances=True) gives an instance map
 
     def __len__(self):
         raise NotImplementedError
 
     def _get(self, i):
+        raise NotImplementedError
+
+    def _get_instances(self, i):  # (image, label, instance); only where has_instances
         raise NotImplementedError
 
     def _image_size(self, i):
@@ -42,6 +51,21 @@ class SegmentationDataset:
         """(image (H, W, 3) uint8, label (H, W) int64) of item ``i``; negative i counts from
         the end, as for a list."""
         return self._get(self._index(i))
+
+    def item(self, i, instances=False):
+        """``ds[i]``; with ``instances=True``, (image, label, instance) (see the module
+        docstring), a ValueError for a dataset without instance maps."""
+        i = self._index(i)
+        if not instances:
+            return self._get(i)
+        if not self.has_instances:
+            raise ValueError(f"{type(self).__name__} ({self.name}): this dataset has no instance "
+                             "maps (has_instances is False)")
+        return self._get_instances(i)
+
+    def instance(self, i):
+        """The (H, W) int64 instance map of item ``i`` (``item(i, instances=True)[2]``)."""
+        return self.item(i, instances=True)[2]
 
     def image_size(self, i):
         """(H, W) of item ``i``'s image, read cheaply where the dataset can (see the module

@@ -8,6 +8,9 @@ the batches an uninterrupted run would have had.
 Images of different sizes cannot share a batch. ``group_by_size=True`` batches each size apart
 (learning the sizes from ``dataset.image_size(i)``, a file header, once), which is how a whole
 VOC split is validated at full resolution with batches of more than one image.
+
+``instances=True`` adds each item's instance map (``dataset.item(i, instances=True)``) to the
+batch, flipped and cropped with its label, padded with 255 like it.
 """
 import operator
 
@@ -38,11 +41,20 @@ class Loader:
     (the paper's way: one image at its own size), or ``group_by_size=True``: then every batch
     holds images of one (H, W), in the epoch's order within each size, the batches ordered by
     their first image. With one size in the dataset (or a crop) that is the plain batching.
+
+    ``instances=True``: batches are (x, y, inst), inst (B, H, W) int64 the items' instance maps
+    (0 background, 1..K objects, 255 ignored), moved with y; the dataset must have them
+    (``has_instances``).
     """
 
     def __init__(self, dataset, batch_size=1, shuffle=True, seed=0, flip=False, crop=None,
-                 group_by_size=False):
+                 group_by_size=False, instances=False):
         self.dataset = dataset
+        self.instances = bool(instances)
+        if self.instances and not getattr(dataset, "has_instances", False):
+            raise ValueError(f"Loader: instances=True but the dataset "
+                             f"{getattr(dataset, 'name', type(dataset).__name__)!r} has no "
+                             "instance maps (has_instances is not True)")
         self.batch_size = _nonneg_int(batch_size, "batch_size")
         if self.batch_size < 1:
             raise ValueError(f"Loader: batch_size must be >= 1, got {batch_size!r}")
@@ -83,7 +95,8 @@ class Loader:
 
     def epoch(self, e, start=0):
         """Iterator over the batches ``start``, ``start+1``, ... of epoch ``e``: each is
-        (x (B, 3, H, W) float32, y (B, H, W) int64)."""
+        (x (B, 3, H, W) float32, y (B, H, W) int64), and inst (B, H, W) int64 after them with
+        ``instances=True``."""
         e = _nonneg_int(e, "epoch")
         start = _nonneg_int(start, "start")
         if start > len(self):
@@ -108,8 +121,8 @@ class Loader:
         for b, positions in enumerate(self.batch_positions(order)[start:], start):
             items = [self._item(order[p], flips[p], offsets[p]) for p in positions]
             self._check_one_size(e, b, [order[p] for p in positions],
-                                 [x.shape[1:] for x, _ in items])
-            yield (np.stack([x for x, _ in items]), np.stack([y for _, y in items]))
+                                 [item[0].shape[1:] for item in items])
+            yield tuple(np.stack(parts) for parts in zip(*items))
 
     def _check_one_size(self, e, b, indices, sizes):
         odd = next((k for k, size in enumerate(sizes) if size != sizes[0]), None)
@@ -125,7 +138,11 @@ class Loader:
                          "or --batch-size 1), or group_by_size=True")
 
     def _item(self, index, flip, offset):
-        image, label = self.dataset[int(index)]
+        """(x, label) of item ``index`` flipped and cropped, or (x, label, inst)."""
+        if self.instances:
+            image, label, inst = self.dataset.item(int(index), instances=True)
+        else:
+            image, label = self.dataset[int(index)]
         x = to_input(image)
         label = np.asarray(label)
         # a classification set's label is one (1, 1) class per image: flips and crops move
@@ -135,10 +152,16 @@ class Loader:
             raise ValueError(f"Loader: item {index} has a {label.shape} label for a "
                              f"{image.shape[:2]} image")
         label = label.astype(np.int64, copy=False)
+        if self.instances:
+            inst = np.asarray(inst)
+            if inst.shape != label.shape:
+                raise ValueError(f"Loader: item {index} has a {inst.shape} instance map for a "
+                                 f"{label.shape} label")
+            label = np.stack([label, inst.astype(np.int64, copy=False)])  # moved as one
         if flip:
             x, flipped = hflip(x, label)
             label = label if whole else flipped
         if self.crop is not None:
             x, cropped = crop_or_pad(x, label, self.crop, offset)
             label = label if whole else cropped
-        return x, label
+        return (x, label[0], label[1]) if self.instances else (x, label)

@@ -83,6 +83,7 @@ class Shapes(SyntheticDataset):
     name = "shapes"
     class_names = list(SHAPE_CLASSES)
     n_class = len(SHAPE_CLASSES)
+    has_instances = True
 
     def __init__(self, split="train", n=None, size=96, seed=0, *, max_shapes=MAX_SHAPES,
                  shape_scale=SHAPE_SCALE, arm_width=ARM_WIDTH,
@@ -97,6 +98,14 @@ class Shapes(SyntheticDataset):
         self.min_color_distance = float(min_color_distance)
 
     def _get(self, i):
+        return self._scene(i)[:2]
+
+    def _get_instances(self, i):
+        return self._scene(i, instances=True)
+
+    def _scene(self, i, instances=False):
+        """(image, label) of item ``i``, and its instance map when ``instances``: object j of
+        the drawing order paints id j where it shows, then ids are renumbered 1..K."""
         size = self.size
         rng = self._rng(i)
         yy, xx = pixel_grid(size)
@@ -104,6 +113,7 @@ class Shapes(SyntheticDataset):
         colors = distinct_colors(rng, k + 1, self.min_color_distance)
         canvas = layer(rng, size, colors[0], self.texture_amplitude)
         label = np.zeros((size, size), np.int64)
+        inst = np.zeros((size, size), np.int64) if instances else None
         centres = []
         for j in range(1, k + 1):
             cls = int(rng.integers(1, len(SHAPE_CLASSES)))
@@ -112,10 +122,31 @@ class Shapes(SyntheticDataset):
             rows, cols = window(size, cy, cx, 1.5 * r)  # every mask fits in 1.5 r
             mask = MASKS[cls](rng, yy[rows, cols] - np.float32(cy), xx[rows, cols] - np.float32(cx),
                               r, size, self.arm_width)
-            paint = layer(rng, size, colors[j], self.texture_amplitude, rows, cols)
-            np.copyto(canvas[:, rows, cols], paint, where=mask)
-            np.copyto(label[rows, cols], cls, where=mask)
-        return finish(canvas, rng, self.noise_std), label
+            _paint(rng, self, canvas, label, inst, rows, cols, mask, cls, j, colors[j])
+        image = finish(canvas, rng, self.noise_std)
+        return (image, label) if inst is None else (image, label, renumber(inst, label))
+
+
+def _paint(rng, ds, canvas, label, inst, rows, cols, mask, cls, j, color):
+    """Paste object ``j`` of class ``cls`` where ``mask`` (over the window rows, cols) is true:
+    a textured layer on the canvas, its class on the label, ``j`` on the instance map (if any)."""
+    paint = layer(rng, ds.size, color, ds.texture_amplitude, rows, cols)
+    np.copyto(canvas[:, rows, cols], paint, where=mask)
+    np.copyto(label[rows, cols], cls, where=mask)
+    if inst is not None:
+        np.copyto(inst[rows, cols], j, where=mask)
+
+
+def renumber(inst, label, ignore_index=255):
+    """The ids of ``inst`` (0 = background) mapped in order to 1..K, so that an object that a
+    later one hid entirely leaves no gap; 255 where ``label`` is ``ignore_index``."""
+    present = np.unique(inst)
+    present = present[present > 0]
+    lut = np.zeros(int(inst.max()) + 1, np.int64)
+    lut[present] = np.arange(1, len(present) + 1)
+    out = lut[inst]
+    out[label == ignore_index] = ignore_index
+    return out
 
 
 def _place(rng, size, r, centres, tries=10):

@@ -34,12 +34,14 @@ def from_input(x):
 
 
 def hflip(x, label):
-    """Mirror a (C, H, W) input and its (H, W) label left-right together (copies)."""
-    return np.ascontiguousarray(x[:, :, ::-1]), np.ascontiguousarray(label[:, ::-1])
+    """Mirror a (C, H, W) input and its (H, W) label (or (K, H, W) maps: the Loader stacks
+    label and instance map) left-right together (copies)."""
+    return np.ascontiguousarray(x[:, :, ::-1]), np.ascontiguousarray(label[..., ::-1])
 
 
 def crop_or_pad(x, label, size, offset_fraction):
-    """A (C, h, w) window of the (C, H, W) input and the (h, w) window of its (H, W) label.
+    """A (C, h, w) window of the (C, H, W) input and the (h, w) window of its (H, W) label
+    (or of each of (K, H, W) maps, as ``hflip``).
 
     ``size`` = (h, w). Where the image is smaller than the window it is first padded at the
     bottom and right, the input with 0 (the mean colour, after mean subtraction) and the label
@@ -52,9 +54,10 @@ def crop_or_pad(x, label, size, offset_fraction):
     if H < h or W < w:
         ph, pw = max(0, h - H), max(0, w - W)
         x = np.pad(x, ((0, 0), (0, ph), (0, pw)), constant_values=0)
-        label = np.pad(label, ((0, ph), (0, pw)), constant_values=IGNORE_INDEX)
+        label = np.pad(label, ((0, 0),) * (label.ndim - 2) + ((0, ph), (0, pw)),
+                       constant_values=IGNORE_INDEX)
         H, W = H + ph, W + pw
     top = int(offset_fraction[0] * (H - h + 1))
     left = int(offset_fraction[1] * (W - w + 1))
     return (np.ascontiguousarray(x[:, top:top + h, left:left + w]),
-            np.ascontiguousarray(label[top:top + h, left:left + w]))
+            np.ascontiguousarray(label[..., top:top + h, left:left + w]))

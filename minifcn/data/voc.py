@@ -3,6 +3,9 @@
     VOCdevkit/VOC2012/                 (or VOC2011)
         JPEGImages/NAME.jpg
         SegmentationClass/NAME.png     palette PNG; the indices are the labels, 255 on boundaries
+        SegmentationObject/NAME.png    optional: palette PNG, index = instance id (1, 2, ... per
+                                       object, 0 background, 255 void), for ``has_instances``;
+                                       read as is, then 255 wherever the class label is 255
         ImageSets/Segmentation/{train,val,trainval}.txt
 """
 from pathlib import Path
@@ -10,7 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from .base import SegmentationDataset
-from .readers import read_image_size, read_names, read_pair
+from .readers import read_image_size, read_label, read_names, read_pair
 
 VOC_CLASSES = (
     "background", "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat",
@@ -62,7 +65,9 @@ class VOCSegmentation(SegmentationDataset):
     ``split_file``: instead, the path of a list of image ids anywhere (one per line), such as
     the authors' seg11valid.txt; ``split`` is then its name without the suffix.
     Every listed id must have its image and label (else FileNotFoundError naming the list and
-    the first id missing). Each item is checked when loaded: decodable image, label of the same
+    the first id missing). Instance maps (``item(i, instances=True)``): when
+    SegmentationObject/ exists and holds every listed id's PNG, ``has_instances`` is True;
+    when it exists but lacks some, False, and ``notice`` says how many are missing. Each item is checked when loaded: decodable image, label of the same
     size, label values in 0..20 or 255; errors name the file.
     """
 
@@ -78,6 +83,7 @@ class VOCSegmentation(SegmentationDataset):
                 raise FileNotFoundError(f"VOCSegmentation: split file {split_file} not found")
             self.split, self.names = split_file.stem, read_names(split_file, "VOCSegmentation")
             self._check_listed(split_file)
+            self._find_instances()
             return
         if not isinstance(split, str) or not split or "/" in split or "\\" in split:
             raise ValueError(f"VOCSegmentation: split must be a plain name like 'train', got {split!r}")
@@ -94,6 +100,18 @@ class VOCSegmentation(SegmentationDataset):
             )
         self.names = read_names(split_file, "VOCSegmentation")
         self._check_listed(split_file)
+        self._find_instances()
+
+    def _find_instances(self):
+        """``has_instances``: SegmentationObject/ holds a PNG for every listed id."""
+        objects = self.root / "SegmentationObject"
+        if not objects.is_dir():
+            return
+        missing = [n for n in self.names if not (objects / f"{n}.png").is_file()]
+        self.has_instances = not missing
+        if missing:
+            self.notice = (f"VOCSegmentation: {objects} lacks {len(missing)} of the "
+                           f"{len(self.names)} listed ids (first {missing[0]!r}); no instance maps")
 
     def _check_listed(self, split_file):
         """Every listed id has JPEGImages/ID.jpg and SegmentationClass/ID.png (a list meant for
@@ -117,6 +135,17 @@ class VOCSegmentation(SegmentationDataset):
         return read_pair(self.root / "JPEGImages" / f"{name}.jpg",
                          self.root / "SegmentationClass" / f"{name}.png",
                          self.n_class, "VOCSegmentation")
+
+    def _get_instances(self, i):
+        image, label = self._get(i)
+        path = self.root / "SegmentationObject" / f"{self.names[i]}.png"
+        inst = read_label(path, 2**31, "VOCSegmentation")  # any id; mode and decoding checked
+        if inst.shape != label.shape:
+            raise ValueError(f"VOCSegmentation: instance map {path} is {inst.shape[1]}x"
+                             f"{inst.shape[0]} (WxH) but its label is {label.shape[1]}x"
+                             f"{label.shape[0]}; they must match")
+        inst[label == self.ignore_index] = self.ignore_index  # void wherever the label is
+        return image, label, inst
 
     def _image_size(self, i):
         return read_image_size(self.root / "JPEGImages" / f"{self.names[i]}.jpg", "VOCSegmentation")

@@ -59,14 +59,14 @@ def check(p, args, nets):
     return chosen
 
 
-def run(args, rows, labels):
+def run(args, rows, labels, data="shapes"):
     """Train every (model, start) of ``rows`` for each seed, then measure each net; returns a
     dict per row: label, start, model, params, macs, step_s, peak, best (records), ius, runs,
     configs."""
     jobs = []
     for model, start in rows:
         for seed in range(args.seeds):
-            config = {**DEFAULTS, "model": model, "data": "shapes", "width": args.width,
+            config = {**DEFAULTS, "model": model, "data": data, "width": args.width,
                       "size": args.size, "seed": seed, "device": args.device, "init": start,
                       "n_train": args.n_train, "n_val": args.n_val, "iters": args.iters,
                       "epochs": None, "batch_size": args.batch_size}

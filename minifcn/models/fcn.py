@@ -85,6 +85,10 @@ class FCN8s(FCNBase):
 
     def forward(self, x):
         pool3, pool4, h = self.backbone(x)
+        return self.head(pool3, pool4, h, x)
+
+    def head(self, pool3, pool4, h, x):
+        """The scores from the trunk's pool3, pool4 and fc7 (h), cropped to the image x."""
         h = self.score_fr(h)
         upscore2 = self.upscore2(h)  # stride 32 -> 16
         h = self.score_pool4c(self.score_pool4(pool4), upscore2)

@@ -8,14 +8,17 @@ from .deconvnet import deconvnet
 from .deeplab import deeplab_aspp, deeplab_largefov
 from .fcn import FCN_MODELS as _FCNS
 from .fcn_context import fcn8s_nonlocal, fcn8s_se
+from .instances import fcn8s_centres, fcn8s_embed
 from .segnet import segnet, segnet_basic
 from .unet import unet
 
-FCN_MODELS = {**_FCNS, "fcn8s-se": fcn8s_se, "fcn8s-nonlocal": fcn8s_nonlocal}
+FCN_MODELS = {**_FCNS, "fcn8s-se": fcn8s_se, "fcn8s-nonlocal": fcn8s_nonlocal,
+              "fcn8s-embed": fcn8s_embed, "fcn8s-centres": fcn8s_centres}
 ENCODER_DECODERS = {"segnet": segnet, "segnet-basic": segnet_basic, "deconvnet": deconvnet,
                     "unet": unet}
 DEEPLABS = {"deeplab-largefov": deeplab_largefov, "deeplab-aspp": deeplab_aspp}
 PLAIN_NETS = {**ENCODER_DECODERS, **DEEPLABS}
+INSTANCE_MODELS = ("fcn8s-embed", "fcn8s-centres")  # FCN-8s with an instance head
 MODELS = {**FCN_MODELS, **PLAIN_NETS}
 # the nets on VGG16's trunk, which can start from a VGG16 classifier (--init classifier)
 CLASSIFIER_START = (*FCN_MODELS, "segnet", "deconvnet", *DEEPLABS)

@@ -15,8 +15,8 @@ from .build import build_model, dataset, load_model, load_weights_into, make_opt
 from .config import DEFAULTS, FROM_SCRATCH, REFERENCE, resolve
 from .loop import fit
 from .runs import BEST, LAST, Run
-from .step import predict_labels, train_step, validate
+from .step import predict_labels, train_step, validate, validate_instances
 
-__all__ = ["train_step", "validate", "predict_labels", "fit", "build_model", "make_optimizer",
+__all__ = ["train_step", "validate", "validate_instances", "predict_labels", "fit", "build_model", "make_optimizer",
            "dataset", "load_model", "load_weights_into", "DEFAULTS", "FROM_SCRATCH",
            "REFERENCE", "resolve", "Run", "LAST", "BEST"]

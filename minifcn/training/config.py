@@ -21,7 +21,7 @@ DEFAULTS = dict(
     checkpoint_every=0, loss_sampling=1.0, sampling_batch="scaled", freeze_trunk=False,
     class_weights="none", learn_upsampling="fixed", init=None, val_every=0,
 )
-SYNTHETIC = ("shapes", "digits", "shapes-cls")  # the embedded sets (no download)
+SYNTHETIC = ("shapes", "shapes-touching", "digits", "shapes-cls")  # embedded (no download)
 INITS = ("classifier", "scratch")  # --init: the shipped classifier (weights.py), or He's init
 
 # The defaults that depend on the data. From scratch: a large lr after a warm-up, conv1_1 on

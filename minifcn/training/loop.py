@@ -44,8 +44,14 @@ def fit(config, run_dir, resume=False, overwrite=False, log=print, on_iteration=
     cell = final_stride(model) if p < 1 else None
     class_weights = (balanced_class_weights(train_set, train_set.n_class)
                      if option(config, "class_weights") == "balanced" else None)
+    # an instance net (models/instances.py) learns from the instance maps too
+    with_instances = hasattr(model, "instance_loss")
+    if with_instances and not train_set.has_instances:
+        raise ValueError(f"--model {config['model']} learns instances: --data {config['data']} "
+                         f"has no instance maps (shapes, shapes-touching and VOC with "
+                         f"SegmentationObject/ have them)")
     loader = Loader(train_set, images_per_step, shuffle=True, seed=config["seed"],
-                    flip=config["flip"], crop=config.get("crop"))
+                    flip=config["flip"], crop=config.get("crop"), instances=with_instances)
     # real images differ in size: each validation batch holds images of one size
     val_loader = Loader(val_set, config["val_batch_size"], shuffle=False, group_by_size=True)
     per_epoch = len(loader)
@@ -98,14 +104,15 @@ def fit(config, run_dir, resume=False, overwrite=False, log=print, on_iteration=
                 break
             bar = progress(per_epoch, batch, f"epoch {epoch + 1}/{n_epochs}")
             t0, seen = time.perf_counter(), 0
-            for x, y in loader.epoch(epoch, start=batch):
+            for x, y, *instances in loader.epoch(epoch, start=batch):
                 opt.lr = config["lr"] * schedule(iteration)
                 if p < 1:
                     y = sample_loss_cells(y, p, cell, backend.rng())
                 try:
                     loss = train_step(model, opt, backend.to_device(x, device),
                                       backend.to_device(y, device), config["loss_reduction"],
-                                      class_weights)
+                                      class_weights,
+                                      *(backend.to_device(i, device) for i in instances))
                 except FloatingPointError as e:
                     bar.close()
                     last = (f"the last good checkpoint is {run.path(LAST)}"

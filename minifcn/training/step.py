@@ -15,17 +15,24 @@ from .. import functional as F
 from ..autograd import Tensor, no_grad
 from ..data import from_input
 from ..loss import IGNORE_INDEX
-from ..metrics import RunningScore
+from ..metrics import RunningPanoptic, RunningScore
 
 
-def train_step(model, optimizer, images, labels, loss_reduction="mean", class_weights=None):
+def train_step(model, optimizer, images, labels, loss_reduction="mean", class_weights=None,
+               instances=None):
     """One SGD step on one batch; returns the loss as a float.
 
     images: (N, 3, H, W) float32 and labels: (N, H, W) int64 (255 = ignore), NumPy or CuPy
-    arrays on the model's device. A loss that is not finite raises FloatingPointError before
-    any weight changes, so the last checkpoint stays good."""
-    scores = model(Tensor(images))                                   # (N, n_class, H, W)
-    loss = segmentation_loss(scores, labels, loss_reduction, class_weights)
+    arrays on the model's device; instances (N, H, W), for a net with an instance head
+    (models/instances.py), whose own loss is added. A loss that is not finite raises
+    FloatingPointError before any weight changes, so the last checkpoint stays good."""
+    if instances is None:
+        scores = model(Tensor(images))                               # (N, n_class, H, W)
+        loss = segmentation_loss(scores, labels, loss_reduction, class_weights)
+    else:  # the semantic scores' loss plus the instance head's
+        scores, extra = model.heads(Tensor(images))
+        loss = segmentation_loss(scores, labels, loss_reduction, class_weights) + \
+            model.instance_loss(extra, instances)
     value = loss.item()
     if not math.isfinite(value):
         raise FloatingPointError(f"loss is {value}")
@@ -91,3 +98,21 @@ def validate(model, loader, n_class, device="cpu", loss_reduction="mean", limit=
             examples.append((from_input(x[j]), y[j], pred[j]))
     model.train()
     return running.scores(), float(np.mean(losses)), examples
+
+
+def validate_instances(model, loader, n_class, device="cpu", stuff=(0,)):
+    """Panoptic quality (``metrics.RunningPanoptic``) of ``model``'s instances over a loader
+    that yields instance maps: a net's own instance head where it has one, else the connected
+    components of each class of its argmax (the baseline). Eval mode, no gradients."""
+    from ..models.instances import predict_instances
+
+    model.eval()
+    running = RunningPanoptic(n_class, stuff)
+    for x, y, inst in loader.epoch(0):
+        with no_grad():
+            t = Tensor(backend.to_device(x, device))
+            scores, extra = model.heads(t) if hasattr(model, "heads") else (model(t), None)
+        classes, ids = predict_instances(model, scores, extra, stuff)
+        running.update(y, inst, classes, ids)
+    model.train()
+    return running.scores()
