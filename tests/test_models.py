@@ -155,7 +155,7 @@ def test_width_scales_every_hidden_channel_and_keeps_the_topology():
 def test_build_and_models_map_names_to_the_classes():
     assert set(MODELS) == {"fcn32s", "fcn16s", "fcn8s", "fcn8s-atonce", "segnet", "segnet-basic",
                            "deconvnet", "unet", "deeplab-largefov", "deeplab-aspp", "fcn8s-se",
-                           "fcn8s-nonlocal"}
+                           "fcn8s-nonlocal", "fcn8s-embed", "fcn8s-centres"}
     for name, cls in (("fcn32s", FCN32s), ("fcn16s", FCN16s), ("fcn8s", FCN8s),
                       ("fcn8s-atonce", FCN8sAtOnce), ("fcn8s_atonce", FCN8sAtOnce)):
         model = build(name, n_class=4, width=TINY, pad1=90)
