@@ -11,7 +11,8 @@ VGG16 classifier an FCN starts from, ``convolutionalize``, the shipped
 ``pretrained_classifier``), layers.py (Crop, Sum, Scale), geometry.py (coordinate maps -> crop offsets), padding.py
 (how much to pad conv1_1: min_pad1, score_coverage, full_cover_pad1), init.py (bilinear, He), summary.py,
 base.py (what the nets after FCN share), encdec.py (the encoder-decoders' encoder), segnet.py, deconvnet.py, unet.py, deeplab.py (LargeFOV,
-ASPP), fcn_context.py (FCN-8s with squeeze-and-excitation or a non-local block), registry.py
+ASPP), fcn_context.py (FCN-8s with squeeze-and-excitation or a non-local block), instances.py (FCN-8s
+with an instance head: embeddings, or centres and offsets), registry.py
 (every net by name: ``build``, ``MODELS``), shift.py (denser scores, paper section 3.2: ``rarefy(model, 'pool5')`` and
 ``shift_and_stitch(model, x, f)``; not named rarefy.py, so the function cannot hide the module).
 CLI: ``python -m minifcn.models fcn8s --width 1.0 --size 500`` prints the summary.
@@ -25,7 +26,8 @@ from .fcn import FCN8s, FCN8sAtOnce, FCN16s, FCN32s, fcn8s, fcn8s_atonce, fcn16s
 from .base import Net
 from .deeplab import DeepLabASPP, DeepLabLargeFOV, deeplab_aspp, deeplab_largefov
 from .fcn_context import FCN8sNonLocal, FCN8sSE, fcn8s_nonlocal, fcn8s_se
-from .registry import DEEPLABS, ENCODER_DECODERS, MODELS, PLAIN_NETS, build
+from .instances import FCN8sCentres, FCN8sEmbed, fcn8s_centres, fcn8s_embed, predict_instances
+from .registry import DEEPLABS, ENCODER_DECODERS, INSTANCE_MODELS, MODELS, PLAIN_NETS, build
 from .segnet import SegNet, SegNetBasic, segnet, segnet_basic
 from .unet import UNet, unet
 from .init import bilinear_kernel, bilinear_weight
@@ -42,4 +44,5 @@ __all__ = ["FCN32s", "FCN16s", "FCN8s", "FCN8sAtOnce", "FCNBase", "fcn32s", "fcn
            "segnet_basic", "deconvnet", "unet", "EncoderDecoder", "ENCODER_DECODERS",
            "Concat", "Resize", "Net", "DeepLabLargeFOV", "DeepLabASPP", "deeplab_largefov",
            "deeplab_aspp", "FCN8sSE", "FCN8sNonLocal", "fcn8s_se", "fcn8s_nonlocal", "DEEPLABS",
-           "PLAIN_NETS"]
+           "PLAIN_NETS", "FCN8sEmbed", "FCN8sCentres", "fcn8s_embed", "fcn8s_centres",
+           "predict_instances", "INSTANCE_MODELS"]
