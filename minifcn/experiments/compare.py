@@ -141,8 +141,6 @@ def figure(runs, config, path, n_images=4):
     import matplotlib
 
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     from ..data.transforms import to_input
     from ..viz import colorize
 
@@ -153,14 +151,28 @@ def figure(runs, config, path, n_images=4):
     for label, run_dir in runs:
         model, _ = training.load_model(Path(run_dir) / training.BEST)
         rows.append((label, [colorize(p) for p in predict_labels(model, x)]))
-    fig, axes = plt.subplots(len(rows), n_images, figsize=(1.3 * n_images, 1.3 * len(rows)),
-                             squeeze=False)
-    for r, (label, images) in enumerate(rows):
-        for c, im in enumerate(images):
-            axes[r, c].imshow(im)
+    grid(rows, path)
+
+
+def grid(rows, path, size=1.3):
+    """A figure of pictures: one row per (label, [picture, ...]), written to ``path``."""
+    import matplotlib.pyplot as plt
+
+    n = max(len(pictures) for _, pictures in rows)
+    fig, axes = plt.subplots(len(rows), n, figsize=(size * n, size * len(rows)), squeeze=False)
+    for r, (label, pictures) in enumerate(rows):
+        for c, picture in enumerate(pictures):
+            axes[r, c].imshow(picture)
             axes[r, c].set_xticks([])
             axes[r, c].set_yticks([])
         axes[r, 0].set_ylabel(label, fontsize=7)
+    save(fig, path)
+
+
+def save(fig, path):
+    """Lay out and write a matplotlib figure at ``path`` (its folder made), then close it."""
+    import matplotlib.pyplot as plt
+
     fig.tight_layout()
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=80)

@@ -65,10 +65,7 @@ def attention_figure(run_dir, path, image=0):
         ax.set_ylim(label.shape[0] - 0.5, -0.5)
         ax.set_title(f"{title}; attention from +", fontsize=8)
         ax.axis("off")
-    fig.tight_layout()
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=80)
-    plt.close(fig)
+    compare.save(fig, path)
 
 
 def main(argv=None):

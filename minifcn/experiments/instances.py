@@ -54,8 +54,6 @@ def figure(rows, config, path, n_images=4):
     import matplotlib
 
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     from ..viz import colorize
 
     data = training.dataset(config, "val", "shapes-touching")
@@ -69,18 +67,7 @@ def figure(rows, config, path, n_images=4):
     for r in rows:
         model, _ = training.load_model(Path(r["runs"][0]) / training.BEST)
         grid.append((r["label"].replace("FCN-8s + ", ""), [paint(i) for i in _instances(model, x)]))
-    fig, axes = plt.subplots(len(grid), n_images, figsize=(1.4 * n_images, 1.4 * len(grid)),
-                             squeeze=False)
-    for r, (label, pictures) in enumerate(grid):
-        for c, picture in enumerate(pictures):
-            axes[r, c].imshow(picture)
-            axes[r, c].set_xticks([])
-            axes[r, c].set_yticks([])
-        axes[r, 0].set_ylabel(label, fontsize=7)
-    fig.tight_layout()
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=80)
-    plt.close(fig)
+    compare.grid(grid, path, size=1.4)
 
 
 def embedding_figure(run_dir, config, path, image=0):
@@ -109,10 +96,7 @@ def embedding_figure(run_dir, config, path, image=0):
         e = backend.as_numpy(extra.data)[0]
         ax.scatter(e[0][keep], e[1][keep], c=colours, s=2)
         ax.set_title(f"embeddings, {title}", fontsize=8)
-    fig.tight_layout()
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=80)
-    plt.close(fig)
+    compare.save(fig, path)
 
 
 def _pq(r, split):

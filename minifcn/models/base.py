@@ -15,7 +15,7 @@ from .. import backend
 from ..nn import BatchNorm2d, Conv2d, ConvTranspose2d, Module, ReLU
 from . import geometry
 from .init import he_normal_
-from .vgg import MAX_WIDTH, PIXEL_STD
+from .vgg import MAX_WIDTH, PIXEL_STD, VGG16_BLOCKS, scaled
 
 
 class Net(Module):
@@ -78,6 +78,13 @@ class Net(Module):
             setattr(self, f"{name}_bn", BatchNorm2d(c_out))
         if relu:
             setattr(self, f"{name}_relu", ReLU(inplace=True))
+
+    def _vgg_blocks(self, width):
+        """VGG16's channels at ``width``, block by block, and the names of its thirteen
+        convolutions: the layers a VGG16 classifier fills (``classifier_layers``)."""
+        self.blocks = [[scaled(c, width) for c in block] for block in VGG16_BLOCKS]
+        self.classifier_layers = tuple(f"conv{b}_{j}" for b, block in enumerate(self.blocks, 1)
+                                       for j in range(1, len(block) + 1))
 
     def _apply(self, name, h):
         """Layer ``name``, then its batch normalisation and ReLU where it has them."""

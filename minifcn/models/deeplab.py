@@ -27,7 +27,7 @@ from .. import nn
 from .base import Net
 from .init import zeros_
 from .layers import Concat, Resize
-from .vgg import VGG16_BLOCKS, scaled
+from .vgg import scaled
 
 FC_CHANNELS, ASPP_CHANNELS = 1024, 256
 
@@ -36,9 +36,7 @@ class _Stride8(Net):
     """VGG16 at output stride 8: pool4 and pool5 at stride 1, conv5 dilated by 2."""
 
     def _trunk(self, width):
-        self.blocks = [[scaled(c, width) for c in block] for block in VGG16_BLOCKS]
-        self.classifier_layers = tuple(f"conv{b}_{j}" for b, block in enumerate(self.blocks, 1)
-                                       for j in range(1, len(block) + 1))
+        self._vgg_blocks(width)
         c_in = 3
         for b, block in enumerate(self.blocks, 1):
             for j, c in enumerate(block, 1):

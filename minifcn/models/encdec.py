@@ -23,7 +23,6 @@ scores of its size.
 """
 from ..nn import MaxPool2d
 from .base import Net
-from .vgg import VGG16_BLOCKS, scaled
 
 
 def indexed_pool():
@@ -39,9 +38,7 @@ class EncoderDecoder(Net):
     def _vgg_encoder(self, width):
         """VGG16's thirteen convolutions (conv1_1 ... conv5_3, under the trunk's names, each
         with BN and ReLU) and five 2x2 pools that keep their indices (SegNet, DeconvNet)."""
-        self.blocks = [[scaled(c, width) for c in block] for block in VGG16_BLOCKS]
-        self.classifier_layers = tuple(f"conv{b}_{j}" for b, block in enumerate(self.blocks, 1)
-                                       for j in range(1, len(block) + 1))
+        self._vgg_blocks(width)
         c_in = 3
         for b, block in enumerate(self.blocks, 1):
             for j, c in enumerate(block, 1):
