@@ -6,6 +6,8 @@ Plots use ``matplotlib.figure.Figure`` directly, never pyplot: importing or call
 opens no window and leaves the user's matplotlib backend alone.
 
 Writers require the folder they write into to exist (FileNotFoundError otherwise).
+``graph`` (from ``viz_graph``, which needs no matplotlib) writes a Tensor's computation graph
+as Graphviz DOT text.
 """
 import functools
 import math
@@ -17,6 +19,7 @@ from PIL import Image
 from .backend import as_numpy
 from .data.voc import voc_palette
 from .loss import IGNORE_INDEX
+from .viz_graph import graph  # noqa: F401 (re-exported; viz_graph needs no matplotlib)
 
 
 @functools.lru_cache(maxsize=1)
