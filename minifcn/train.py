@@ -7,7 +7,8 @@
     python -m minifcn.train --resume runs/fcn8s-shapes-20261126-101500
 
 Writes a run folder (--out): config.json, metrics.jsonl, checkpoint_last.npz,
-checkpoint_best.npz, history.png (loss and mean IU), predictions.png (image | truth | prediction).
+checkpoint_best.npz, history.png (loss and mean IU), predictions.png (image | truth | prediction),
+confusion.png, per_class_iu.png and worst.png (the 4 validation images of highest loss).
 Ctrl-C stops after the current step with a checkpoint; --resume continues exactly.
 
 This module only parses options; the defaults live in minifcn/training/config.py and the loop

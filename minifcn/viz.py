@@ -109,20 +109,26 @@ def save_prediction_grid(path, images, targets, preds, class_names=None):
     class indices (255 = ignore), VOC-coloured. With ``class_names`` a legend shows the classes
     that appear.
     """
+    path = _out_path(path, "save_prediction_grid")
+    save_figure(path, _prediction_figure("save_prediction_grid", images, targets, preds,
+                                         class_names))
+
+
+def _prediction_figure(where, images, targets, preds, class_names=None, row_labels=None):
+    """The Figure of ``save_prediction_grid``; ``row_labels`` (one str a row) go left of each."""
     from matplotlib.figure import Figure
     from matplotlib.patches import Patch
 
-    path = _out_path(path, "save_prediction_grid")
     n = len(images)
     if n == 0 or len(targets) != n or len(preds) != n:
-        raise ValueError(f"save_prediction_grid: need as many images, targets and preds, at "
+        raise ValueError(f"{where}: need as many images, targets and preds, at "
                          f"least one; got {n}, {len(targets)}, {len(preds)}")
     rows = []
     for i in range(n):
-        image = _rgb_array(images[i], "save_prediction_grid")
-        t, p = _label_array(targets[i], "save_prediction_grid"), _label_array(preds[i], "save_prediction_grid")
+        image = _rgb_array(images[i], where)
+        t, p = _label_array(targets[i], where), _label_array(preds[i], where)
         if t.shape != image.shape[:2] or p.shape != image.shape[:2]:
-            raise ValueError(f"save_prediction_grid: example {i}: image {image.shape[:2]}, "
+            raise ValueError(f"{where}: example {i}: image {image.shape[:2]}, "
                              f"target {t.shape}, pred {p.shape} must be the same size")
         rows.append((image, t, p))
     fig = Figure(figsize=(3 * 2.4, n * 2.4 + (0.6 if class_names else 0)), dpi=100)
@@ -135,6 +141,8 @@ def save_prediction_grid(path, images, targets, preds, class_names=None):
             ax.set_yticks([])
             if i == 0:
                 ax.set_title(("image", "ground truth", "prediction")[j])
+        if row_labels is not None:
+            axes[i, 0].set_ylabel(row_labels[i])
     if class_names:
         seen = np.unique(np.concatenate([np.unique(a) for _, t, p in rows for a in (t, p)]))
         seen = [int(c) for c in seen if 0 <= c < len(class_names)]
@@ -142,7 +150,16 @@ def save_prediction_grid(path, images, targets, preds, class_names=None):
         fig.legend(handles=handles, loc="lower center", ncol=min(len(handles), 6) or 1,
                    fontsize="small", frameon=False)
     fig.tight_layout(rect=(0, 0.6 / fig.get_figheight() if class_names else 0, 1, 1))
-    fig.savefig(path, format="png")
+    return fig
+
+
+def save_figure(path, fig):
+    """Write a matplotlib Figure as a PNG, atomically (``io.atomic_path``): a run folder's
+    pictures, redrawn at each validation, are never seen half-written."""
+    from . import io
+
+    with io.atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png")
 
 
 def save_classification_grid(path, images, targets, preds, class_names=None):
@@ -166,7 +183,7 @@ def save_classification_grid(path, images, targets, preds, class_names=None):
         ax.set_xticks([])
         ax.set_yticks([])
     fig.tight_layout()
-    fig.savefig(path, format="png")
+    save_figure(path, fig)
 
 
 def _series(records, key, xkey):
@@ -220,4 +237,12 @@ def plot_history(path, records):
         ax.grid(alpha=0.3)
     axes[1].set_xlabel(xkey)
     fig.tight_layout()
-    fig.savefig(path, format="png")
+    save_figure(path, fig)
+
+
+# the run folder's figures of one validation (confusion matrix, per-class IU, worst images)
+from .viz_run import confusion_figure, per_class_iu_figure, worst_images_figure  # noqa: E402,F401
+
+__all__ = ["colorize", "save_label_png", "overlay", "save_prediction_grid",
+           "save_classification_grid", "plot_history", "save_figure", "confusion_figure",
+           "per_class_iu_figure", "worst_images_figure"]

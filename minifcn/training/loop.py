@@ -15,7 +15,7 @@ from .build import (balanced_class_weights, build_model, dataset, final_stride,
                     load_weights_into, make_optimizer, shipped_classifier)
 from .config import option
 from .runs import BEST, LAST, StopFlag, open_run, position, progress, restore, \
-    save_training_checkpoint
+    RUN_FILES, save_training_checkpoint
 from .step import sample_loss_cells, train_step, validate
 
 
@@ -150,8 +150,8 @@ def fit(config, run_dir, resume=False, overwrite=False, log=print, on_iteration=
 def _end_of_epoch(model, val_loader, val_set, config, run, device, epoch, iteration, best, log,
                   clock):
     """Validate, log, append to metrics.jsonl, redraw the plots, keep the best checkpoint."""
-    s, val_loss, examples = validate(model, val_loader, val_set.n_class, device,
-                                     config["loss_reduction"])
+    s, val_loss, examples, worst = validate(model, val_loader, val_set.n_class, device,
+                                            config["loss_reduction"], worst=4)
     record = {"epoch": epoch, "iteration": iteration, "loss": val_loss,
               **{k: float(s[k]) for k in ("pixel_acc", "mean_acc", "mean_iu", "fw_iu")},
               "elapsed_s": round(time.perf_counter() - clock, 2)}
@@ -168,6 +168,11 @@ def _end_of_epoch(model, val_loader, val_set, config, run, device, epoch, iterat
     viz.plot_history(run.path("history.png"), records)
     grid = viz.save_classification_grid if key == "top1" else viz.save_prediction_grid
     grid(run.path("predictions.png"), *zip(*examples), class_names=val_set.class_names)
+    names = val_set.class_names
+    viz.save_figure(run.path("confusion.png"), viz.confusion_figure(s["confusion"], names))
+    viz.save_figure(run.path("per_class_iu.png"), viz.per_class_iu_figure(s["per_class_iu"], names))
+    if key != "top1" and worst:  # a classifier's 1x1 label maps make no picture
+        viz.save_figure(run.path("worst.png"), viz.worst_images_figure(*zip(*worst), names))
     if best is None or record[key] > best[key]:
         best = record
         save_training_checkpoint(run.path(BEST), model, None,
@@ -196,5 +201,4 @@ def _report(run, best, log):
     log(f"\nbest: epoch {best['epoch']} (iteration {best['iteration']}): mean IU "
         f"{best['mean_iu']:.3f}, pixel acc {best['pixel_acc']:.3f}, mean acc "
         f"{best['mean_acc']:.3f}, f.w. IU {best['fw_iu']:.3f}")
-    log(f"run folder: {run.dir} (config.json, metrics.jsonl, {LAST}, {BEST}, history.png, "
-        "predictions.png)")
+    log(f"run folder: {run.dir} ({', '.join(RUN_FILES)})")

@@ -4,7 +4,8 @@
     RUN/metrics.jsonl       one JSON record per validation
     RUN/checkpoint_last.npz weights, momentum buffers, position and random state
     RUN/checkpoint_best.npz the weights of the best validation so far
-    RUN/history.png, RUN/predictions.png
+    RUN/history.png, RUN/predictions.png, RUN/confusion.png, RUN/per_class_iu.png,
+    RUN/worst.png           redrawn at each validation (atomically, as the checkpoints)
 
 Checkpoints are written atomically (``io.save_checkpoint``: a temporary file, then a rename),
 so a kill at any moment leaves the previous one whole. With the position (epoch, batch,
@@ -20,7 +21,8 @@ from pathlib import Path
 from .. import backend, io
 
 LAST, BEST = "checkpoint_last.npz", "checkpoint_best.npz"
-RUN_FILES = ("config.json", "metrics.jsonl", LAST, BEST, "history.png", "predictions.png")
+RUN_FILES = ("config.json", "metrics.jsonl", LAST, BEST, "history.png", "predictions.png",
+             "confusion.png", "per_class_iu.png", "worst.png")
 
 
 def new_run_dir(base):

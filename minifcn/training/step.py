@@ -75,29 +75,49 @@ def predict_labels(model, x):
     return backend.as_numpy(xp.argmax(scores.data, axis=1)).astype(np.int64)
 
 
-def validate(model, loader, n_class, device="cpu", loss_reduction="mean", limit=None):
+def validate(model, loader, n_class, device="cpu", loss_reduction="mean", limit=None, worst=0):
     """Mean loss and the paper's four metrics of ``model`` over every batch of ``loader`` (at
     most ``limit`` batches), without gradients and in eval mode (no dropout).
 
-    Returns (scores dict of ``metrics.RunningScore``, mean loss, up to four (image, target,
-    prediction) examples for plots)."""
+    Returns (scores dict of ``metrics.RunningScore``, plus ``confusion``: its (n_class,
+    n_class) matrix, rows = truth; mean loss; up to four (image, target, prediction) examples
+    for plots). With ``worst=k`` a fourth item: the k images of highest mean loss over their
+    counted pixels, as (image, target, prediction, loss), highest first (images with no counted
+    pixel have no loss and are left out). Only those k are kept while the pass runs."""
     model.eval()
-    running, losses, examples = RunningScore(n_class), [], []
+    running, losses, examples, kept = RunningScore(n_class), [], [], []
     for i, (x, y) in enumerate(loader.epoch(0)):
         if limit is not None and i >= limit:
             break
+        y_dev = backend.to_device(y, device)
         with no_grad():
             scores = model(Tensor(backend.to_device(x, device)))
-            loss = F.softmax_cross_entropy(scores, backend.to_device(y, device),
-                                           reduction=loss_reduction)
+            per_pixel = F.softmax_cross_entropy(scores, y_dev, reduction="none").data  # (N, H, W)
         xp = backend.get_array_module(scores.data)
+        counted = y_dev != IGNORE_INDEX
+        # the batch's loss as reduction="mean"/"sum" would give it, from the same pixel losses
+        total = per_pixel.sum(dtype=xp.float64).astype(per_pixel.dtype)
+        losses.append(float(total / max(int(counted.sum()), 1) if loss_reduction == "mean"
+                            else total))
         pred = backend.as_numpy(xp.argmax(scores.data, axis=1))
         running.update(y, pred)
-        losses.append(loss.item())
         for j in range(min(len(x), 4 - len(examples))):
             examples.append((from_input(x[j]), y[j], pred[j]))
+        if worst:
+            n = backend.as_numpy(counted.sum(axis=(1, 2)))
+            image_loss = backend.as_numpy(per_pixel.sum(axis=(1, 2), dtype=xp.float64)) / \
+                np.maximum(n, 1)
+            for j in np.flatnonzero(n > 0):  # a bounded list: k kept, the lowest replaced
+                if len(kept) < worst or image_loss[j] > kept[-1][0]:
+                    # copies: a view would keep its whole batch alive
+                    entry = (float(image_loss[j]), np.array(x[j]), np.array(y[j]), pred[j].copy())
+                    kept = sorted(kept + [entry], key=lambda e: -e[0])[:worst]
     model.train()
-    return running.scores(), float(np.mean(losses)), examples
+    result = {**running.scores(), "confusion": running.hist.copy()}
+    if not worst:
+        return result, float(np.mean(losses)), examples
+    worst_examples = [(from_input(xj), yj, pj, lj) for lj, xj, yj, pj in kept]
+    return result, float(np.mean(losses)), examples, worst_examples
 
 
 def validate_instances(model, loader, n_class, device="cpu", stuff=(0,)):
