@@ -19,7 +19,7 @@ from PIL import Image
 from .backend import as_numpy
 from .data.voc import voc_palette
 from .loss import IGNORE_INDEX
-from .viz_graph import graph  # noqa: F401 (re-exported; viz_graph needs no matplotlib)
+from .viz_graph import graph  # re-exported (viz_graph needs no matplotlib)
 
 
 @functools.lru_cache(maxsize=1)
@@ -245,4 +245,4 @@ from .viz_run import confusion_figure, per_class_iu_figure, worst_images_figure 
 
 __all__ = ["colorize", "save_label_png", "overlay", "save_prediction_grid",
            "save_classification_grid", "plot_history", "save_figure", "confusion_figure",
-           "per_class_iu_figure", "worst_images_figure"]
+           "per_class_iu_figure", "worst_images_figure", "graph"]
