@@ -25,7 +25,6 @@ temporary name, then renamed. An image that cannot be read is reported, one line
 the others are done; the exit status is then 1, as for a refusal.
 """
 import argparse
-import json
 import os
 import sys
 import zipfile
@@ -49,8 +48,7 @@ def kinds_of(checkpoint):
     from .models.registry import INSTANCE_MODELS
 
     try:
-        with np.load(checkpoint, allow_pickle=False) as z:
-            meta = json.loads(str(z[io.checkpoint.META_KEY][()]))
+        meta = io.checkpoint.load_checkpoint_meta(checkpoint)
         return KINDS + (INSTANCE_KINDS if meta["config"]["model"] in INSTANCE_MODELS else ())
     except (OSError, KeyError, ValueError, TypeError, zipfile.BadZipFile):
         return KINDS
@@ -133,12 +131,9 @@ def write_png(path, save, overwrite):
 
 def predict_instances(model, x):
     """(classes (H, W) uint8, instance ids (H, W)) of one image x (1, 3, H, W)."""
-    from .autograd import Tensor, no_grad
-    from .models.instances import predict_instances as group
+    from .models.instances import instances_of
 
-    with no_grad():
-        scores, extra = model.heads(Tensor(x))
-    classes, ids = group(model, scores, extra)
+    classes, ids = instances_of(model, x)
     return classes[0].astype(np.uint8), ids[0]
 
 

@@ -23,6 +23,7 @@ import numpy as np
 
 from .. import Tensor, backend, no_grad, training
 from ..data import Loader, to_input
+from ..models.instances import instances_of
 from ..training import validate_instances
 from . import compare
 
@@ -38,15 +39,6 @@ def panoptic(run_dir, spec, config):
     data = training.dataset(config, "val", spec)
     loader = Loader(data, 16, shuffle=False, group_by_size=True, instances=True)
     return validate_instances(model, loader, data.n_class)
-
-
-def _instances(model, x):
-    from ..models.instances import predict_instances
-
-    with no_grad():
-        scores, extra = model.heads(Tensor(x)) if hasattr(model, "heads") else \
-            (model(Tensor(x)), None)
-    return predict_instances(model, scores, extra)[1]
 
 
 def figure(rows, config, path, n_images=4):
@@ -66,7 +58,7 @@ def figure(rows, config, path, n_images=4):
     grid = [("image", [im for im, _, _ in items]), ("true instances", [paint(t) for *_, t in items])]
     for r in rows:
         model, _ = training.load_model(Path(r["runs"][0]) / training.BEST)
-        grid.append((r["label"].replace("FCN-8s + ", ""), [paint(i) for i in _instances(model, x)]))
+        grid.append((r["label"].replace("FCN-8s + ", ""), [paint(i) for i in instances_of(model, x)[1]]))
     compare.grid(grid, path, size=1.4)
 
 

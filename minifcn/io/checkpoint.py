@@ -115,11 +115,26 @@ def load_checkpoint(path):
     if META_KEY not in arrays:
         raise ValueError(f"minifcn.io.load_checkpoint: {path} has no {META_KEY!r} record; it is a "
                          "plain weights file (read it with minifcn.io.load)")
-    record, meta = arrays.pop(META_KEY), None
+    return arrays, _meta_of(arrays.pop(META_KEY), path)
+
+
+def load_checkpoint_meta(path):
+    """The ``meta`` of a file written by :func:`save_checkpoint`, its arrays left unread (an
+    .npz's records load one by one, on demand): a command can check what a checkpoint holds
+    before it loads a big model. Errors as ``load_checkpoint``'s, or NumPy's for a bad file."""
+    with np.load(path, allow_pickle=False) as z:
+        if META_KEY not in z.files:
+            raise ValueError(f"minifcn.io.load_checkpoint_meta: {path} has no {META_KEY!r} "
+                             "record; it is a plain weights file")
+        return _meta_of(z[META_KEY], path)
+
+
+def _meta_of(record, path):
+    meta = None
     if record.ndim == 0 and record.dtype.kind == "U":
         with contextlib.suppress(ValueError):
             meta = json.loads(str(record[()]))
     if not isinstance(meta, dict):
         raise ValueError(f"minifcn.io.load_checkpoint: {path}: its {META_KEY!r} record is not the "
                          "JSON text of a dict, as save_checkpoint writes")
-    return arrays, meta
+    return meta

@@ -26,7 +26,8 @@ from .fcn import FCN8s, FCN8sAtOnce, FCN16s, FCN32s, fcn8s, fcn8s_atonce, fcn16s
 from .base import Net
 from .deeplab import DeepLabASPP, DeepLabLargeFOV, deeplab_aspp, deeplab_largefov
 from .fcn_context import FCN8sNonLocal, FCN8sSE, fcn8s_nonlocal, fcn8s_se
-from .instances import FCN8sCentres, FCN8sEmbed, fcn8s_centres, fcn8s_embed, predict_instances
+from .instances import (FCN8sCentres, FCN8sEmbed, fcn8s_centres, fcn8s_embed, instances_of,
+                        predict_instances)
 from .registry import DEEPLABS, ENCODER_DECODERS, INSTANCE_MODELS, MODELS, PLAIN_NETS, build
 from .segnet import SegNet, SegNetBasic, segnet, segnet_basic
 from .unet import UNet, unet
@@ -45,4 +46,4 @@ __all__ = ["FCN32s", "FCN16s", "FCN8s", "FCN8sAtOnce", "FCNBase", "fcn32s", "fcn
            "Concat", "Resize", "Net", "DeepLabLargeFOV", "DeepLabASPP", "deeplab_largefov",
            "deeplab_aspp", "FCN8sSE", "FCN8sNonLocal", "fcn8s_se", "fcn8s_nonlocal", "DEEPLABS",
            "PLAIN_NETS", "FCN8sEmbed", "FCN8sCentres", "fcn8s_embed", "fcn8s_centres",
-           "predict_instances", "INSTANCE_MODELS"]
+           "predict_instances", "instances_of", "INSTANCE_MODELS"]

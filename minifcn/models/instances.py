@@ -21,6 +21,7 @@ import numpy as np
 
 from .. import backend
 from .. import instances as inst
+from ..autograd import Tensor, no_grad
 from ..nn import Conv2d, ConvTranspose2d
 from .fcn import FCN8s
 from .init import bilinear_weight, he_normal_, zeros_
@@ -131,6 +132,15 @@ def predict_instances(model, scores, extra=None, stuff=(0,)):
     else:
         ids = model.group(extra, foreground)
     return inst.instance_classes(classes, ids), ids
+
+
+def instances_of(model, x, stuff=(0,)):
+    """(classes, instances) of the images x (N, 3, H, W) (an array on the model's device): the
+    net run without gradients (both heads where it has two), then ``predict_instances``."""
+    with no_grad():
+        t = Tensor(x)
+        scores, extra = model.heads(t) if hasattr(model, "heads") else (model(t), None)
+    return predict_instances(model, scores, extra, stuff)
 
 
 def fcn8s_embed(n_class=21, width=1.0, pad1=PAD1, dropout=DROPOUT, learn_upsampling=False):

@@ -124,15 +124,12 @@ def validate_instances(model, loader, n_class, device="cpu", stuff=(0,)):
     """Panoptic quality (``metrics.RunningPanoptic``) of ``model``'s instances over a loader
     that yields instance maps: a net's own instance head where it has one, else the connected
     components of each class of its argmax (the baseline). Eval mode, no gradients."""
-    from ..models.instances import predict_instances
+    from ..models.instances import instances_of
 
     model.eval()
     running = RunningPanoptic(n_class, stuff)
     for x, y, inst in loader.epoch(0):
-        with no_grad():
-            t = Tensor(backend.to_device(x, device))
-            scores, extra = model.heads(t) if hasattr(model, "heads") else (model(t), None)
-        classes, ids = predict_instances(model, scores, extra, stuff)
+        classes, ids = instances_of(model, backend.to_device(x, device), stuff)
         running.update(y, inst, classes, ids)
     model.train()
     return running.scores()
