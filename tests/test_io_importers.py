@@ -243,3 +243,17 @@ def test_import_weights_names_a_folder_a_folder(tmp_path):
     folder.mkdir()
     with pytest.raises(ValueError, match="is a folder, expected a weights file"):
         io.import_weights(folder)
+
+
+def test_import_weights_names_the_file_whose_layers_do_not_fit(tmp_path):
+    from _torchfiles import state_pickle, tensor, write_torch_zip
+
+    path = tmp_path / "other-net.pth"
+    write_torch_zip(path, state_pickle([("encoder.weight", tensor("0", 2, 0, [2], [1]))]),
+                    {"0": bytes(8)})
+    with pytest.raises(io.errors.WeightFileError,
+                       match=r"import_weights: .*other-net\.pth: from_fcn_port: missing keys") as e:
+        io.import_weights(path)
+    assert str(path) in str(e.value) and "\n" not in str(e.value)
+    with pytest.raises(ValueError, match="^from_fcn_port: missing keys"):  # a dict: as it was
+        io.import_weights({"encoder.weight": np.zeros(2)})

@@ -14,7 +14,7 @@ import numpy as np
 from ..data.transforms import MEAN_RGB  # minifcn's input: RGB 0..255 minus this mean
 from .caffemodel import looks_like_caffemodel, read_caffemodel
 from .checkpoint import _state_of, load
-from .errors import WeightFileError, check_finite, require_file
+from .errors import WeightFileError, check_finite, one_line, require_file
 from .fromcaffe import from_caffe
 from .torchfile import read_torch_state_dict
 
@@ -170,7 +170,8 @@ def import_weights(path_or_state, kind="auto", fold_normalisation=True, bgr_to_r
             raw = read_caffemodel(path)
             check_finite({f"{k}[{i}]": b for k, blobs in raw.items() for i, b in enumerate(blobs)},
                          path, "import_weights")
-            return from_caffe(raw, bgr_to_rgb=bgr_to_rgb, source=path)
+            with _naming(path):
+                return from_caffe(raw, bgr_to_rgb=bgr_to_rgb, source=path)
         is_npz = False
         if zipfile.is_zipfile(path):
             # a zip zipfile cannot list (damaged, of a newer version...): the torch reader,
@@ -195,9 +196,23 @@ def import_weights(path_or_state, kind="auto", fold_normalisation=True, bgr_to_r
         raise ValueError(f"import_weights: {path} is an .npz with minifcn's layer names; load "
                          "minifcn's own weights with minifcn.io.load, or pass "
                          "from_fcn_port(minifcn.io.load(path)) for the port's BGR weights")
-    if kind == "torchvision_vgg16":
-        return from_torchvision_vgg16(state, fold_normalisation=fold_normalisation)
-    return from_fcn_port(state, bgr_to_rgb=bgr_to_rgb)
+    with _naming(path):
+        if kind == "torchvision_vgg16":
+            return from_torchvision_vgg16(state, fold_normalisation=fold_normalisation)
+        return from_fcn_port(state, bgr_to_rgb=bgr_to_rgb)
+
+
+@contextlib.contextmanager
+def _naming(path):
+    """A file's weights that do not fit the layout (missing or unexpected names, shapes) are a
+    WeightFileError naming the file; weights given as a dict keep the renamer's ValueError."""
+    try:
+        yield
+    except ValueError as e:
+        if path is None or isinstance(e, WeightFileError):
+            raise
+        text = str(e) if path in str(e) else f"{path}: {e}"
+        raise WeightFileError(one_line(f"import_weights: {text}")) from None
 
 
 def merge_state(model_state, imported):
