@@ -69,10 +69,11 @@ def seeds(reader, folder):
             (folder / name).write_bytes(raw)
         return [str(folder / n) for n in paths]
     if reader == "import-caffemodel":  # an FCN-32s the renaming takes, at width 1/64
+        rng = np.random.default_rng(0)
+        shapes = models.build("fcn32s", n_class=3, width=1 / 64).state_dict()
+        state = {k: rng.normal(size=v.shape).astype(np.float32) for k, v in shapes.items()}
         (folder / "fcn32s.caffemodel").write_bytes(net([
-            layer(name, "Convolution", blobs)
-            for name, blobs in caffe_layers(models.build("fcn32s", n_class=3, width=1 / 64)
-                                            .state_dict()).items()]))
+            layer(name, "Convolution", blobs) for name, blobs in caffe_layers(state).items()]))
         return [str(folder / "fcn32s.caffemodel")]
     if reader == "torch-zip":
         return [fixture("dtypes_tiny.pt"), fixture("fcn8s_port_tiny.pt")]
@@ -138,7 +139,8 @@ def test_mutated_weight_files_end_in_a_value_or_a_one_line_error_in_bounded_time
 
 @pytest.mark.parametrize("broken, failure", [
     ("bare", "struct.error"), ("greedy", "MemoryError"), ("slow", "over 0.5 s"),
-    ("chatty", "not one line"), ("anonymous", "not one line naming the file")])
+    ("chatty", "not one line"), ("anonymous", "not one line naming the file"),
+    ("partial", "read in part, 1 of 2 tensors")])
 def test_the_worker_catches_each_kind_of_failure(broken, failure, tmp_path):
     path = tmp_path / "w.npz"
     path.write_bytes(b"PK" + bytes(100))
