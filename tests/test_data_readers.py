@@ -384,7 +384,8 @@ def png_bytes(width, height, bit_depth, colour_type, rows=None):
 
     raw = b"" if rows is None else b"".join(b"\x00" + np.asarray(r).tobytes() for r in rows)
     return (b"\x89PNG\r\n\x1a\n"
-            + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, bit_depth, colour_type, 0, 0, 0))
+            + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, bit_depth, colour_type,
+                                         0, 0, 0))
             + chunk(b"IDAT", zlib.compress(raw)) + chunk(b"IEND", b""))
 
 

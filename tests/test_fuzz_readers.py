@@ -39,7 +39,7 @@ def _arrays(seed=0):
     return {"conv1_1.weight": rng.normal(size=(4, 3, 3, 3)).astype(np.float32),
             "conv1_1.bias": rng.normal(size=4).astype(np.float32),
             "fc.weight": rng.normal(size=(5, 6)),  # float64
-            "steps": np.arange(3, dtype=np.int64), "scale": np.float16(0.5) * np.ones(2, np.float16)}
+            "steps": np.arange(3, dtype=np.int64), "scale": np.full(2, 0.5, np.float16)}
 
 
 def _safetensors_by_hand(arrays):

@@ -6,8 +6,8 @@ numbers; converting would give colours. 255 marks pixels to ignore. A 16-bit lab
 is (its values are class numbers, never scaled), so a value past the classes is refused by name.
 
 Images are RGB 8 bits a channel. A 16-bit greyscale image is scaled to 8 bits (its high byte:
-65535 -> 255), as Pillow already reads 16-bit colour; 32-bit integer ("I", other than a PNG's 16 bits) and
-floating-point ("F") images are refused by name. Every file is refused, from its header alone
+65535 -> 255), as Pillow already reads 16-bit colour; 32-bit integer ("I", other than a PNG's
+16 bits) and floating-point ("F") images are refused by name. Every file is refused, from its header alone
 (before any pixel is decoded), if it declares more than ``max_image_pixels()`` pixels: the
 environment variable MINIFCN_MAX_IMAGE_PIXELS, default 4096 x 4096 = 16,777,216.
 """

@@ -259,8 +259,8 @@ def read_caffemodel_layers(path):
                 layers.append(_layer(wire, *value, v1=number == 2, at=pos))
         del wire  # every array above is a copy: nothing may hold the map when it closes
     if not seen:
-        raise CaffemodelError(f"read_caffemodel: {path}: no layer (field 100) or layers (field 2) in "
-                         "it; not a Caffe NetParameter")
+        raise CaffemodelError(f"read_caffemodel: {path}: no layer (field 100) or layers (field 2) "
+                              "in it; not a Caffe NetParameter")
     return layers
 
 
@@ -279,7 +279,7 @@ def read_caffemodel(path):
         if blobs:
             if name in out:
                 raise CaffemodelError(f"read_caffemodel: {os.fspath(path)}: two layers named "
-                                 f"{name!r} hold weights")
+                                      f"{name!r} hold weights")
             out[name] = blobs
     return out
 
