@@ -12,7 +12,11 @@ into the net --model names at --width, with the number of classes of --data. Eve
 layer must be in the file.
 
 Every image is scored at its own size: a batch holds images of one size (``Loader`` with
-``group_by_size``), so --batch-size changes the speed, not the metrics.
+``group_by_size``), so --batch-size changes the speed, not the metrics. Each is run through the
+net whole (no tiling): an image or label whose header declares more than
+MINIFCN_MAX_IMAGE_PIXELS pixels (an environment variable; default 4096 x 4096 = 16,777,216) is
+refused before it is decoded, in one line naming it. 16-bit greyscale images are scaled to 8
+bits; 16-bit labels are read as they are (class numbers).
 """
 import argparse
 import json

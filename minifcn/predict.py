@@ -23,6 +23,11 @@ writing nothing) an output that exists already, or one that would land in an inp
 folder; even with --overwrite it never writes over an input image. Each file is written to a
 temporary name, then renamed. An image that cannot be read is reported, one line each, after
 the others are done; the exit status is then 1, as for a refusal.
+
+Each image is run through the net whole (no tiling), so memory grows with its area. An image
+whose header declares more than MINIFCN_MAX_IMAGE_PIXELS pixels (an environment variable;
+default 4096 x 4096 = 16,777,216) is refused before it is decoded, and predict goes on with the
+next. A 16-bit greyscale image is scaled to 8 bits; 32-bit and floating-point images are refused.
 """
 import argparse
 import os
@@ -31,11 +36,12 @@ import zipfile
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 
 from . import backend, io, viz
 from .training import build_model, load_model, predict_labels
 from .data import to_input
+from .data.readers import read_image
 
 KINDS = ("label", "overlay")
 INSTANCE_KINDS = ("instances", "instances-overlay")
@@ -52,18 +58,6 @@ def kinds_of(checkpoint):
         return KINDS + (INSTANCE_KINDS if meta["config"]["model"] in INSTANCE_MODELS else ())
     except (OSError, KeyError, ValueError, TypeError, zipfile.BadZipFile):
         return KINDS
-
-
-def read_image(path):
-    try:
-        with Image.open(path) as im:
-            return np.asarray(im.convert("RGB"))
-    except UnidentifiedImageError:
-        raise ValueError("not an image Pillow can read") from None
-    except OSError as e:  # missing, a folder, not readable (strerror), or a truncated image
-        raise ValueError(e.strerror or f"cannot decode the image: {e}") from None
-    except (SyntaxError, ValueError) as e:
-        raise ValueError(f"cannot decode the image: {e}") from None
 
 
 def fit_padding(model, config, h, w, device):
@@ -173,7 +167,7 @@ def main(argv=None):
     failures = []
     for path, out in outputs.items():
         try:
-            image = read_image(path)
+            image = read_image(path, "predict")
             x = backend.to_device(to_input(image)[None], device)
             net = fit_padding(model, config, *image.shape[:2], device)
             if "instances" in out:  # a net with an instance head: classes and instances
@@ -184,8 +178,8 @@ def main(argv=None):
             tinted = Image.fromarray(viz.overlay(image, label))
             write_png(out["label"], lambda tmp: viz.save_label_png(tmp, label), args.overwrite)
             write_png(out["overlay"], lambda tmp: tinted.save(tmp, format="PNG"), args.overwrite)
-        except (OSError, ValueError) as e:
-            failures.append(f"error: {path}: {e}")
+        except (OSError, ValueError) as e:  # the reader's messages name the image already
+            failures.append(f"error: {e}" if str(path) in str(e) else f"error: {path}: {e}")
             continue
         print(f"{path}: {image.shape[1]}x{image.shape[0]}, classes {np.unique(label).tolist()}"
               f" -> {out['label']}, {out['overlay']}")

@@ -1,4 +1,6 @@
 """Tests of the file-backed sets of minifcn.data: the VOC and folder readers, get_dataset."""
+import struct
+import tracemalloc
 import zlib
 
 import numpy as np
@@ -7,6 +9,8 @@ from PIL import Image
 
 from minifcn.data import (VOC_CLASSES, Digits, FolderSegmentation, Loader, Shapes,
                           ShapesTouching, VOCSegmentation, get_dataset, voc_palette)
+
+from minifcn.data.readers import read_image, read_image_size, read_label
 
 from _helpers import check_interface
 
@@ -367,3 +371,95 @@ def test_voc_split_file_anywhere_and_ids_checked_up_front(tmp_path):
     listed.write_text(f"{names[1]}\n{names[0]}\n")
     with pytest.raises(FileNotFoundError, match=f"first is '{names[0]}' .*{names[0]}.png"):
         VOCSegmentation(base, split_file=listed)
+
+
+# ---------------------------------------------------------------- issue 31: sizes and bit depths
+# (the PNGs are written by hand: zlib and struct, after the PNG specification, not by Pillow)
+
+def png_bytes(width, height, bit_depth, colour_type, rows=None):
+    """A PNG of ``rows`` (big-endian samples, one array per row; none: an empty IDAT)."""
+    def chunk(kind, data):
+        return (struct.pack(">I", len(data)) + kind + data
+                + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF))
+
+    raw = b"" if rows is None else b"".join(b"\x00" + np.asarray(r).tobytes() for r in rows)
+    return (b"\x89PNG\r\n\x1a\n"
+            + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, bit_depth, colour_type,
+                                         0, 0, 0))
+            + chunk(b"IDAT", zlib.compress(raw)) + chunk(b"IEND", b""))
+
+
+READERS = {"image": lambda p: read_image(p, "test"), "size": lambda p: read_image_size(p, "test"),
+           "label": lambda p: read_label(p, 21, "test")}
+
+
+@pytest.mark.parametrize("reader", sorted(READERS))
+def test_a_png_declaring_20000x20000_is_refused_before_decoding_saying_the_limit(tmp_path, reader):
+    path = tmp_path / "bomb.png"
+    path.write_bytes(png_bytes(20000, 20000, 8, 0))  # 65 bytes, 400 million pixels declared
+    assert path.stat().st_size < 100
+    tracemalloc.start()
+    try:
+        with pytest.raises(ValueError) as e:
+            READERS[reader](path)
+    finally:
+        peak = tracemalloc.get_traced_memory()[1]
+        tracemalloc.stop()
+    message = str(e.value)
+    assert f"{path} declares 400,000,000 pixels, more than the 16,777,216 minifcn reads; set " \
+           "MINIFCN_MAX_IMAGE_PIXELS to allow more" in message and "\n" not in message
+    assert peak < 4 * 2**20
+
+
+def test_minifcn_max_image_pixels_sets_the_limit(tmp_path, monkeypatch):
+    path = tmp_path / "a.png"
+    path.write_bytes(png_bytes(40, 30, 8, 0, np.zeros((30, 40), np.uint8)))
+    monkeypatch.setenv("MINIFCN_MAX_IMAGE_PIXELS", "1199")
+    for reader in READERS.values():
+        with pytest.raises(ValueError, match=r"a\.png declares 40x30 = 1,200 pixels, more than "
+                                             r"the 1,199 minifcn reads"):
+            reader(path)
+    monkeypatch.setenv("MINIFCN_MAX_IMAGE_PIXELS", "1200")
+    assert read_image(path, "test").shape == (30, 40, 3) and read_label(path, 21, "t").sum() == 0
+    monkeypatch.setenv("MINIFCN_MAX_IMAGE_PIXELS", "-5")
+    with pytest.raises(ValueError, match=r"MINIFCN_MAX_IMAGE_PIXELS='-5': expected a number of "
+                                         r"pixels"):
+        read_image(path, "test")
+
+
+SIXTEEN = np.array([[0, 255, 256, 1000], [32767, 32768, 65280, 65535]], dtype=">u2")
+
+
+def test_a_16_bit_greyscale_image_is_scaled_to_8_bits_not_flattened_to_255(tmp_path):
+    path = tmp_path / "grey16.png"
+    path.write_bytes(png_bytes(4, 2, 16, 0, SIXTEEN))
+    image = read_image(path, "test")
+    high_bytes = np.frombuffer(SIXTEEN.tobytes(), np.uint8)[0::2].reshape(2, 4)
+    assert image.dtype == np.uint8 and image.shape == (2, 4, 3)
+    assert (image == high_bytes[..., None]).all()  # [0, 0, 1, 3], [127, 128, 255, 255]
+
+
+def test_a_16_bit_colour_image_reads_as_its_high_bytes_as_greyscale_does(tmp_path):
+    rgb = np.stack([SIXTEEN, SIXTEEN[:, ::-1], np.full_like(SIXTEEN, 40000)], -1).astype(">u2")
+    path = tmp_path / "rgb16.png"
+    path.write_bytes(png_bytes(4, 2, 16, 2, rgb.reshape(2, -1)))
+    assert (read_image(path, "test") == (rgb.astype(np.int64) >> 8)).all()
+
+
+def test_16_bit_labels_are_read_as_they_are_and_values_past_the_classes_refused(tmp_path):
+    label = np.array([[0, 1, 2, 255], [20, 3, 255, 0]], dtype=">u2")
+    path = tmp_path / "label16.png"
+    path.write_bytes(png_bytes(4, 2, 16, 0, label))
+    assert (read_label(path, 21, "test") == label).all()  # class numbers, never scaled
+    label[0, 0] = 300
+    path.write_bytes(png_bytes(4, 2, 16, 0, label))
+    with pytest.raises(ValueError, match=r"label16\.png has values \[300\] outside 0\.\.20"):
+        read_label(path, 21, "test")
+
+
+def test_a_floating_point_image_is_refused_by_name(tmp_path):
+    path = tmp_path / "depth.tif"
+    Image.fromarray(np.ones((3, 4), np.float32)).save(path)  # Pillow mode "F"
+    with pytest.raises(ValueError, match=r"depth\.tif is a floating-point image \(Pillow mode "
+                                         r"F\); expected 8 or 16 bits a channel"):
+        read_image(path, "test")

@@ -21,7 +21,8 @@ from _helpers import assert_same, assert_same_state, fixture
 def test_npz_round_trip_is_exact(tmp_path, dtype):
     rng = np.random.default_rng(0)
     w = rng.standard_normal((4, 3, 3, 3)).astype(dtype)
-    w.flat[:3] = [np.nan, -0.0, np.inf]
+    info = np.finfo(dtype)  # the extremes a finite weight can take (NaN and inf: refused)
+    w.flat[:5] = [-0.0, info.max, -info.max, info.tiny, info.smallest_subnormal]
     state = {"conv1_1.weight": w, "conv1_1.bias": rng.standard_normal(4).astype(dtype),
              "scalar": np.array(3, dtype=dtype), "steps": np.arange(5, dtype=np.int64),
              "file": np.ones(2, dtype), "allow_pickle": np.zeros(1, dtype),  # np.savez's own kwargs

@@ -204,3 +204,56 @@ def test_our_mean_is_the_data_pipelines_mean():
 
     assert io.MEAN_RGB == tuple(MEAN_RGB)
     np.testing.assert_allclose(io.MEAN_RGB, OUR_MEAN_RGB)
+
+
+# ---------------------------------------------------------------- issue 31: one-line errors
+
+
+def test_import_weights_refuses_an_empty_tensor_name_in_one_line(tmp_path):
+    from _torchfiles import state_pickle, tensor, write_torch_zip
+
+    path = tmp_path / "empty-name.pth"
+    write_torch_zip(path, state_pickle([("", tensor("0", 2, 0, [2], [1])),
+                                        ("features.0.bias", tensor("1", 2, 0, [2], [1]))]),
+                    {"0": bytes(8), "1": bytes(8)})
+    with pytest.raises(ValueError, match="holds a tensor with an empty name") as e:
+        io.import_weights(path)
+    assert str(path) in str(e.value) and "\n" not in str(e.value)
+
+
+@pytest.mark.parametrize("name", ["vgg16.pth", "weights.npz"])
+def test_import_weights_refuses_a_zip_of_a_newer_version_in_one_line(tmp_path, name):
+    import zipfile
+
+    path = tmp_path / name
+    with zipfile.ZipFile(path, "w") as zf:
+        zf.writestr("archive/data.pkl", b"\x80\x02}.")
+    raw = bytearray(path.read_bytes())
+    at = raw.index(b"PK\x01\x02")
+    raw[at + 6] = 99  # the central directory's "version needed to extract": 9.9
+    path.write_bytes(bytes(raw))
+    with pytest.raises(ValueError, match=r"uses a zip feature Python's zipfile cannot read "
+                                         r"\(NotImplementedError: zip file version 9\.9\)") as e:
+        io.import_weights(path)
+    assert str(path) in str(e.value) and "\n" not in str(e.value)
+
+
+def test_import_weights_names_a_folder_a_folder(tmp_path):
+    folder = tmp_path / "vgg16.pth"
+    folder.mkdir()
+    with pytest.raises(ValueError, match="is a folder, expected a weights file"):
+        io.import_weights(folder)
+
+
+def test_import_weights_names_the_file_whose_layers_do_not_fit(tmp_path):
+    from _torchfiles import state_pickle, tensor, write_torch_zip
+
+    path = tmp_path / "other-net.pth"
+    write_torch_zip(path, state_pickle([("encoder.weight", tensor("0", 2, 0, [2], [1]))]),
+                    {"0": bytes(8)})
+    with pytest.raises(io.errors.WeightFileError,
+                       match=r"import_weights: .*other-net\.pth: from_fcn_port: missing keys") as e:
+        io.import_weights(path)
+    assert str(path) in str(e.value) and "\n" not in str(e.value)
+    with pytest.raises(ValueError, match="^from_fcn_port: missing keys"):  # a dict: as it was
+        io.import_weights({"encoder.weight": np.zeros(2)})

@@ -207,6 +207,35 @@ def test_a_header_larger_than_the_limit_is_refused_before_it_is_read(tmp_path, m
         load_safetensors(path)
 
 
+@pytest.mark.parametrize("where", ["tensor", "metadata", "shape"])
+@pytest.mark.parametrize("depth", [1000, 100_000])
+def test_a_header_nested_a_thousand_levels_deep_is_one_line_not_a_recursion_error(tmp_path,
+                                                                                  where, depth):
+    nested = "[" * depth + "]" * depth
+    text = {"tensor": f'{{"a": {nested}}}', "metadata": f'{{"__metadata__": {nested}}}',
+            "shape": f'{{"a": {{"dtype": "F32", "shape": {nested}, "data_offsets": [0, 0]}}}}'}
+    path = tmp_path / "deep.safetensors"
+    path.write_bytes(struct.pack("<Q", len(text[where])) + text[where].encode())
+    with pytest.raises(SafetensorsError, match="nests JSON about a thousand levels deep") as e:
+        load_safetensors(path)
+    assert "\n" not in str(e.value) and str(path) in str(e.value)
+
+
+def test_a_header_nested_just_under_the_parsers_limit_is_refused_in_a_short_line(tmp_path):
+    nested = "[" * 500 + "]" * 500
+    path = tmp_path / "deep.safetensors"
+    text = f'{{"{"n" * 10_000}": {nested}}}'
+    path.write_bytes(struct.pack("<Q", len(text)) + text.encode())
+    with pytest.raises(SafetensorsError, match="must have exactly dtype, shape") as e:
+        load_safetensors(path)
+    assert len(str(e.value)) < 400  # the name and the value shortened, however long or deep
+
+
+def test_a_folder_is_named_a_folder(tmp_path):
+    with pytest.raises(SafetensorsError, match="is a folder, expected a weights file"):
+        load_safetensors(tmp_path)
+
+
 def test_a_missing_file_is_file_not_found(tmp_path):
     with pytest.raises(FileNotFoundError, match="no such file"):
         load_safetensors(tmp_path / "none.safetensors")

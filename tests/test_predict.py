@@ -217,3 +217,29 @@ def test_predict_writes_atomically(tmp_path, ckpt, monkeypatch, capsys):
     assert calls == [str(out / "cat.png.label.png")]
     assert files(out) == []  # no half-written file, no temporary left behind
     assert "disk full" in capsys.readouterr().err
+
+
+def test_predict_refuses_a_png_declaring_20000x20000_in_one_line_and_goes_on(tmp_path, ckpt,
+                                                                             capsys):
+    from test_data_readers import png_bytes
+
+    src = tmp_path / "in"
+    good = [photo(src / "a.png", seed=1), photo(src / "z.png", seed=2)]
+    bomb = src / "bomb.png"
+    bomb.write_bytes(png_bytes(20000, 20000, 8, 0))  # 65 bytes
+    out = tmp_path / "out"
+    assert run(ckpt, good[0], bomb, good[1], "--out", out) == 1
+    assert files(out) == ["a.png.label.png", "a.png.overlay.png", "z.png.label.png",
+                          "z.png.overlay.png"]  # the image after it too
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 2 and "1 of 3 images failed" in err[-1]
+    assert err[0] == (f"error: predict: image {bomb} declares 400,000,000 pixels, more than the "
+                      "16,777,216 minifcn reads; set MINIFCN_MAX_IMAGE_PIXELS to allow more, if "
+                      "memory allows")
+
+
+def test_predict_help_says_how_large_an_image_it_reads(capsys):
+    with pytest.raises(SystemExit):
+        predict.main(["--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "MINIFCN_MAX_IMAGE_PIXELS" in text and "16,777,216" in text and "no tiling" in text

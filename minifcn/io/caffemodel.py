@@ -13,7 +13,8 @@ below knows the few fields that hold weights and skips every other field of ever
                       shape 7 (BlobShape: dim 1, int64), double_data 8
 
 Every length is checked against the bytes left before anything is read or allocated, so a
-truncated or damaged file is a one-line ValueError naming the file, not a crash or a MemoryError.
+truncated or damaged file is a one-line :class:`CaffemodelError` (a ValueError) naming the file,
+not a crash or a MemoryError.
 :func:`read_caffemodel` gives the raw blobs (Caffe's layouts, BGR conv1_1);
 :func:`minifcn.io.fromcaffe.from_caffe` turns them into minifcn's state_dict
 (``minifcn.io.import_weights`` does both).
@@ -24,7 +25,9 @@ import os
 
 import numpy as np
 
-__all__ = ["read_caffemodel", "read_caffemodel_layers", "looks_like_caffemodel"]
+from .errors import WeightFileError, require_file
+
+__all__ = ["read_caffemodel", "read_caffemodel_layers", "looks_like_caffemodel", "CaffemodelError"]
 
 VARINT, I64, LEN, GROUP_START, GROUP_END, I32 = 0, 1, 2, 3, 4, 5
 
@@ -34,6 +37,10 @@ V1_TYPES = {4: "Convolution", 5: "Data", 6: "Dropout", 14: "InnerProduct", 15: "
             25: "Eltwise", 39: "Deconvolution", 1: "Accuracy", 8: "Flatten"}
 
 
+class CaffemodelError(WeightFileError):
+    """A .caffemodel that cannot be read; the message (one line) names the file and the fault."""
+
+
 class _Wire:
     """Field-by-field reading of a buffer holding protobuf messages; every error names the file."""
 
@@ -41,7 +48,7 @@ class _Wire:
         self.buf, self.path = buf, path
 
     def fail(self, what, at):
-        raise ValueError(f"read_caffemodel: {self.path}: {what} (at byte {at})")
+        raise CaffemodelError(f"read_caffemodel: {self.path}: {what} (at byte {at})")
 
     def varint(self, pos, end):
         """(value, position after it) of the varint at ``pos`` (at most 10 bytes, < 2**64)."""
@@ -233,11 +240,9 @@ def _layer(wire, start, end, v1, at):
 
 
 def _open(path):
-    path = os.fspath(path)
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"read_caffemodel: no such file {path!r}")
+    path = require_file(path, "read_caffemodel", CaffemodelError)
     if os.path.getsize(path) == 0:
-        raise ValueError(f"read_caffemodel: {path}: the file is empty; not a caffemodel")
+        raise CaffemodelError(f"read_caffemodel: {path}: the file is empty; not a caffemodel")
     return path
 
 
@@ -254,8 +259,8 @@ def read_caffemodel_layers(path):
                 layers.append(_layer(wire, *value, v1=number == 2, at=pos))
         del wire  # every array above is a copy: nothing may hold the map when it closes
     if not seen:
-        raise ValueError(f"read_caffemodel: {path}: no layer (field 100) or layers (field 2) in "
-                         "it; not a Caffe NetParameter")
+        raise CaffemodelError(f"read_caffemodel: {path}: no layer (field 100) or layers (field 2) "
+                              "in it; not a Caffe NetParameter")
     return layers
 
 
@@ -265,15 +270,16 @@ def read_caffemodel(path):
     channel reordering; conv1_1 still expects BGR). Blob shapes follow Caffe: the 4-d legacy
     (num, channels, height, width) when any is set (V1 files: biases are (1, 1, 1, C), an
     InnerProduct weight (1, 1, out, in)), else BlobShape's dims. float32, or float64 for
-    double_data. Raises FileNotFoundError, or ValueError in one line naming the file and the
-    fault (truncated, damaged, a count that does not match the shape, two layers of one name).
+    double_data. Raises FileNotFoundError, or CaffemodelError (a ValueError) in one line naming
+    the file and the fault (truncated, damaged, a count that does not match the shape, two layers
+    of one name, a folder).
     """
     out = {}
     for name, _, blobs in read_caffemodel_layers(path):
         if blobs:
             if name in out:
-                raise ValueError(f"read_caffemodel: {os.fspath(path)}: two layers named "
-                                 f"{name!r} hold weights")
+                raise CaffemodelError(f"read_caffemodel: {os.fspath(path)}: two layers named "
+                                      f"{name!r} hold weights")
             out[name] = blobs
     return out
 

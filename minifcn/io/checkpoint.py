@@ -18,7 +18,8 @@ import numpy as np
 
 from ..backend import as_numpy
 from .atomic import atomic_path
-from .npzfile import read_npz
+from .errors import check_finite
+from .npzfile import NpzFileError, read_npz
 from .safetensors import load_safetensors, save_safetensors
 
 META_KEY = "__meta__"  # reserved name of the checkpoint's JSON record inside the .npz
@@ -83,13 +84,16 @@ def load(path):
     name): ``{name: ndarray}`` in file order.
 
     Never unpickles. The metadata record of a checkpoint, if any, is left out (see
-    :func:`load_checkpoint`).
+    :func:`load_checkpoint`). Every file error is a one-line WeightFileError (a ValueError)
+    naming the file; NaN or infinite arrays are refused, naming the first
+    (:func:`minifcn.io.errors.check_finite`).
     """
+    where = "minifcn.io.load"
     if _is_safetensors(path):
-        return load_safetensors(path, where="minifcn.io.load")
-    arrays = read_npz(path, "minifcn.io.load")
+        return check_finite(load_safetensors(path, where=where), path, where)
+    arrays = read_npz(path, where)
     arrays.pop(META_KEY, None)
-    return arrays
+    return check_finite(arrays, path, where)
 
 
 def save_checkpoint(path, arrays, meta):
@@ -109,32 +113,34 @@ def save_checkpoint(path, arrays, meta):
     _write_npz(path, {**arrays, META_KEY: np.array(text)})  # a 0-d unicode array: no pickle needed
 
 
+_PLAIN = {META_KEY: "it is a plain weights file (read it with minifcn.io.load)"}
+
+
 def load_checkpoint(path):
-    """Read a file written by :func:`save_checkpoint`: ``(arrays, meta)``."""
-    arrays = read_npz(path, "minifcn.io.load_checkpoint")
-    if META_KEY not in arrays:
-        raise ValueError(f"minifcn.io.load_checkpoint: {path} has no {META_KEY!r} record; it is a "
-                         "plain weights file (read it with minifcn.io.load)")
-    return arrays, _meta_of(arrays.pop(META_KEY), path)
+    """Read a file written by :func:`save_checkpoint`: ``(arrays, meta)``. Every file error is a
+    one-line WeightFileError (a ValueError) naming the file; NaN or infinite arrays are refused
+    (:func:`minifcn.io.errors.check_finite`)."""
+    where = "minifcn.io.load_checkpoint"
+    arrays = read_npz(path, where, require=_PLAIN)
+    meta = _meta_of(arrays.pop(META_KEY), path, where)
+    return check_finite(arrays, path, where), meta
 
 
 def load_checkpoint_meta(path):
-    """The ``meta`` of a file written by :func:`save_checkpoint`, its arrays left unread (an
-    .npz's records load one by one, on demand): a command can check what a checkpoint holds
-    before it loads a big model. Errors as ``load_checkpoint``'s, or NumPy's for a bad file."""
-    with np.load(path, allow_pickle=False) as z:
-        if META_KEY not in z.files:
-            raise ValueError(f"minifcn.io.load_checkpoint_meta: {path} has no {META_KEY!r} "
-                             "record; it is a plain weights file")
-        return _meta_of(z[META_KEY], path)
+    """The ``meta`` of a file written by :func:`save_checkpoint`, its arrays checked but left
+    unread: a command can check what a checkpoint holds before it loads a big model. Errors as
+    ``load_checkpoint``'s."""
+    where = "minifcn.io.load_checkpoint_meta"
+    record = read_npz(path, where, names={META_KEY}, require=_PLAIN)[META_KEY]
+    return _meta_of(record, path, where)
 
 
-def _meta_of(record, path):
+def _meta_of(record, path, where):
     meta = None
     if record.ndim == 0 and record.dtype.kind == "U":
-        with contextlib.suppress(ValueError):
+        with contextlib.suppress(ValueError, RecursionError):
             meta = json.loads(str(record[()]))
     if not isinstance(meta, dict):
-        raise ValueError(f"minifcn.io.load_checkpoint: {path}: its {META_KEY!r} record is not the "
-                         "JSON text of a dict, as save_checkpoint writes")
+        raise NpzFileError(f"{where}: {path}: its {META_KEY!r} record is not the JSON text of a "
+                           "dict, as save_checkpoint writes")
     return meta

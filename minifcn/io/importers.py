@@ -14,6 +14,7 @@ import numpy as np
 from ..data.transforms import MEAN_RGB  # minifcn's input: RGB 0..255 minus this mean
 from .caffemodel import looks_like_caffemodel, read_caffemodel
 from .checkpoint import _state_of, load
+from .errors import WeightFileError, check_finite, one_line, require_file
 from .fromcaffe import from_caffe
 from .torchfile import read_torch_state_dict
 
@@ -152,27 +153,38 @@ def import_weights(path_or_state, kind="auto", fold_normalisation=True, bgr_to_r
     :func:`from_fcn_port`. Returns ``{name: ndarray}`` with minifcn's names. An .npz path is
     accepted for torchvision's names only (one with our names is refused: it is ambiguous
     whether its conv1_1 expects RGB, as minifcn's own weights do, or BGR, as the port's do).
+
+    A file is read by its reader (errors: one-line WeightFileErrors naming the file) and refused
+    if a tensor holds NaN or an infinity, naming the first (:func:`~.errors.check_finite`).
     """
     kinds = ("auto", "torchvision_vgg16", "fcn_port")
     if kind not in kinds:
         raise ValueError(f"import_weights: unknown kind {kind!r}, expected one of {kinds}")
     if isinstance(path_or_state, (str, os.PathLike)):
-        path = os.fspath(path_or_state)
-        if not os.path.isfile(path):
-            raise FileNotFoundError(f"import_weights: no such file {path!r}")
+        path = require_file(path_or_state, "import_weights")
         if not zipfile.is_zipfile(path) and (path.lower().endswith(".caffemodel")
                                              or looks_like_caffemodel(path)):
             if kind != "auto":
                 raise ValueError(f"import_weights: {path} is a caffemodel; kind={kind!r} names "
                                  "PyTorch layouts (pass kind='auto')")
-            return from_caffe(read_caffemodel(path), bgr_to_rgb=bgr_to_rgb, source=path)
+            raw = read_caffemodel(path)
+            check_finite({f"{k}[{i}]": b for k, blobs in raw.items() for i, b in enumerate(blobs)},
+                         path, "import_weights")
+            with _naming(path):
+                return from_caffe(raw, bgr_to_rgb=bgr_to_rgb, source=path)
         is_npz = False
         if zipfile.is_zipfile(path):
-            with contextlib.suppress(zipfile.BadZipFile, ValueError, OSError):  # the torch
-                # reader, next, says what is wrong with it
+            # a zip zipfile cannot list (damaged, of a newer version...): the torch reader,
+            # next, says what is wrong with it
+            with contextlib.suppress(Exception):
                 with zipfile.ZipFile(path) as zf:
                     is_npz = not any(m.endswith("/data.pkl") for m in zf.namelist())
-        state = load(path) if is_npz else read_torch_state_dict(path)
+        state = load(path) if is_npz else check_finite(read_torch_state_dict(path), path,
+                                                       "import_weights")
+        unnamed = [k for k in state if not k]
+        if unnamed:
+            raise WeightFileError(f"import_weights: {path} holds a tensor with an empty name; "
+                                  "expected a state_dict's layer names")
     else:
         path, is_npz = None, False
         state = _state_of(path_or_state, "import_weights")
@@ -184,9 +196,23 @@ def import_weights(path_or_state, kind="auto", fold_normalisation=True, bgr_to_r
         raise ValueError(f"import_weights: {path} is an .npz with minifcn's layer names; load "
                          "minifcn's own weights with minifcn.io.load, or pass "
                          "from_fcn_port(minifcn.io.load(path)) for the port's BGR weights")
-    if kind == "torchvision_vgg16":
-        return from_torchvision_vgg16(state, fold_normalisation=fold_normalisation)
-    return from_fcn_port(state, bgr_to_rgb=bgr_to_rgb)
+    with _naming(path):
+        if kind == "torchvision_vgg16":
+            return from_torchvision_vgg16(state, fold_normalisation=fold_normalisation)
+        return from_fcn_port(state, bgr_to_rgb=bgr_to_rgb)
+
+
+@contextlib.contextmanager
+def _naming(path):
+    """A file's weights that do not fit the layout (missing or unexpected names, shapes) are a
+    WeightFileError naming the file; weights given as a dict keep the renamer's ValueError."""
+    try:
+        yield
+    except ValueError as e:
+        if path is None or isinstance(e, WeightFileError):
+            raise
+        text = str(e) if path in str(e) else f"{path}: {e}"
+        raise WeightFileError(one_line(f"import_weights: {text}")) from None
 
 
 def merge_state(model_state, imported):

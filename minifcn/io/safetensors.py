@@ -31,6 +31,7 @@ from collections.abc import Mapping
 import numpy as np
 
 from .atomic import atomic_path
+from .errors import WeightFileError, require_file, short
 
 __all__ = ["save_safetensors", "load_safetensors", "read_safetensors_metadata",
            "SafetensorsError", "DTYPES", "MAX_HEADER_SIZE"]
@@ -44,9 +45,10 @@ _ITEMSIZE = {**{k: np.dtype(v).itemsize for k, v in DTYPES.items()}, **_READ_ONL
 
 MAX_HEADER_SIZE = 100_000_000  # the safetensors package refuses longer headers too
 METADATA_KEY = "__metadata__"
+MAX_NDIM = 64  # NumPy's limit
 
 
-class SafetensorsError(ValueError):
+class SafetensorsError(WeightFileError):
     """A .safetensors file that cannot be read, or arrays that cannot be written as one; the
     message (one line) names the file and what was expected."""
 
@@ -75,7 +77,7 @@ def _header_and_arrays(arrays, metadata, where):
     if metadata is not None:
         if not isinstance(metadata, Mapping) or not all(
                 isinstance(k, str) and isinstance(v, str) for k, v in metadata.items()):
-            _fail(f"{where}: metadata must be a dict of str to str, got {metadata!r:.80}")
+            _fail(f"{where}: metadata must be a dict of str to str, got {short.repr(metadata)}")
     # larger items first (stable): each tensor then starts at a multiple of its item size
     items.sort(key=lambda item: -_ITEMSIZE[item[1]])
     header, offset = {}, 0
@@ -126,9 +128,7 @@ def _is_count(value):
 def _read_header(path, where):
     """(entries [(name, dtype name, shape, begin, end)] in buffer order, metadata, buffer start),
     every entry checked against the file's size; nothing of the buffer read yet."""
-    path = os.fspath(path)
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"{where}: no such file {path!r}")
+    path = require_file(path, where, SafetensorsError)
     disk = os.path.getsize(path)
     at = f"{where}: {path}"
     with open(path, "rb") as f:
@@ -147,44 +147,50 @@ def _read_header(path, where):
         header = json.loads(raw.decode("utf-8"), object_pairs_hook=_no_duplicates)
     except (UnicodeDecodeError, ValueError) as e:
         _fail(f"{at}: the header is not UTF-8 JSON ({e})")
+    except RecursionError:  # json's parser recurses once per level of nesting
+        _fail(f"{at}: the header nests JSON about a thousand levels deep or more; expected "
+              "{name: {dtype, shape, data_offsets}}, three levels")
     if not isinstance(header, dict):
         _fail(f"{at}: the header is a JSON {type(header).__name__}, expected an object")
     metadata = header.pop(METADATA_KEY, None)
     if metadata is not None and not (isinstance(metadata, dict) and all(
             isinstance(v, str) for v in metadata.values())):
-        _fail(f"{at}: {METADATA_KEY!r} must be an object of strings, got {metadata!r:.80}")
+        _fail(f"{at}: {METADATA_KEY!r} must be an object of strings, got {short.repr(metadata)}")
     buffer = disk - 8 - n
     entries = []
     for name, info in header.items():
+        tensor = f"tensor {short.repr(name)}"
         if not isinstance(info, dict) or set(info) != {"dtype", "shape", "data_offsets"}:
-            _fail(f"{at}: tensor {name!r} must have exactly dtype, shape and data_offsets, got "
-                  f"{info!r:.80}")
+            _fail(f"{at}: {tensor} must have exactly dtype, shape and data_offsets, got "
+                  f"{short.repr(info)}")
         kind, shape, offsets = info["dtype"], info["shape"], info["data_offsets"]
         if kind not in _ITEMSIZE:
-            _fail(f"{at}: tensor {name!r} has dtype {kind!r}; this reader knows "
+            _fail(f"{at}: {tensor} has dtype {short.repr(kind)}; this reader knows "
                   f"{', '.join(_ITEMSIZE)}")
-        if not isinstance(shape, list) or not all(_is_count(d) for d in shape):
-            _fail(f"{at}: tensor {name!r} has shape {shape!r:.80}; expected a list of "
-                  "non-negative integers")
+        if not (isinstance(shape, list) and len(shape) <= MAX_NDIM
+                and all(_is_count(d) and d < 2**63 for d in shape)):
+            _fail(f"{at}: {tensor} has shape {short.repr(shape)}; expected a list of at most "
+                  f"{MAX_NDIM} non-negative integers below 2**63")
         if (not isinstance(offsets, list) or len(offsets) != 2
                 or not all(_is_count(o) for o in offsets) or offsets[0] > offsets[1]):
-            _fail(f"{at}: tensor {name!r} has data_offsets {offsets!r:.80}; expected [begin, "
+            _fail(f"{at}: {tensor} has data_offsets {short.repr(offsets)}; expected [begin, "
                   "end], 0 <= begin <= end")
         begin, end = offsets
         if end > buffer:
-            _fail(f"{at}: tensor {name!r} ends at byte {end} of a {buffer}-byte data buffer")
+            _fail(f"{at}: {tensor} ends at byte {end} of a {buffer}-byte data buffer")
         if math.prod(shape) * _ITEMSIZE[kind] != end - begin:
-            _fail(f"{at}: tensor {name!r} is {kind} of shape {tuple(shape)}, "
+            _fail(f"{at}: {tensor} is {kind} of shape {short.repr(tuple(shape))}, "
                   f"{math.prod(shape) * _ITEMSIZE[kind]} bytes, but its offsets span "
                   f"{end - begin}")
         entries.append((name, kind, tuple(shape), begin, end))
     entries.sort(key=lambda e: (e[3], e[4]))
     covered = 0
     for name, _, _, begin, end in entries:
+        tensor = f"tensor {short.repr(name)}"
         if begin != covered:
             what = "overlaps the one before it" if begin < covered else \
                 f"leaves bytes {covered}..{begin} unused before it"
-            _fail(f"{at}: tensor {name!r} at bytes {begin}..{end} {what}; tensors must cover the "
+            _fail(f"{at}: {tensor} at bytes {begin}..{end} {what}; tensors must cover the "
                   "data buffer back to back")
         covered = end
     if covered != buffer:
@@ -201,7 +207,7 @@ def _decode(buf, kind, shape, name, at):
     if kind == "BOOL":
         raw = np.frombuffer(buf, dtype=np.uint8)
         if raw.size and raw.max() > 1:
-            _fail(f"{at}: BOOL tensor {name!r} holds bytes other than 0 and 1")
+            _fail(f"{at}: BOOL tensor {short.repr(name)} holds bytes other than 0 and 1")
     array = np.frombuffer(buf, dtype=dtype).reshape(shape)
     native = dtype.newbyteorder("=")
     return array if array.dtype == native else array.astype(native)

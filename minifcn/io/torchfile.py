@@ -48,9 +48,10 @@ import zipfile
 
 import numpy as np
 
+from .errors import described, human_bytes as _human, require_file
 from .torchlegacy import is_legacy_stream, load_stream
 from .torchpickle import (REFUSED_HINT, Pending, Storage, TensorUnpickler, TorchFileError,
-                          described, is_int, one_line, prescan, short)
+                          is_int, one_line, prescan, short)
 
 __all__ = ["read_torch_state_dict", "read_torch_file", "TorchFileError"]
 
@@ -61,13 +62,6 @@ MAX_NDIM = 64  # NumPy's limit
 
 # keys under which training scripts commonly nest the weights inside a bigger checkpoint dict
 _WRAPPER_KEYS = ("state_dict", "model_state_dict", "model")
-
-
-def _human(nbytes):
-    for unit in ("B", "kB", "MiB", "GiB", "TiB"):
-        if nbytes < 1024 or unit == "TiB":
-            return f"{nbytes:.0f} {unit}" if unit == "B" else f"{nbytes:.1f} {unit}"
-        nbytes /= 1024
 
 
 def _join(name, key):
@@ -249,13 +243,15 @@ def read_torch_file(path):
     fault, if the file asks for anything but tensors, is damaged or is beyond the limits in the
     module docstring; FileNotFoundError if there is no such file.
     """
-    path = os.fspath(path)
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"read_torch_state_dict: no such file {path!r}")
+    path = require_file(path, "read_torch_state_dict", TorchFileError)
     try:
         return _Reader(path).load()
     except (TorchFileError, MemoryError):  # ours name the file; a real shortage stays one
         raise
+    except NotImplementedError as e:  # zipfile: a newer zip version, encryption...
+        raise TorchFileError(one_line(
+            f"{path}: uses a zip feature Python's zipfile cannot read ({described(e)}); "
+            "expected a zip as torch.save writes")) from e
     except Exception as e:  # zipfile, zlib, struct, pickle...: no code of the file's has run
         raise TorchFileError(one_line(
             f"{path}: cannot be read as a torch.save file ({described(e)}); expected "

@@ -17,7 +17,7 @@ import reprlib
 
 import numpy as np
 
-from .errors import described, one_line  # noqa: F401 (torchfile imports them from here)
+from .errors import WeightFileError, one_line
 
 # torch's storage classes (the type of a tensor's memory) -> NumPy dtype code.
 # "bfloat16" is not a NumPy dtype: read as 16-bit words, widened to float32 at the end.
@@ -40,10 +40,10 @@ short = reprlib.Repr()  # bounded reprs for messages: a hostile value can be hug
 short.maxstring = short.maxother = 60
 
 
-class TorchFileError(ValueError, pickle.UnpicklingError):
+class TorchFileError(WeightFileError, pickle.UnpicklingError):
     """A file that is not a readable tensor state_dict. The message (one line) names the file and
-    what was expected. A ValueError, so ``train --init-from`` reports it plainly; also an
-    UnpicklingError, as the refusals of this reader always were."""
+    what was expected. A WeightFileError (a ValueError), so ``train --init-from`` reports it
+    plainly; also an UnpicklingError, as the refusals of this reader always were."""
 
 
 class StorageType:
