@@ -12,7 +12,8 @@ into the net --model names at --width, with the number of classes of --data. Eve
 layer must be in the file.
 
 Every image is scored at its own size: a batch holds images of one size (``Loader`` with
-``group_by_size``), so --batch-size changes the speed, not the metrics.
+``group_by_size``), and the mean loss is taken over every counted pixel of the split (not
+over batches), so --batch-size changes the speed, not the metrics nor the loss.
 """
 import argparse
 import json
@@ -142,12 +143,13 @@ def main(argv=None):
             print(f"note: {data.notice}")
         loader = Loader(data, args.batch_size, shuffle=False, group_by_size=True)
         device = backend.check_device(args.device)
-        scores, loss, _ = validate(model, loader, data.n_class, device)
+        scores, loss, _ = validate(model, loader, data.n_class, device, desc="evaluating")
         panoptic = None
         if data.has_instances:  # instance maps to score against: panoptic quality too
             loader = Loader(data, args.batch_size, shuffle=False, group_by_size=True,
                             instances=True)
-            panoptic = validate_instances(model, loader, data.n_class, device)
+            panoptic = validate_instances(model, loader, data.n_class, device,
+                                          desc="instances")
     except (FileNotFoundError, ValueError) as e:  # a file or an option at fault, named in e
         print(f"error: {e}", file=sys.stderr)
         return 1
