@@ -242,10 +242,11 @@ def set_metrics(run, **change):
     (lambda run: (run / "config.json").write_text(json.dumps(
         {**json.loads((run / "config.json").read_text()), "lr": "fast"})),
      "config.json disagrees"),
-    (lambda run: (run / "metrics.jsonl").write_text("{not json\n"), "metrics.jsonl line 1 is not JSON"),
+    (lambda run: (run / "metrics.jsonl").write_text("{not json\n"),
+     "metrics.jsonl line 1 is not JSON"),
     (lambda run: set_metrics(run, iteration="two"), "metrics.jsonl line 1 has iteration 'two'"),
     (lambda run: set_metrics(run, mean_iu="high"), "metrics.jsonl line 1 has mean_iu 'high'"),
-    (lambda run: set_metrics(run, mean_iu=None), "metrics.jsonl line 1 lacks mean_iu"),
+    (lambda run: set_metrics(run, mean_iu=None), "metrics.jsonl line 1 lacks mean_iu;"),
     (lambda run: (run / "metrics.jsonl").write_text("[2]\n"),
      "metrics.jsonl line 1 is not a JSON object"),
 ], ids=["config-not-json", "config-list", "config-wrong-type", "metrics-not-json",

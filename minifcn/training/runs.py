@@ -123,7 +123,7 @@ class Run:
                 continue
             try:
                 record = json.loads(line)
-                problem = _record_problem(record, RECORD_FIELDS + tuple(required))
+                problem = _record_problem(record, dict.fromkeys(RECORD_FIELDS + required))
             except ValueError as e:
                 problem = f"is not JSON ({e})"
             if problem:
