@@ -12,8 +12,9 @@ into the net --model names at --width, with the number of classes of --data. Eve
 layer must be in the file.
 
 Every image is scored at its own size: a batch holds images of one size (``Loader`` with
-``group_by_size``), so --batch-size changes the speed, not the metrics. Each is run through the
-net whole (no tiling): an image or label whose header declares more than
+``group_by_size``), and the mean loss is taken over every counted pixel of the split (not
+over batches), so --batch-size changes the speed, not the metrics nor the loss. Each image is
+run through the net whole (no tiling): an image or label whose header declares more than
 MINIFCN_MAX_IMAGE_PIXELS pixels (an environment variable; default 4096 x 4096 = 16,777,216) is
 refused before it is decoded, in one line naming it. 16-bit greyscale images are scaled to 8
 bits; 16-bit labels are read as they are (class numbers).
@@ -146,12 +147,13 @@ def main(argv=None):
             print(f"note: {data.notice}")
         loader = Loader(data, args.batch_size, shuffle=False, group_by_size=True)
         device = backend.check_device(args.device)
-        scores, loss, _ = validate(model, loader, data.n_class, device)
+        scores, loss, _ = validate(model, loader, data.n_class, device, desc="evaluating")
         panoptic = None
         if data.has_instances:  # instance maps to score against: panoptic quality too
             loader = Loader(data, args.batch_size, shuffle=False, group_by_size=True,
                             instances=True)
-            panoptic = validate_instances(model, loader, data.n_class, device)
+            panoptic = validate_instances(model, loader, data.n_class, device,
+                                          desc="instances")
     except (FileNotFoundError, ValueError) as e:  # a file or an option at fault, named in e
         print(f"error: {e}", file=sys.stderr)
         return 1

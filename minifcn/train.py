@@ -9,13 +9,13 @@
 Writes a run folder (--out): config.json, metrics.jsonl, checkpoint_last.npz,
 checkpoint_best.npz, history.png (loss and mean IU), predictions.png (image | truth | prediction),
 confusion.png, per_class_iu.png and worst.png (the 4 validation images of highest loss).
-Ctrl-C stops after the current step with a checkpoint; --resume continues exactly.
+Ctrl-C stops after the current step with a checkpoint; --resume continues exactly. One process
+at a time trains in a run folder (RUN/run.lock; a killed run's stale lock is taken over).
 
 This module only parses options; the defaults live in minifcn/training/config.py and the loop
 in minifcn/training/ (``fit``, which calls ``train_step`` on every batch).
 """
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
@@ -23,7 +23,7 @@ from pathlib import Path
 from .models.registry import MODELS
 from .training import DEFAULTS, FROM_SCRATCH, REFERENCE, fit, resolve
 from .training.config import FINE_TUNE, REAL_FINE_TUNE, resume_config
-from .training.runs import new_run_dir
+from .training.runs import new_run_dir, run_config
 
 D, S, R = DEFAULTS, FROM_SCRATCH, REFERENCE  # the help texts quote them
 F, RF = FINE_TUNE, REAL_FINE_TUNE
@@ -102,7 +102,9 @@ def parser():
       help="which upsampling layers learn (default fixed: all bilinear, as the reference code)")
     a("--val-batch-size", type=int, help=f"validation batch (default {D['val_batch_size']}; "
                                          "images of different sizes go in separate batches)")
-    a("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR from its last checkpoint; "
+    a("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR from its last checkpoint, "
+                                         "with the config it was made with (a config.json that "
+                                         "disagrees is refused); "
                                          "--iters/--epochs extend it, and --lr, --momentum, "
                                          "--weight-decay, --lr-schedule, --warmup, --device, "
                                          "--checkpoint-every, --val-batch-size, --val-every "
@@ -132,22 +134,6 @@ def make_config(args, defaults=DEFAULTS):
     return resolve(config)
 
 
-def read_config(run_dir):
-    """RUN_DIR/config.json, or SystemExit with a one-line message."""
-    path = Path(run_dir) / "config.json"
-    try:
-        config = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise SystemExit(f"error: --resume {run_dir}: no config.json there") from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise SystemExit(f"error: --resume {run_dir}: config.json is damaged ({e})") from None
-    missing = [k for k in ("model", "data", "lr") if k not in config] if isinstance(config, dict) \
-        else ["a JSON object"]
-    if missing:
-        raise SystemExit(f"error: --resume {run_dir}: config.json lacks {', '.join(missing)}")
-    return config
-
-
 def main(argv=None, make_parser=parser, defaults=DEFAULTS, check=None, after=None):
     """The command: parse, build the config over ``defaults``, make or reopen the run folder,
     ``fit``. ``python -m minifcn.pretrain`` calls it with its own parser and defaults, a
@@ -158,8 +144,12 @@ def main(argv=None, make_parser=parser, defaults=DEFAULTS, check=None, after=Non
         if args.out or args.overwrite:
             raise SystemExit("error: --resume continues a run in its own folder: drop --out and "
                              "--overwrite")
-        run_dir = Path(args.resume)
-        config, changed = resume_config(read_config(run_dir), given_options(args), run_dir)
+        run_dir, given = Path(args.resume), given_options(args)
+        try:  # the checkpoint's config, which config.json must not contradict
+            config = run_config(run_dir, given)
+        except (OSError, ValueError) as e:
+            raise SystemExit(f"error: {e}") from None
+        config, changed = resume_config(config, given, run_dir)
         for key, (old, new) in changed.items():
             print(f"resume: --{key.replace('_', '-')} {old} -> {new}")
     else:

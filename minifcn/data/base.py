@@ -47,6 +47,11 @@ class SegmentationDataset:
     def _image_size(self, i):
         return tuple(self._get(i)[0].shape[:2])  # the slow way: load the item
 
+    def check_labels(self):
+        """Read every label once and check it (values in 0..n_class-1 or 255, the size of its
+        image): a ValueError naming the file, before a run relies on it. Sets made in memory
+        are right by construction: nothing to do; the file-backed ones override this."""
+
     def __getitem__(self, i):
         """(image (H, W, 3) uint8, label (H, W) int64) of item ``i``; negative i counts from
         the end, as for a list."""

@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from .base import IGNORE_INDEX, SegmentationDataset
-from .readers import read_image_size, read_label, read_names, read_pair
+from .readers import check_pairs, read_image_size, read_label, read_names, read_pair
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
 VAL_EVERY = 10  # without split files, about 1 image in VAL_EVERY is val
@@ -136,6 +136,10 @@ class FolderSegmentation(SegmentationDataset):
     def _get(self, i):
         return read_pair(self.image_paths[i], self.mask_dir / f"{self.names[i]}.png",
                          self.n_class, "FolderSegmentation")
+
+    def check_labels(self):
+        check_pairs([(p, self.mask_dir / f"{n}.png") for p, n in zip(self.image_paths, self.names)],
+                    self.n_class, "FolderSegmentation")
 
     def _image_size(self, i):
         return read_image_size(self.image_paths[i], "FolderSegmentation")

@@ -160,10 +160,30 @@ def read_pair(image_path, label_path, n_class, where):
     return image, label
 
 
+def check_pairs(pairs, n_class, where):
+    """Check the label of every (image path, label path) pair, as ``read_pair`` would, without
+    decoding the images (their size comes from the header): values in 0..n_class-1 or 255, the
+    size of its image. ValueError / FileNotFoundError naming the first bad file."""
+    for image_path, label_path in pairs:
+        label = read_label(label_path, n_class, where)
+        h, w = read_image_size(image_path, where)
+        if label.shape != (h, w):
+            raise ValueError(
+                f"{where}: label {label_path} is {label.shape[1]}x{label.shape[0]} (WxH) but its "
+                f"image {image_path} is {w}x{h}; they must match"
+            )
+
+
 def read_names(path, where):
-    """The non-empty, stripped lines of a split file (one item name per line)."""
+    """The non-empty, stripped lines of a split file (one item name per line); UTF-8, a byte
+    order mark at its start (as some Windows editors write) left out."""
     path = Path(path)
-    names = [line.strip() for line in path.read_text().splitlines()]
+    try:
+        text = path.read_text(encoding="utf-8-sig")
+    except UnicodeDecodeError as e:
+        raise ValueError(f"{where}: {path} is not UTF-8 text ({e.reason} at byte {e.start})") \
+            from None
+    names = [line.strip() for line in text.splitlines()]
     names = [n for n in names if n]
     if not names:
         raise ValueError(f"{where}: split file {path} lists no names")

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from .base import SegmentationDataset
-from .readers import read_image_size, read_label, read_names, read_pair
+from .readers import check_pairs, read_image_size, read_label, read_names, read_pair
 
 VOC_CLASSES = (
     "background", "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat",
@@ -135,6 +135,11 @@ class VOCSegmentation(SegmentationDataset):
         return read_pair(self.root / "JPEGImages" / f"{name}.jpg",
                          self.root / "SegmentationClass" / f"{name}.png",
                          self.n_class, "VOCSegmentation")
+
+    def check_labels(self):
+        check_pairs([(self.root / "JPEGImages" / f"{n}.jpg",
+                      self.root / "SegmentationClass" / f"{n}.png") for n in self.names],
+                    self.n_class, "VOCSegmentation")
 
     def _get_instances(self, i):
         image, label = self._get(i)

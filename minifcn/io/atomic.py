@@ -96,9 +96,13 @@ def atomic_path(path):
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())  # the bytes are on disk before the name points at them
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         with contextlib.suppress(FileNotFoundError):
             os.remove(tmp)
+        if isinstance(e, OSError) and e.errno is not None and e.filename in (None, tmp):
+            # a full disk is seen by a write, which names no file (or our temporary): name the
+            # file the caller asked for
+            raise OSError(e.errno, e.strerror or str(e), path) from e
         raise
     finally:
         _IN_FLIGHT.discard(os.path.basename(tmp))

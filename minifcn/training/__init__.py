@@ -6,6 +6,7 @@ Read in this order:
                predict_labels
     loop.py    fit: the epochs around train_step, with validation, checkpoints and Ctrl-C
     runs.py    the run folder, checkpoints, resume, the stop flag, the progress bar
+    lock.py    one process at a time in a run folder (RUN/run.lock)
     build.py   what a config builds: model, optimiser, datasets; load_model, load_weights_into
     config.py  every default of a run (DEFAULTS, the from-scratch and reference recipes), resolve
 

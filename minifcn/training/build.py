@@ -107,6 +107,22 @@ def dataset(config, split, spec=None):
     return get_dataset(spec, split, **kw)
 
 
+def check_data(spec, train_set, val_set):
+    """What would stop a run late, found before it starts (ValueError naming it): a train and a
+    val split that share images (the scores would be measured on training images), and a bad
+    validation label (``check_labels``: every label of the val split read once, its values and
+    size checked), which would otherwise be found after a whole epoch of training."""
+    train_names, val_names = getattr(train_set, "names", None), getattr(val_set, "names", None)
+    if train_names is not None and val_names is not None:
+        shared = sorted(set(train_names) & set(val_names))
+        if shared:
+            more = f" and {len(shared) - 5} more" if len(shared) > 5 else ""
+            raise ValueError(f"--data {spec}: the train and val splits share {len(shared)} of "
+                             f"their ids ({', '.join(shared[:5])}{more}); validating on training "
+                             f"images overstates every score: take them out of one list")
+    val_set.check_labels()
+
+
 def read_weights(path):
     """``{name: array}`` in minifcn's names from a weights file: a PyTorch file (.pt, .pth,
     .bin: torchvision VGG16 or the FCN port) or a Caffe .caffemodel (the authors' FCN nets or

@@ -9,9 +9,10 @@ in the data (so that a stopped run resumes exactly), Ctrl-C, NaN and the progres
 import math
 import time
 
-from .. import backend, optim, viz
+from .. import backend, io, optim, viz
 from ..data import Loader
-from .build import (balanced_class_weights, build_model, dataset, final_stride,
+from ..io.errors import described
+from .build import (balanced_class_weights, build_model, check_data, dataset, final_stride,
                     load_weights_into, make_optimizer, shipped_classifier)
 from .config import option
 from .runs import BEST, LAST, StopFlag, open_run, position, progress, restore, \
@@ -54,91 +55,99 @@ def fit(config, run_dir, resume=False, overwrite=False, log=print, on_iteration=
                     flip=config["flip"], crop=config.get("crop"), instances=with_instances)
     # real images differ in size: each validation batch holds images of one size
     val_loader = Loader(val_set, config["val_batch_size"], shuffle=False, group_by_size=True)
+    check_data(config["data"], train_set, val_set)  # bad data now, not after an epoch
     per_epoch = len(loader)
     total = config["iters"] or config["epochs"] * per_epoch
     schedule = optim.make_schedule(config["lr_schedule"], total,
                                    warmup_iters=option(config, "warmup"))
-    run = open_run(run_dir, resume, overwrite)  # only now: a run that cannot start leaves no files
-    if getattr(train_set, "notice", None):
-        log(train_set.notice)
+    # only now: a run that cannot start leaves no files; locked until it ends, however it ends
+    run = open_run(run_dir, resume, overwrite, log)
+    try:
+        if getattr(train_set, "notice", None):
+            log(train_set.notice)
+        key = best_key(config)
+        epoch, batch, iteration = 0, 0, 0  # the position of the next batch to train on
+        if resume:
+            epoch, batch, iteration, _ = restore(run, model, opt)
+            if iteration > total:
+                raise ValueError(f"--resume {run.dir}: the run has done {iteration} iterations, "
+                                 f"more than the {total} its options now ask for")
+            log(f"resumed {run.dir} at iteration {iteration} of {total} (epoch {epoch + 1}, "
+                f"batch {batch})")
+        else:
+            if config.get("init_from"):
+                load_weights_into(model, config["init_from"], log)
+            elif option(config, "init") == "classifier":  # the paper's start: a classifier
+                load_weights_into(model, shipped_classifier(config["width"]), log)
+            run.write_config(config)  # a resumed run's, after its next checkpoint
+        records = [r for r in run.records(required=(key,)) if r["iteration"] <= iteration]
+        validated = records[-1]["iteration"] if records else 0  # the last validated iteration
+        # seconds of this run so far (training and validation; a resumed run goes on counting),
+        # kept in every record: the experiments plot mean IU against minutes
+        clock = time.perf_counter() - (records[-1].get("elapsed_s", 0.0) if records else 0.0)
+        best = _kept_best(run, records, key, model, iteration, config, log) if resume else None
 
-    epoch, batch, iteration, best = 0, 0, 0, None  # the position of the next batch to train on
-    if resume:
-        epoch, batch, iteration, best = restore(run, model, opt)
-        if iteration > total:
-            raise ValueError(f"--resume {run.dir}: the run has done {iteration} iterations, "
-                             f"more than the {total} its options now ask for")
-        log(f"resumed {run.dir} at iteration {iteration} of {total} (epoch {epoch + 1}, "
-            f"batch {batch})")
-    elif config.get("init_from"):
-        load_weights_into(model, config["init_from"], log)
-    elif option(config, "init") == "classifier":  # the paper's start: a trained classifier
-        load_weights_into(model, shipped_classifier(config["width"]), log)
-    run.write_config(config)
-    records = [r for r in run.records() if r["iteration"] <= iteration]
-    validated = records[-1]["iteration"] if records else 0  # the last validated iteration
-    # seconds of this run so far (training and validation; a resumed run goes on counting),
-    # kept in every record: the experiments plot mean IU against minutes
-    clock = time.perf_counter() - (records[-1].get("elapsed_s", 0.0) if records else 0.0)
-    best = max(records, key=lambda r: r[best_key(config)], default=best)
+        def checkpoint():
+            save_training_checkpoint(run.path(LAST), model, opt,
+                                     position(epoch, batch, iteration, best, config))
+            run.write_config(config)  # after: config.json never ahead of its checkpoint
 
-    def checkpoint():
-        save_training_checkpoint(run.path(LAST), model, opt,
-                                 position(epoch, batch, iteration, best, config))
-
-    n_epochs = math.ceil(total / per_epoch)
-    model.train()
-    with StopFlag() as stop:  # Ctrl-C or SIGTERM asks to stop at the next iteration boundary
-        while True:
-            # validate at each epoch's end and at the very end, even when a stop came in the
-            # last step or the run stopped before it validated (then the resumed run does)
-            done = iteration >= total
-            every = option(config, "val_every")  # also validate every N iterations (0: not)
-            due = batch == 0 or (every and iteration % every == 0)
-            if iteration > validated and (done or (due and not stop.requested)):
-                best = _end_of_epoch(model, val_loader, val_set, config, run, device, epoch,
-                                     iteration, best, log, clock)
-                validated = iteration
-                checkpoint()
-            if done or stop.requested:
-                break
-            bar = progress(per_epoch, batch, f"epoch {epoch + 1}/{n_epochs}")
-            t0, seen = time.perf_counter(), 0
-            for x, y, *instances in loader.epoch(epoch, start=batch):
-                opt.lr = config["lr"] * schedule(iteration)
-                if p < 1:
-                    y = sample_loss_cells(y, p, cell, backend.rng())
-                try:
-                    loss = train_step(model, opt, backend.to_device(x, device),
-                                      backend.to_device(y, device), config["loss_reduction"],
-                                      class_weights,
-                                      *(backend.to_device(i, device) for i in instances))
-                except FloatingPointError as e:
-                    bar.close()
-                    last = (f"the last good checkpoint is {run.path(LAST)}"
-                            if run.path(LAST).exists() else "no checkpoint was written yet")
-                    raise FloatingPointError(
-                        f"{e} at iteration {iteration + 1} (epoch {epoch + 1}); {last}. Lower "
-                        f"--lr (a summed loss needs an lr about 1/pixels-per-batch of a mean "
-                        f"one)") from None
-                iteration, batch, seen = iteration + 1, batch + 1, seen + len(x)
-                if on_step is not None:
-                    on_step(iteration, loss, len(x))
-                bar.update(1)
-                bar.set_postfix(loss=f"{loss:.4f}",
-                                img_s=f"{seen / (time.perf_counter() - t0):.1f}")
-                if on_iteration is not None and on_iteration(iteration):
-                    stop.request()
-                if stop.requested or iteration >= total:
-                    break
-                if option(config, "val_every") and iteration % config["val_every"] == 0:
-                    break  # to validate (the outer loop), then on with this epoch
-                if config["checkpoint_every"] and iteration % config["checkpoint_every"] == 0:
+        n_epochs = math.ceil(total / per_epoch)
+        model.train()
+        # one bar for the whole run, its steps: it stays through the validations
+        bar = progress(total, iteration, f"epoch {epoch + 1}/{n_epochs}")
+        with bar, StopFlag() as stop:  # Ctrl-C or SIGTERM: stop at the next iteration boundary
+            while True:
+                # validate at each epoch's end and at the very end, even when a stop came in
+                # the last step or the run stopped before it validated (then the resumed run
+                # does)
+                done = iteration >= total
+                every = option(config, "val_every")  # also validate every N iterations (0: not)
+                due = batch == 0 or (every and iteration % every == 0)
+                if iteration > validated and (done or (due and not stop.requested)):
+                    best = _end_of_epoch(model, val_loader, val_set, config, run, device, epoch,
+                                         iteration, best, log, clock)
+                    validated = iteration
                     checkpoint()
-            bar.close()
-            if batch >= per_epoch:
-                epoch, batch = epoch + 1, 0
-            checkpoint()  # before validating: a failure there loses no training
+                if done or stop.requested:
+                    break
+                bar.set_description(f"epoch {epoch + 1}/{n_epochs}")
+                t0, seen = time.perf_counter(), 0
+                for x, y, *instances in loader.epoch(epoch, start=batch):
+                    opt.lr = config["lr"] * schedule(iteration)
+                    if p < 1:
+                        y = sample_loss_cells(y, p, cell, backend.rng())
+                    try:
+                        loss = train_step(model, opt, backend.to_device(x, device),
+                                          backend.to_device(y, device), config["loss_reduction"],
+                                          class_weights,
+                                          *(backend.to_device(i, device) for i in instances))
+                    except FloatingPointError as e:
+                        last = (f"the last good checkpoint is {run.path(LAST)}"
+                                if run.path(LAST).exists() else "no checkpoint was written yet")
+                        raise FloatingPointError(
+                            f"{e} at iteration {iteration + 1} (epoch {epoch + 1}); {last}. "
+                            f"Lower --lr (a summed loss needs an lr about 1/pixels-per-batch of "
+                            f"a mean one)") from None
+                    iteration, batch, seen = iteration + 1, batch + 1, seen + len(x)
+                    if on_step is not None:
+                        on_step(iteration, loss, len(x))
+                    bar.update(1)
+                    bar.set_postfix(loss=f"{loss:.4f}",
+                                    img_s=f"{seen / (time.perf_counter() - t0):.1f}")
+                    if on_iteration is not None and on_iteration(iteration):
+                        stop.request()
+                    if stop.requested or iteration >= total:
+                        break
+                    if every and iteration % every == 0:
+                        break  # to validate (the outer loop), then on with this epoch
+                    if config["checkpoint_every"] and iteration % config["checkpoint_every"] == 0:
+                        checkpoint()
+                if batch >= per_epoch:
+                    epoch, batch = epoch + 1, 0
+                checkpoint()  # before validating: a failure there loses no training
+    finally:
+        run.close()
     if iteration < total:  # stopped early
         log(f"\nstopped at iteration {iteration}: checkpoint written to {run.path(LAST)}; "
             f"continue with: python -m {command_of(config)} --resume {run.dir}")
@@ -147,11 +156,44 @@ def fit(config, run_dir, resume=False, overwrite=False, log=print, on_iteration=
     return best
 
 
+def _kept_best(run, records, key, model, iteration, config, log):
+    """The best record of a resumed run: the one checkpoint_best.npz holds, so that what the
+    run reports (and what it compares the next validations with) is the file's.
+
+    A kill between the best checkpoint and its record leaves the file ahead of metrics.jsonl
+    (it is written first), and the resumed run validates that iteration again. A run folder
+    of a minifcn that wrote them the other way round can have the file behind a record: when
+    that record is of the iteration the run resumes at, the weights restored are the ones it
+    scored, and the file is written again from them; else the file's record stands."""
+    path, kept = run.path(BEST), None
+    if path.is_file():
+        try:
+            kept = io.checkpoint.load_checkpoint_meta(path).get("best")
+        except Exception as e:  # a damaged best checkpoint: the next validation replaces it
+            log(f"resume: {path} cannot be read ({described(e)}); the next validation writes it "
+                f"again")
+        if not (isinstance(kept, dict) and isinstance(kept.get(key), (int, float))):
+            kept = None
+    named = max(records, key=lambda r: r[key], default=None)
+    if named is None or (kept is not None and not named[key] > kept[key]):
+        return kept
+    held = f"iteration {kept['iteration']}" if kept else "no weights"
+    if named["iteration"] == iteration:
+        save_training_checkpoint(path, model, None,
+                                 position(named["epoch"], 0, iteration, named, config))
+        log(f"resume: {path} held {held}, behind metrics.jsonl's best (iteration {iteration}); "
+            f"written again from {run.path(LAST)}, which holds that iteration")
+        return named
+    log(f"resume: {path} holds {held}, behind metrics.jsonl's best (iteration "
+        f"{named['iteration']}, whose weights are gone); the run counts from the file's")
+    return kept
+
+
 def _end_of_epoch(model, val_loader, val_set, config, run, device, epoch, iteration, best, log,
                   clock):
-    """Validate, log, append to metrics.jsonl, redraw the plots, keep the best checkpoint."""
+    """Validate, log, keep the best checkpoint, append to metrics.jsonl, redraw the plots."""
     s, val_loss, examples, worst = validate(model, val_loader, val_set.n_class, device,
-                                            config["loss_reduction"], worst=4)
+                                            worst=4, desc="validating")
     record = {"epoch": epoch, "iteration": iteration, "loss": val_loss,
               **{k: float(s[k]) for k in ("pixel_acc", "mean_acc", "mean_iu", "fw_iu")},
               "elapsed_s": round(time.perf_counter() - clock, 2)}
@@ -164,6 +206,12 @@ def _end_of_epoch(model, val_loader, val_set, config, run, device, epoch, iterat
         log(f"epoch {epoch} iter {iteration}: val loss {val_loss:.4f}  pixel acc "
             f"{record['pixel_acc']:.3f}  mean acc {record['mean_acc']:.3f}  mean IU "
             f"{record['mean_iu']:.3f}  f.w. IU {record['fw_iu']:.3f}")
+    if best is None or record[key] > best[key]:
+        # before the record that names it: a kill between the two leaves the file ahead of
+        # metrics.jsonl, never behind (and the resumed run validates this iteration again)
+        best = record
+        save_training_checkpoint(run.path(BEST), model, None,
+                                 position(epoch, 0, iteration, best, config))
     records = run.append_record(record, keep=iteration - 1)
     viz.plot_history(run.path("history.png"), records)
     grid = viz.save_classification_grid if key == "top1" else viz.save_prediction_grid
@@ -173,10 +221,6 @@ def _end_of_epoch(model, val_loader, val_set, config, run, device, epoch, iterat
     viz.save_figure(run.path("per_class_iu.png"), viz.per_class_iu_figure(s["per_class_iu"], names))
     if key != "top1" and worst:  # a classifier's 1x1 label maps make no picture
         viz.save_figure(run.path("worst.png"), viz.worst_images_figure(*zip(*worst), names))
-    if best is None or record[key] > best[key]:
-        best = record
-        save_training_checkpoint(run.path(BEST), model, None,
-                                 position(epoch, 0, iteration, best, config))
     return best
 
 

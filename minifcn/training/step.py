@@ -75,9 +75,16 @@ def predict_labels(model, x):
     return backend.as_numpy(xp.argmax(scores.data, axis=1)).astype(np.int64)
 
 
-def validate(model, loader, n_class, device="cpu", loss_reduction="mean", limit=None, worst=0):
+def validate(model, loader, n_class, device="cpu", loss_reduction="mean", limit=None, worst=0,
+             desc=None):
     """Mean loss and the paper's four metrics of ``model`` over every batch of ``loader`` (at
     most ``limit`` batches), without gradients and in eval mode (no dropout).
+
+    The loss is the mean over every counted pixel of the set (the sum of the per-pixel losses
+    over the number of pixels not labelled 255), so it does not depend on how the images are
+    batched; the run's ``loss_reduction`` does not change it (a sum would grow with the set).
+    NaN when no pixel is counted. ``desc``: show a progress bar over the images, so named
+    (``runs.progress``).
 
     Returns (scores dict of ``metrics.RunningScore``, plus ``confusion``: its (n_class,
     n_class) matrix, rows = truth; mean loss; up to four (image, target, prediction) examples
@@ -85,51 +92,69 @@ def validate(model, loader, n_class, device="cpu", loss_reduction="mean", limit=
     counted pixels, as (image, target, prediction, loss), highest first (images with no counted
     pixel have no loss and are left out). Only those k are kept while the pass runs."""
     model.eval()
-    running, losses, examples, kept = RunningScore(n_class), [], [], []
-    for i, (x, y) in enumerate(loader.epoch(0)):
-        if limit is not None and i >= limit:
-            break
-        y_dev = backend.to_device(y, device)
-        with no_grad():
-            scores = model(Tensor(backend.to_device(x, device)))
-            per_pixel = F.softmax_cross_entropy(scores, y_dev, reduction="none").data  # (N, H, W)
-        xp = backend.get_array_module(scores.data)
-        counted = y_dev != IGNORE_INDEX
-        # the batch's loss as reduction="mean"/"sum" would give it, from the same pixel losses
-        total = per_pixel.sum(dtype=xp.float64).astype(per_pixel.dtype)
-        losses.append(float(total / max(int(counted.sum()), 1) if loss_reduction == "mean"
-                            else total))
-        pred = backend.as_numpy(xp.argmax(scores.data, axis=1))
-        running.update(y, pred)
-        for j in range(min(len(x), 4 - len(examples))):
-            examples.append((from_input(x[j]), y[j], pred[j]))
-        if worst:
-            n = backend.as_numpy(counted.sum(axis=(1, 2)))
-            image_loss = backend.as_numpy(per_pixel.sum(axis=(1, 2), dtype=xp.float64)) / \
-                np.maximum(n, 1)
-            for j in np.flatnonzero(n > 0):  # a bounded list: k kept, the lowest replaced
-                if len(kept) < worst or image_loss[j] > kept[-1][0]:
-                    # copies: a view would keep its whole batch alive
-                    entry = (float(image_loss[j]), np.array(x[j]), np.array(y[j]), pred[j].copy())
-                    kept = sorted(kept + [entry], key=lambda e: -e[0])[:worst]
+    running, examples, kept = RunningScore(n_class), [], []
+    total, count = 0.0, 0  # the sum of the counted pixels' losses (float64), and their number
+    with _bar(loader, limit, desc) as bar:
+        for i, (x, y) in enumerate(loader.epoch(0)):
+            if limit is not None and i >= limit:
+                break
+            y_dev = backend.to_device(y, device)
+            with no_grad():
+                scores = model(Tensor(backend.to_device(x, device)))
+                per_pixel = F.softmax_cross_entropy(scores, y_dev, reduction="none").data
+            xp = backend.get_array_module(scores.data)
+            counted = y_dev != IGNORE_INDEX                                   # (N, H, W)
+            total += float(per_pixel.sum(dtype=xp.float64))  # an ignored pixel's loss is 0
+            count += int(counted.sum())
+            pred = backend.as_numpy(xp.argmax(scores.data, axis=1))
+            running.update(y, pred)
+            for j in range(min(len(x), 4 - len(examples))):
+                examples.append((from_input(x[j]), y[j], pred[j]))
+            if worst:
+                n = backend.as_numpy(counted.sum(axis=(1, 2)))
+                image_loss = backend.as_numpy(per_pixel.sum(axis=(1, 2), dtype=xp.float64)) / \
+                    np.maximum(n, 1)
+                for j in np.flatnonzero(n > 0):  # a bounded list: k kept, the lowest replaced
+                    if len(kept) < worst or image_loss[j] > kept[-1][0]:
+                        # copies: a view would keep its whole batch alive
+                        entry = (float(image_loss[j]), np.array(x[j]), np.array(y[j]),
+                                 pred[j].copy())
+                        kept = sorted(kept + [entry], key=lambda e: -e[0])[:worst]
+            bar.update(len(x))
     model.train()
     result = {**running.scores(), "confusion": running.hist.copy()}
+    loss = total / count if count else float("nan")
     if not worst:
-        return result, float(np.mean(losses)), examples
+        return result, loss, examples
     worst_examples = [(from_input(xj), yj, pj, lj) for lj, xj, yj, pj in kept]
-    return result, float(np.mean(losses)), examples, worst_examples
+    return result, loss, examples, worst_examples
 
 
-def validate_instances(model, loader, n_class, device="cpu", stuff=(0,)):
+def _bar(loader, limit, desc):
+    """A progress bar over the images of ``loader``'s first ``limit`` batches (a bar that shows
+    nothing without ``desc``, or for a loader that cannot say its batches)."""
+    from .runs import progress
+
+    images = None
+    if desc and hasattr(loader, "batch_positions"):
+        batches = loader.batch_positions(loader.plan(0)[0])  # the order epoch(0) takes
+        images = sum(len(b) for b in batches[:limit])
+    return progress(images or 0, 0, desc, disable=images is None)
+
+
+def validate_instances(model, loader, n_class, device="cpu", stuff=(0,), desc=None):
     """Panoptic quality (``metrics.RunningPanoptic``) of ``model``'s instances over a loader
     that yields instance maps: a net's own instance head where it has one, else the connected
-    components of each class of its argmax (the baseline). Eval mode, no gradients."""
+    components of each class of its argmax (the baseline). Eval mode, no gradients. ``desc``:
+    a progress bar, as ``validate``'s."""
     from ..models.instances import instances_of
 
     model.eval()
     running = RunningPanoptic(n_class, stuff)
-    for x, y, inst in loader.epoch(0):
-        classes, ids = instances_of(model, backend.to_device(x, device), stuff)
-        running.update(y, inst, classes, ids)
+    with _bar(loader, None, desc) as bar:
+        for x, y, inst in loader.epoch(0):
+            classes, ids = instances_of(model, backend.to_device(x, device), stuff)
+            running.update(y, inst, classes, ids)
+            bar.update(len(x))
     model.train()
     return running.scores()
