@@ -25,6 +25,7 @@ from .data import Loader, get_dataset
 from .models import MODELS, build
 from .training import dataset, load_model, validate, validate_instances
 from .training.build import read_weights
+from .training.limits import MAX_BATCH, check_device_option
 
 
 def format_table(scores, class_names):
@@ -99,7 +100,8 @@ def main(argv=None):
                                    "ROOT/ImageSets/Segmentation/NAME.txt")
     p.add_argument("--split-file", metavar="FILE", help="voc: score the image ids listed in FILE "
                                                         "(one a line), e.g. seg11valid.txt")
-    p.add_argument("--batch-size", type=int, default=1)
+    p.add_argument("--batch-size", type=int, default=1, help=f"images a batch, 1..{MAX_BATCH} "
+                   "(default 1)")
     p.add_argument("--device", default="auto", choices=["cpu", "cuda", "auto"])
     p.add_argument("--json", metavar="FILE", help="also write the scores as JSON (an existing "
                    "FILE only with --overwrite, never an input file; a missing folder is made)")
@@ -109,6 +111,10 @@ def main(argv=None):
     try:
         if args.batch_size < 1:
             raise ValueError(f"--batch-size must be >= 1, got {args.batch_size}")
+        if args.batch_size > MAX_BATCH:
+            raise ValueError(f"--batch-size must be <= {MAX_BATCH} (images a batch), got "
+                             f"{args.batch_size}")
+        device = check_device_option(args.device)
         # --json never replaces the file scored or the ids read (by any path): checked now,
         # and again once the scores are in
         check_json = dict(option="--json", overwrite=args.overwrite,
@@ -125,14 +131,14 @@ def main(argv=None):
             width = 1.0 if args.width is None else args.width
             spec, data = args.data, load_data(args.data, split, args.split_file, None)
             model = load_weights_model(args.checkpoint, args.model, width, data.n_class,
-                                       args.device)
+                                       device)
         else:
             if args.width is not None:
                 raise ValueError("--width goes with --model (a run checkpoint knows its width)")
             if args.checkpoint.lower().endswith((".caffemodel", ".pth", ".pt", ".bin")):
                 raise ValueError(f"{args.checkpoint} is a weights file, not a run checkpoint: "
                                  f"say which net it holds with --model ({', '.join(MODELS)})")
-            model, config = load_model(args.checkpoint, args.device)
+            model, config = load_model(args.checkpoint, device)
             spec = args.data or config["data"]
             data = load_data(spec, split, args.split_file, config)
             if data.n_class != config["n_class"]:
@@ -141,7 +147,6 @@ def main(argv=None):
         if data.notice:
             print(f"note: {data.notice}")
         loader = Loader(data, args.batch_size, shuffle=False, group_by_size=True)
-        device = backend.check_device(args.device)
         scores, loss, _ = validate(model, loader, data.n_class, device)
         panoptic = None
         if data.has_instances:  # instance maps to score against: panoptic quality too

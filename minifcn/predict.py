@@ -35,6 +35,7 @@ from PIL import Image, UnidentifiedImageError
 
 from . import backend, io, viz
 from .training import build_model, load_model, predict_labels
+from .training.limits import check_device_option
 from .data import to_input
 
 KINDS = ("label", "overlay")
@@ -163,10 +164,10 @@ def main(argv=None):
     p.add_argument("--device", default="auto", choices=["cpu", "cuda", "auto"])
     args = p.parse_args(argv)
     try:
+        device = check_device_option(args.device)
         outputs = plan(args.images, args.out, args.overwrite, kinds_of(args.checkpoint))
         io.check_folder(args.out, f"--out {args.out}")
-        model, config = load_model(args.checkpoint, args.device)
-        device = backend.check_device(args.device)
+        model, config = load_model(args.checkpoint, device)
     except (FileNotFoundError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1

@@ -26,6 +26,7 @@ import numpy as np
 from . import backend, io
 from .data import get_dataset
 from .training import DEFAULTS
+from .training import limits as L
 from .training.build import load_model
 from .training.runs import BEST
 
@@ -43,15 +44,18 @@ def parser():
     a = p.add_argument
     a("--data", help=f"a classification set (default {P['data']})")
     a("--width", type=float, help=f"channel multiplier, as train's (default {P['width']}); "
-                                  "--init-from works into FCNs of the same width")
+                                  "--init-from works into FCNs of the same width; at most "
+                                  f"{L.MAX_WIDTH:g}")
     a("--size", type=int, help=f"image side, {193}..{224} (pool5 must be 7x7 for fc6; default "
                                f"{P['size']})")
-    a("--n-train", type=int, help=f"training images (default {P['n_train']})")
-    a("--n-val", type=int, help=f"held-out images for top-1 accuracy (default {P['n_val']})")
+    a("--n-train", type=int, help=f"training images (default {P['n_train']}; at most "
+                                  f"{L.MAX_IMAGES})")
+    a("--n-val", type=int, help=f"held-out images for top-1 accuracy (default {P['n_val']}; at "
+                                f"most {L.MAX_IMAGES})")
     g = p.add_mutually_exclusive_group()
     g.add_argument("--epochs", type=int, help=f"default {P['epochs']}")
     g.add_argument("--iters", type=int, help="train this many iterations instead of --epochs")
-    a("--batch-size", type=int, help=f"default {P['batch_size']}")
+    a("--batch-size", type=int, help=f"default {P['batch_size']} (at most {L.MAX_BATCH})")
     a("--lr", type=float, help=f"base learning rate (default {P['lr']})")
     a("--lr-schedule", choices=["constant", "step", "poly"], help=f"default {P['lr_schedule']}")
     a("--warmup", type=int, help=f"iterations of linear lr warm-up (default {P['warmup']})")
@@ -61,9 +65,10 @@ def parser():
     a("--conv1-lr-mult", type=float, help="lr multiplier of conv1_1's weight (default 1/64^2, "
                                           "as train's from scratch)")
     a("--no-flip", dest="flip", action="store_const", const=False, help="no random flips")
-    a("--val-batch-size", type=int, help=f"default {P['val_batch_size']}")
+    a("--val-batch-size", type=int, help=f"default {P['val_batch_size']} (at most "
+                                         f"{L.MAX_BATCH})")
     a("--device", choices=["cpu", "cuda", "auto"], help="default auto")
-    a("--seed", type=int, help=f"default {P['seed']}")
+    a("--seed", type=int, help=f"0 .. 2**32 - 1 (default {P['seed']})")
     a("--checkpoint-every", type=int, help=f"also checkpoint every N iterations (default "
                                            f"{P['checkpoint_every']})")
     a("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR from its last checkpoint")

@@ -9,6 +9,7 @@ from ..loss import IGNORE_INDEX
 from ..models.classifier import shipped_classifier_path as shipped_classifier
 from ..models.registry import CLASSIFIER_START
 from .config import LEARN_UPSAMPLING, SYNTHETIC, option
+from .limits import check_checkpoint_config
 
 
 # --init-from must fill at least this share of the model's learned weights (counted in numbers):
@@ -171,6 +172,7 @@ def load_model(checkpoint_path, device="cpu"):
     config = meta.get("config")
     if not config:
         raise ValueError(f"{checkpoint_path}: not a minifcn training checkpoint (no config)")
+    check_checkpoint_config(config, checkpoint_path)  # before a net of any size is built
     model = build_model(config)
     state = {k[6:]: v for k, v in arrays.items() if k.startswith("model/")}
     if meta.get("learned_only"):
