@@ -217,3 +217,58 @@ def test_predict_writes_atomically(tmp_path, ckpt, monkeypatch, capsys):
     assert calls == [str(out / "cat.png.label.png")]
     assert files(out) == []  # no half-written file, no temporary left behind
     assert "disk full" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("overwrite", [[], ["--overwrite"]])
+def test_predict_symlink_in_out_refused(tmp_path, ckpt, capsys, monkeypatch, overwrite):
+    a, b = photo(tmp_path / "in" / "a" / "x.png"), photo(tmp_path / "in" / "b" / "y.png")
+    out, elsewhere = tmp_path / "out", tmp_path / "elsewhere"
+    out.mkdir()
+    elsewhere.mkdir()
+    (out / "a").symlink_to(elsewhere, target_is_directory=True)  # planted: out/a -> elsewhere
+    monkeypatch.setattr(predict, "load_model", lambda *a, **k: pytest.fail("model loaded"))
+    assert run(ckpt, a, b, "--out", out, *overwrite) == 1
+    err = one_line_error(capsys)
+    assert f"--out {out}: {out / 'a'} leads outside --out (to {elsewhere})" in err, err
+    assert list(elsewhere.iterdir()) == [] and files(out) == []
+
+
+def test_predict_symlink_planted_while_it_runs_is_refused_at_the_write(tmp_path, ckpt, capsys,
+                                                                      monkeypatch):
+    a, b = photo(tmp_path / "in" / "a" / "x.png"), photo(tmp_path / "in" / "b" / "y.png")
+    out, elsewhere = tmp_path / "out", tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    planned = predict.plan
+
+    def plan_then_plant(*args, **kw):
+        outputs = planned(*args, **kw)
+        out.mkdir()
+        (out / "b").symlink_to(elsewhere, target_is_directory=True)
+        return outputs
+
+    monkeypatch.setattr(predict, "plan", plan_then_plant)
+    assert run(ckpt, a, b, "--out", out) == 1
+    err = capsys.readouterr().err
+    assert "leads outside --out" in err and "1 of 2 images failed" in err
+    assert list(elsewhere.iterdir()) == [] and files(out) == ["a/x.png.label.png",
+                                                              "a/x.png.overlay.png"]
+
+
+def test_predict_out_that_is_itself_a_symlink_writes_where_it_leads(tmp_path, ckpt):
+    cat = photo(tmp_path / "in" / "cat.png")
+    real = tmp_path / "real"
+    real.mkdir()
+    (tmp_path / "link").symlink_to(real, target_is_directory=True)
+    assert run(ckpt, cat, "--out", tmp_path / "link") == 0
+    assert files(real) == ["cat.png.label.png", "cat.png.overlay.png"]
+
+
+def test_predict_refuses_an_output_that_is_a_folder_even_with_overwrite(tmp_path, ckpt, capsys,
+                                                                       monkeypatch):
+    cat = photo(tmp_path / "in" / "cat.png")
+    (tmp_path / "out" / "cat.png.label.png").mkdir(parents=True)
+    monkeypatch.setattr(predict, "load_model", lambda *a, **k: pytest.fail("model loaded"))
+    assert run(ckpt, cat, "--out", tmp_path / "out", "--overwrite") == 1
+    err = one_line_error(capsys)
+    assert "cat.png.label.png: is a folder" in err, err
+    assert files(tmp_path / "out") == []
