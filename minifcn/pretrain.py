@@ -28,7 +28,7 @@ from .data import get_dataset
 from .training import DEFAULTS
 from .training import limits as L
 from .training.build import load_model
-from .training.runs import BEST
+from .training.runs import BEST, RUN_FILES
 
 # The recipe of the shipped classifier (see minifcn/weights/*.md for the measured run)
 PRETRAIN_DEFAULTS = {**DEFAULTS, **dict(
@@ -73,10 +73,15 @@ def parser():
                                            f"{P['checkpoint_every']})")
     a("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR from its last checkpoint")
     a("--out", help="run folder (default runs/vgg16-DATA-TIME, made unique)")
-    a("--overwrite", action="store_true", help="start a new run in an --out that holds one")
+    a("--overwrite", action="store_true", help="start a new run in an --out that holds one, and "
+                                               "let --save-weights replace its FILE and FILE.md")
     a("--save-weights", metavar="FILE", help="at the end, write the best weights in float16 to "
-                                             "FILE (.npz; never over an existing file): what "
-                                             "minifcn/weights/ ships")
+                                             "FILE (.npz) and its record to FILE.md: what "
+                                             "minifcn/weights/ ships. Checked before training: "
+                                             "an existing file only with --overwrite, never a "
+                                             "file of the run; a missing folder is made, with "
+                                             "its parents, when FILE is written, as train makes "
+                                             "its --out")
     return p
 
 
@@ -94,18 +99,27 @@ def check(config):
                          f"on 224), got {config['size']}")
 
 
-def save_weights(checkpoint, path):
+def check_save_weights(path, inputs=(), overwrite=False, create=False):
+    """ValueError in one line unless --save-weights may write ``path`` and its record
+    ``path``.md: an .npz name, neither file one of ``inputs`` nor existing unless ``overwrite``
+    (``io.check_output``); with ``create`` the missing folder is made."""
+    path = Path(path)
+    if path.suffix.lower() != ".npz":
+        raise ValueError(f"--save-weights {path}: give an .npz file name (its record is written "
+                         f"beside it, as {path.stem}.md)")
+    for target in (path, path.with_suffix(".md")):
+        io.check_output(target, "--save-weights", overwrite, inputs, create)
+
+
+def save_weights(checkpoint, path, overwrite=False):
     """The learned weights of a training checkpoint in float16 (half the bytes; the FCN
     fine-tunes in float32), with the run's config and best record, written atomically; and
     beside it FILE.md, the record of how it was made (``record``)."""
     path = Path(path)
-    if path.exists() or path.with_suffix(".md").exists():
-        raise FileExistsError(f"--save-weights {path}: the file (or its .md) exists; give a "
-                              f"new name")
+    check_save_weights(path, [checkpoint], overwrite, create=True)  # again: the run took a while
     model, config = load_model(checkpoint)
     arrays = {f"model/{k}": p.data.astype(np.float16) for k, p in model.named_parameters()}
     best = io.load_checkpoint(checkpoint)[1].get("best")
-    path.parent.mkdir(parents=True, exist_ok=True)
     io.save_checkpoint(path, arrays, {"config": config, "best": best, "learned_only": True})
     io.atomic_write_text(path.with_suffix(".md"), record(path, config, best))
     print(f"wrote {path} (float16, {path.stat().st_size / 1e6:.2f} MB) and its record "
@@ -163,15 +177,21 @@ def record(path, config, best):
 
 def after(args, run_dir):
     if args.save_weights:
-        save_weights(Path(run_dir) / BEST, args.save_weights)
+        save_weights(Path(run_dir) / BEST, args.save_weights, args.overwrite)
 
 
 def main(argv=None):
     from . import train
 
-    given = parser().parse_args(argv).save_weights
-    if given and Path(given).exists():  # refuse before training, not after
-        raise SystemExit(f"error: --save-weights {given}: the file exists; give a new name")
+    args = parser().parse_args(argv)
+    if args.save_weights is not None:  # refuse before training, not after
+        run = args.resume or args.out  # its files are the run's, never the weights'
+        try:
+            check_save_weights(args.save_weights,
+                               [Path(run, name) for name in RUN_FILES] if run else [],
+                               args.overwrite)
+        except ValueError as e:
+            raise SystemExit(f"error: {e}") from None
     return train.main(argv, make_parser=parser, defaults=PRETRAIN_DEFAULTS, check=check,
                       after=after)
 
