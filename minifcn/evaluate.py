@@ -12,7 +12,10 @@ into the net --model names at --width, with the number of classes of --data. Eve
 layer must be in the file.
 
 Every image is scored at its own size: a batch holds images of one size (``Loader`` with
-``group_by_size``), so --batch-size changes the speed, not the metrics.
+``group_by_size``), so --batch-size changes the speed, not the metrics. Images are not tiled:
+before anything is scored, the memory a batch of each size needs is estimated from the net's
+layers (``minifcn.models.memory``), and a size that would need more than --max-memory (default:
+the memory available now) is refused in one line naming the size, or the batch, that fits.
 """
 import argparse
 import json
@@ -25,7 +28,8 @@ from .data import Loader, get_dataset
 from .models import MODELS, build
 from .training import dataset, load_model, validate, validate_instances
 from .training.build import read_weights
-from .training.limits import MAX_BATCH, check_device_option
+from .training.limits import (MAX_BATCH, check_device_option, check_forward_memory,
+                              check_max_memory, memory_budget)
 
 
 def format_table(scores, class_names):
@@ -77,6 +81,17 @@ def load_weights_model(path, name, width, n_class, device):
     return model.to(backend.check_device(device)).eval()
 
 
+def check_batches_fit(model, loader, spec, n_class, budget):
+    """ValueError in one line if a batch of one of ``loader``'s image sizes would need more than
+    ``budget`` bytes: the forward (``models.memory``) and the loss's maps (scores, their
+    log-softmax and the per-pixel loss: 3 x n_class floats a pixel)."""
+    from collections import Counter
+
+    for (h, w), count in Counter(loader.sizes or ()).items():
+        check_forward_memory(model, h, w, budget, min(loader.batch_size, count),
+                             per_pixel=3 * 4 * n_class, what=f"{spec}: its images of that size")
+
+
 def load_data(spec, split, split_file, config):
     """The dataset to score: ``split`` of ``spec`` (as the run made it when ``config``), or the
     ids listed in ``split_file`` (VOC only)."""
@@ -107,6 +122,10 @@ def main(argv=None):
                    "FILE only with --overwrite, never an input file; a missing folder is made)")
     p.add_argument("--overwrite", action="store_true", help="let --json replace an existing "
                                                             "file")
+    p.add_argument("--max-memory", type=float, metavar="GIB", help="refuse, before scoring, "
+                   "images whose batch is estimated to need more than this many GiB (default: "
+                   "what the machine, its container and ulimit -v leave available now; images "
+                   "are not tiled)")
     args = p.parse_args(argv)
     try:
         if args.batch_size < 1:
@@ -115,6 +134,7 @@ def main(argv=None):
             raise ValueError(f"--batch-size must be <= {MAX_BATCH} (images a batch), got "
                              f"{args.batch_size}")
         device = check_device_option(args.device)
+        max_memory = check_max_memory(args.max_memory)
         # --json never replaces the file scored or the ids read (by any path): checked now,
         # and again once the scores are in
         check_json = dict(option="--json", overwrite=args.overwrite,
@@ -147,6 +167,7 @@ def main(argv=None):
         if data.notice:
             print(f"note: {data.notice}")
         loader = Loader(data, args.batch_size, shuffle=False, group_by_size=True)
+        check_batches_fit(model, loader, spec, data.n_class, max_memory or memory_budget(device))
         scores, loss, _ = validate(model, loader, data.n_class, device)
         panoptic = None
         if data.has_instances:  # instance maps to score against: panoptic quality too

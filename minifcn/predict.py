@@ -24,6 +24,12 @@ folder; even with --overwrite it never writes over an input image. Outputs stay 
 symbolic link under DIR to a folder elsewhere is refused (DIR itself may be a link). Each file is written to a
 temporary name, then renamed. An image that cannot be read is reported, one line each, after
 the others are done; the exit status is then 1, as for a refusal.
+
+Large images are not tiled: each goes through the net whole (tiles would change the scores at
+their seams, FCN's receptive field being hundreds of pixels). Before its forward, the memory it
+needs is estimated from the net's layers (``minifcn.models.memory``); an image that would need
+more than --max-memory (default: the memory available now) is refused, one line naming the
+size that fits, and the others go on.
 """
 import argparse
 import os
@@ -36,7 +42,8 @@ from PIL import Image, UnidentifiedImageError
 
 from . import backend, io, viz
 from .training import build_model, load_model, predict_labels
-from .training.limits import check_device_option
+from .training.limits import (check_device_option, check_forward_memory, check_max_memory,
+                              memory_budget)
 from .data import to_input
 
 KINDS = ("label", "overlay")
@@ -178,9 +185,14 @@ def main(argv=None):
     p.add_argument("--overwrite", action="store_true", help="replace outputs that exist and "
                    "allow writing next to the images (never over an image itself)")
     p.add_argument("--device", default="auto", choices=["cpu", "cuda", "auto"])
+    p.add_argument("--max-memory", type=float, metavar="GIB", help="refuse an image whose "
+                   "forward is estimated to need more than this many GiB (default: what the "
+                   "machine, its container and ulimit -v leave available now; images are not "
+                   "tiled)")
     args = p.parse_args(argv)
     try:
         device = check_device_option(args.device)
+        max_memory = check_max_memory(args.max_memory)
         outputs = plan(args.images, args.out, args.overwrite, kinds_of(args.checkpoint))
         io.check_folder(args.out, f"--out {args.out}")
         model, config = load_model(args.checkpoint, device)
@@ -193,6 +205,8 @@ def main(argv=None):
             image = read_image(path)
             x = backend.to_device(to_input(image)[None], device)
             net = fit_padding(model, config, *image.shape[:2], device)
+            budget = max_memory or memory_budget(device)  # now: other processes come and go
+            check_forward_memory(net, *image.shape[:2], budget)
             if "instances" in out:  # a net with an instance head: classes and instances
                 label, ids = predict_instances(net, x)
                 write_instances(out, image, ids, args.overwrite, args.out)

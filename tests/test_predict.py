@@ -272,3 +272,30 @@ def test_predict_refuses_an_output_that_is_a_folder_even_with_overwrite(tmp_path
     err = one_line_error(capsys)
     assert "cat.png.label.png: is a folder" in err, err
     assert files(tmp_path / "out") == []
+
+
+def test_predict_refuses_an_image_too_big_for_memory_naming_the_size_that_fits(tmp_path, ckpt,
+                                                                               capsys):
+    import re
+
+    from minifcn.models.memory import forward_bytes
+
+    big = photo(tmp_path / "in" / "big.png", size=(300, 400))
+    small = photo(tmp_path / "in" / "small.png")
+    model, _ = training.load_model(ckpt)
+    gib = forward_bytes(model, (1, 3, 120, 160)) / 2**30  # room for 120x160, not 300x400
+    out = tmp_path / "out"
+    assert run(ckpt, big, small, "--out", out, "--max-memory", repr(gib)) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 2 and err[-1] == "error: 1 of 2 images failed", err
+    assert err[0].startswith(f"error: {big}: the image (400x300) would need about "), err[0]
+    w, h = map(int, re.search(r"up to about (\d+)x(\d+) fits", err[0]).groups())
+    assert 110 <= h <= 120 and abs(w / h - 4 / 3) < 0.02
+    assert forward_bytes(model, (1, 3, h, w)) <= gib * 2**30  # what it says fits, fits
+    assert files(out) == ["small.png.label.png", "small.png.overlay.png"]
+
+
+def test_predict_refuses_a_max_memory_that_is_not_a_positive_number(tmp_path, ckpt, capsys):
+    cat = photo(tmp_path / "cat.png")
+    assert run(ckpt, cat, "--out", tmp_path / "out", "--max-memory", "nan") == 1
+    assert "--max-memory must be a positive number of GiB, got nan" in one_line_error(capsys)

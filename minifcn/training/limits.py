@@ -21,7 +21,9 @@ one line naming the option and its bound, not minutes later, half-allocated, in 
 
 ``check_options`` checks a run's config (``resolve`` calls it); ``check_checkpoint_config``
 checks the config of a checkpoint before anything is built from it (``load_model`` calls it);
-``check_device_option`` is the commands' check of ``--device``.
+``check_device_option`` is the commands' check of ``--device``; ``memory_budget`` and
+``check_forward_memory`` are predict's and evaluate's check of an image too big for memory at
+this net (they refuse it, saying the size that fits: see ``models.memory``).
 """
 import math
 import numbers
@@ -31,7 +33,7 @@ from ..models.vgg import MAX_WIDTH
 
 __all__ = ["MAX_SIZE", "MAX_PAD1", "MAX_IMAGES", "MAX_BATCH", "MIN_LOSS_SAMPLING",
            "MAX_N_CLASS", "MAX_SEED", "MAX_WIDTH", "check_options", "check_checkpoint_config",
-           "check_device_option"]
+           "check_device_option", "memory_budget", "check_forward_memory", "check_max_memory"]
 
 MAX_SIZE = 2048
 MAX_PAD1 = 500
@@ -95,6 +97,95 @@ def check_device_option(device):
         why = " ".join(str(backend.cupy_unavailable_reason()).split())
         raise ValueError(f"--device {device}: no GPU here ({why}); use --device cpu, or auto "
                          f"(the GPU where CuPy finds one)") from None
+
+
+def _meminfo(key):
+    """A /proc/meminfo or /proc/self/status field in bytes (Linux), or None."""
+    for path in ("/proc/meminfo", "/proc/self/status"):
+        try:
+            with open(path) as f:
+                for line in f:
+                    if line.startswith(key + ":"):
+                        return int(line.split()[1]) * 1024
+        except (OSError, ValueError, IndexError):
+            continue
+    return None
+
+
+def _cgroup_free():
+    """What this container's memory limit leaves (cgroup v2, then v1), or None."""
+    for limit, usage in (("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory.current"),
+                         ("/sys/fs/cgroup/memory/memory.limit_in_bytes",
+                          "/sys/fs/cgroup/memory/memory.usage_in_bytes")):
+        try:
+            with open(limit) as f, open(usage) as g:
+                most, used = f.read().strip(), int(g.read().strip())
+        except (OSError, ValueError):
+            continue
+        if most.isdigit() and int(most) < 2**60:  # "max", or v1's huge "no limit"
+            return max(0, int(most) - used)
+    return None
+
+
+def memory_budget(device="cpu"):
+    """The bytes a forward pass may take on ``device`` now: on a GPU what CuPy says is free; on
+    the CPU the least of the memory the system has available (MemAvailable), what this
+    container's limit leaves, and what the address-space limit (ulimit -v) leaves. None when
+    nothing can be read (then nothing is refused)."""
+    from .. import backend
+
+    if device == "cuda":
+        return int(backend.cupy_or_none().cuda.runtime.memGetInfo()[0])
+    known = [_meminfo("MemAvailable"), _cgroup_free()]
+    try:
+        import resource
+
+        soft = resource.getrlimit(resource.RLIMIT_AS)[0]
+        if soft != resource.RLIM_INFINITY:
+            known.append(max(0, soft - (_meminfo("VmSize") or 0)))
+    except (ImportError, OSError, ValueError):
+        pass
+    known = [k for k in known if k is not None]
+    return min(known) if known else None
+
+
+def check_max_memory(gib):
+    """--max-memory GIB as bytes (None: not given), or ValueError in one line."""
+    if gib is None:
+        return None
+    if not 0 < gib < math.inf:
+        raise ValueError(f"--max-memory must be a positive number of GiB, got {gib}")
+    return int(gib * 2**30)
+
+
+def _gib(n):
+    return f"{n / 2**30:.1f} GiB" if n >= 2**30 else f"{n / 2**20:.0f} MiB"
+
+
+def check_forward_memory(model, h, w, budget, n=1, per_pixel=0, what="the image"):
+    """ValueError in one line if ``model``'s forward on n images of h x w (plus ``per_pixel``
+    bytes a pixel: the loss's maps) is estimated (``models.memory.forward_bytes``) to need more
+    than ``budget`` bytes; it says the size, in the same proportions, that fits. Nothing when
+    ``budget`` is None, or the net does not take such an input (its own error says so)."""
+    from ..models.geometry import GeometryError
+    from ..models.memory import forward_bytes, largest_fitting
+
+    if budget is None:
+        return
+    try:
+        need = forward_bytes(model, (n, model.conv1_1.in_channels, h, w), per_pixel=per_pixel)
+    except GeometryError:
+        return
+    if need <= budget:
+        return
+    fits = largest_fitting(model, h, w, budget, n, per_pixel=per_pixel)
+    hint = f"up to about {fits[1]}x{fits[0]} fits: shrink it" if fits[0] else "nothing fits"
+    if n > 1 and largest_fitting(model, h, w, budget, 1, per_pixel=per_pixel) == (h, w):
+        hint = "one at a time fits: lower --batch-size"
+    raise ValueError(f"{what} ({w}x{h}{f', {n} at a time' if n > 1 else ''}) would need about "
+                     f"{_gib(need)} for {type(model).__name__}'s forward (estimated from its "
+                     f"layers), more than the {_gib(budget)} available (--max-memory); {hint}, "
+                     f"or raise --max-memory")
 
 
 def _fail(where, message):
