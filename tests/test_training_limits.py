@@ -168,3 +168,13 @@ def test_the_help_says_each_bound(cli):
                         ("width", "4"), ("seed", "2**32")):
         if dest in helps and not (cli is pretrain_cli and dest == "size"):
             assert bound in helps[dest], (dest, helps[dest])
+
+
+def test_weights_that_do_not_fit_the_checkpoints_config_name_the_file(tmp_path, capsys):
+    model = training.build_model({**GOOD, "n_class": 5})
+    ckpt = tmp_path / "checkpoint.npz"
+    io.save_checkpoint(ckpt, {f"model/{k}": v for k, v in model.state_dict().items()},
+                       {"config": GOOD})  # the config says 3 classes, the weights have 5
+    assert evaluate.main([str(ckpt), "--device", "cpu"]) == 1
+    err = one_line(capsys.readouterr().err)
+    assert err.startswith(f"error: {ckpt}: load_state_dict into FCN8s: ") and "score_fr" in err

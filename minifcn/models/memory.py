@@ -6,10 +6,13 @@
 (no number is computed): at inference (no_grad) a layer's output is freed once the next layer
 has read it, so the peak is one layer's input, the padded copy it reads and its output, plus
 what waits for later (the input image, the pooled maps the skips add back), the im2col columns
-(at most ``conv.COL_BYTES`` at once) and a non-local block's HW x HW attention. Measured with tracemalloc on FCN-8s, FCN-32s and SegNet at widths
-1/16..1/4 and sides 100..600, the estimate was 1.0 to 1.6 times the real peak (never below):
-a refusal may come a little early, never late. ``largest_fitting`` is the size, in the
-image's proportions, that the budget allows.
+(at most ``conv.COL_BYTES`` at once) and a non-local block's HW x HW attention.
+
+Measured with tracemalloc on FCN-8s, FCN-32s, FCN-8s + non-local, FCN-8s-embed, SegNet, U-Net
+and DeepLab-ASPP at widths 1/16 and 1/4, the estimate was 1.3 to 2.4 times the real peak on
+images of 600x500 and more (more on small ones, where a block of im2col columns is most of it),
+never below (tests/test_models_memory.py): a refusal may come early, never late.
+``largest_fitting`` is the size, in the image's proportions, that a budget allows.
 """
 import math
 

@@ -183,5 +183,8 @@ def load_model(checkpoint_path, device="cpu"):
         full = model.state_dict()
         full.update({k: v.astype(full[k].dtype) for k, v in state.items()})
         state = full
-    model.load_state_dict(state)
+    try:
+        model.load_state_dict(state)
+    except (ValueError, TypeError) as e:  # weights that do not fit the config: say which file
+        raise ValueError(f"{checkpoint_path}: {e}") from None
     return model.to(backend.check_device(device)).eval(), config
