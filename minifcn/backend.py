@@ -56,13 +56,19 @@ def device_of(array):
     return "cuda" if get_array_module(array) is not np else "cpu"
 
 
+class DeviceUnavailable(RuntimeError, ValueError):
+    """A GPU asked for where CuPy sees none. A ValueError too: the commands turn ValueErrors
+    (an option at fault) into one line."""
+
+
 def check_device(device):
-    """Normalise a device name; raise a clear error for anything else."""
+    """Normalise a device name; raise a clear error for anything else (``DeviceUnavailable``
+    for 'cuda' without a GPU)."""
     if device in (None, "cpu"):
         return "cpu"
     if device in ("cuda", "gpu") or (isinstance(device, str) and device.startswith("cuda:")):
         if cupy_or_none() is None:
-            raise RuntimeError(
+            raise DeviceUnavailable(
                 f"device {device!r} asked for, but CuPy is not installed or sees no CUDA device; "
                 "install with `pip install -e \".[cuda12]\"` (or cuda13) on a machine with a GPU"
             )

@@ -13,11 +13,14 @@ layer must be in the file.
 
 Every image is scored at its own size: a batch holds images of one size (``Loader`` with
 ``group_by_size``), and the mean loss is taken over every counted pixel of the split (not
-over batches), so --batch-size changes the speed, not the metrics nor the loss. Each image is
-run through the net whole (no tiling): an image or label whose header declares more than
-MINIFCN_MAX_IMAGE_PIXELS pixels (an environment variable; default 4096 x 4096 = 16,777,216) is
-refused before it is decoded, in one line naming it. 16-bit greyscale images are scaled to 8
-bits; 16-bit labels are read as they are (class numbers).
+over batches), so --batch-size changes the speed, not the metrics nor the loss. Images are not
+tiled: an image or label whose header declares more than MINIFCN_MAX_IMAGE_PIXELS pixels (an
+environment variable; default 4096 x 4096 = 16,777,216) is refused before it is decoded, in one
+line naming it; and before anything is scored, the memory a batch of each size needs is
+estimated from the net's layers (``minifcn.models.memory``), and a size that would need more
+than --max-memory (default: the memory available now) is refused in one line naming the size,
+or the batch, that fits. 16-bit greyscale images are scaled to 8 bits; 16-bit labels are read as
+they are (class numbers).
 """
 import argparse
 import json
@@ -30,6 +33,8 @@ from .data import Loader, get_dataset
 from .models import MODELS, build
 from .training import dataset, load_model, validate, validate_instances
 from .training.build import read_weights
+from .training.limits import (MAX_BATCH, check_device_option, check_forward_memory,
+                              check_max_memory, memory_budget)
 
 
 def format_table(scores, class_names):
@@ -81,6 +86,17 @@ def load_weights_model(path, name, width, n_class, device):
     return model.to(backend.check_device(device)).eval()
 
 
+def check_batches_fit(model, loader, spec, n_class, budget):
+    """ValueError in one line if a batch of one of ``loader``'s image sizes would need more than
+    ``budget`` bytes: the forward (``models.memory``) and the loss's maps (scores, their
+    log-softmax and the per-pixel loss: 3 x n_class floats a pixel)."""
+    from collections import Counter
+
+    for (h, w), count in Counter(loader.sizes or ()).items():
+        check_forward_memory(model, h, w, budget, min(loader.batch_size, count),
+                             per_pixel=3 * 4 * n_class, what=f"{spec}: its images of that size")
+
+
 def load_data(spec, split, split_file, config):
     """The dataset to score: ``split`` of ``spec`` (as the run made it when ``config``), or the
     ids listed in ``split_file`` (VOC only)."""
@@ -104,16 +120,26 @@ def main(argv=None):
                                    "ROOT/ImageSets/Segmentation/NAME.txt")
     p.add_argument("--split-file", metavar="FILE", help="voc: score the image ids listed in FILE "
                                                         "(one a line), e.g. seg11valid.txt")
-    p.add_argument("--batch-size", type=int, default=1)
+    p.add_argument("--batch-size", type=int, default=1, help=f"images a batch, 1..{MAX_BATCH} "
+                   "(default 1)")
     p.add_argument("--device", default="auto", choices=["cpu", "cuda", "auto"])
     p.add_argument("--json", metavar="FILE", help="also write the scores as JSON (an existing "
                    "FILE only with --overwrite, never an input file; a missing folder is made)")
     p.add_argument("--overwrite", action="store_true", help="let --json replace an existing "
                                                             "file")
+    p.add_argument("--max-memory", type=float, metavar="GIB", help="refuse, before scoring, "
+                   "images whose batch is estimated to need more than this many GiB (default: "
+                   "what the machine, its container and ulimit -v leave available now; images "
+                   "are not tiled)")
     args = p.parse_args(argv)
     try:
         if args.batch_size < 1:
             raise ValueError(f"--batch-size must be >= 1, got {args.batch_size}")
+        if args.batch_size > MAX_BATCH:
+            raise ValueError(f"--batch-size must be <= {MAX_BATCH} (images a batch), got "
+                             f"{args.batch_size}")
+        device = check_device_option(args.device)
+        max_memory = check_max_memory(args.max_memory)
         # --json never replaces the file scored or the ids read (by any path): checked now,
         # and again once the scores are in
         check_json = dict(option="--json", overwrite=args.overwrite,
@@ -130,14 +156,14 @@ def main(argv=None):
             width = 1.0 if args.width is None else args.width
             spec, data = args.data, load_data(args.data, split, args.split_file, None)
             model = load_weights_model(args.checkpoint, args.model, width, data.n_class,
-                                       args.device)
+                                       device)
         else:
             if args.width is not None:
                 raise ValueError("--width goes with --model (a run checkpoint knows its width)")
             if args.checkpoint.lower().endswith((".caffemodel", ".pth", ".pt", ".bin")):
                 raise ValueError(f"{args.checkpoint} is a weights file, not a run checkpoint: "
                                  f"say which net it holds with --model ({', '.join(MODELS)})")
-            model, config = load_model(args.checkpoint, args.device)
+            model, config = load_model(args.checkpoint, device)
             spec = args.data or config["data"]
             data = load_data(spec, split, args.split_file, config)
             if data.n_class != config["n_class"]:
@@ -146,7 +172,7 @@ def main(argv=None):
         if data.notice:
             print(f"note: {data.notice}")
         loader = Loader(data, args.batch_size, shuffle=False, group_by_size=True)
-        device = backend.check_device(args.device)
+        check_batches_fit(model, loader, spec, data.n_class, max_memory or memory_budget(device))
         scores, loss, _ = validate(model, loader, data.n_class, device, desc="evaluating")
         panoptic = None
         if data.has_instances:  # instance maps to score against: panoptic quality too

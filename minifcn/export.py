@@ -18,7 +18,9 @@ CHECKPOINT is a checkpoint of ``python -m minifcn.train`` (read with
                written in the port's layout (BGR conv1_1) with their blocks' weights too, so
                the port's FCN8s loads them only with strict=False (it has no such blocks).
   onnx         the whole net for inference (see :mod:`minifcn.io.onnx`): input "image"
-               (N, 3, H, W), output "scores" (N, n_class, H, W), N, H and W free.
+               (N, 3, H, W), output "scores" (N, n_class, H, W), N, H and W free: an FCN
+               takes any image size, as predict does (conv1_1 is padded more for an image
+               smaller than the run's padding takes, inside the graph).
   safetensors  minifcn's own state dict (RGB conv1_1) as a .safetensors file
                (:mod:`minifcn.io.safetensors`).
 

@@ -20,14 +20,19 @@ dog.png.overlay.png, dog_overlay.png's label map dog_overlay.png.label.png.
 
 Nothing is lost: unless --overwrite is given, predict refuses (before it loads the model, and
 writing nothing) an output that exists already, or one that would land in an input image's
-folder; even with --overwrite it never writes over an input image. Each file is written to a
+folder; even with --overwrite it never writes over an input image. Outputs stay inside DIR: a
+symbolic link under DIR to a folder elsewhere is refused (DIR itself may be a link). Each file is written to a
 temporary name, then renamed. An image that cannot be read is reported, one line each, after
 the others are done; the exit status is then 1, as for a refusal.
 
-Each image is run through the net whole (no tiling), so memory grows with its area. An image
-whose header declares more than MINIFCN_MAX_IMAGE_PIXELS pixels (an environment variable;
-default 4096 x 4096 = 16,777,216) is refused before it is decoded, and predict goes on with the
-next. A 16-bit greyscale image is scaled to 8 bits; 32-bit and floating-point images are refused.
+There is no tiling: each image goes through the net whole (tiles would change the scores at
+their seams, FCN's receptive field being hundreds of pixels). An image whose header declares
+more than MINIFCN_MAX_IMAGE_PIXELS pixels (an environment variable; default 4096 x 4096 =
+16,777,216) is refused before it is decoded. Before its forward, the memory an image needs is
+estimated from the net's layers (``minifcn.models.memory``); one that would need more than
+--max-memory (default: the memory available now) is refused, one line naming the size that
+fits. Either way predict goes on with the next. A 16-bit greyscale image is scaled to 8 bits;
+32-bit and floating-point images are refused.
 """
 import argparse
 import os
@@ -40,6 +45,8 @@ from PIL import Image
 
 from . import backend, io, viz
 from .training import build_model, load_model, predict_labels
+from .training.limits import (check_device_option, check_forward_memory, check_max_memory,
+                              memory_budget)
 from .data import to_input
 from .data.readers import read_image
 
@@ -83,9 +90,20 @@ def entry(path):
     return os.path.join(os.path.realpath(folder), name)
 
 
+def check_inside(out, folder):
+    """ValueError in one line unless ``folder`` (an output's) is inside the folder ``out`` once
+    symbolic links are followed: a link planted under --out to a folder elsewhere would send
+    outputs there. --out itself may be a link: the folder it leads to is the one given."""
+    root, real = os.path.realpath(out), os.path.realpath(folder)
+    if os.path.commonpath([root, real]) != root:
+        raise ValueError(f"--out {out}: {folder} leads outside --out (to {real}) through a "
+                         "symbolic link; outputs stay inside --out: remove the link, or choose "
+                         "another folder")
+
+
 def plan(images, out, overwrite, kinds=KINDS):
     """{image: {kind: output path}} for ``images`` (one given twice is kept once), or ValueError
-    with a one-line reason if writing them could lose a file."""
+    with a one-line reason if writing them could lose a file or leave --out."""
     if not out:
         raise ValueError("--out is empty: give the folder to write into")
     first = {}
@@ -100,6 +118,8 @@ def plan(images, out, overwrite, kinds=KINDS):
     planned = [entry(q) for qs in outputs.values() for q in qs.values()]
     if len(set(planned)) < len(planned):  # only through symbolic links under --out
         raise ValueError(f"--out {out}: two outputs would be the same file (symbolic links?)")
+    for folder in {q.parent for qs in outputs.values() for q in qs.values()}:
+        check_inside(out, folder)
     for image, qs in outputs.items():
         for q in qs.values():
             if entry(q) in inputs:
@@ -108,14 +128,15 @@ def plan(images, out, overwrite, kinds=KINDS):
             if not overwrite and os.path.dirname(entry(q)) in folders:
                 raise ValueError(f"--out {out} would put outputs next to the input image "
                                  f"{image}: choose another folder, or pass --overwrite")
-            if not overwrite and os.path.lexists(q):
-                raise ValueError(f"--out {out}: {q} already exists: choose another folder, or "
-                                 "pass --overwrite to replace it")
+            if os.path.lexists(q):  # something to lose: the commands' one check of a file
+                io.check_output(q, "--out", overwrite, inputs=list(first))
     return outputs
 
 
-def write_png(path, save, overwrite):
-    """``save(name)`` writes a PNG to ``name``; it lands at ``path`` all or nothing."""
+def write_png(path, save, overwrite, out):
+    """``save(name)`` writes a PNG to ``name``; it lands at ``path``, inside the folder ``out``,
+    all or nothing."""
+    check_inside(out, path.parent)  # again: a link may have been planted since plan() looked
     path.parent.mkdir(parents=True, exist_ok=True)
     if not overwrite and os.path.lexists(path):  # appeared since plan() looked
         raise FileExistsError(f"{path} appeared meanwhile; left alone (see --overwrite)")
@@ -131,7 +152,7 @@ def predict_instances(model, x):
     return classes[0].astype(np.uint8), ids[0]
 
 
-def write_instances(out, image, ids, overwrite):
+def write_instances(out, image, ids, overwrite, root):
     """The instance map (palette PNG, 16-bit past 255 ids) and its overlay in colours."""
     def save(tmp):
         if ids.max() <= 255:
@@ -142,8 +163,9 @@ def write_instances(out, image, ids, overwrite):
     # colours by id, cycling through the palette's 254 (0 is no instance, 255 is ignore)
     tinted = Image.fromarray(viz.overlay(image, np.where(ids > 0, (ids - 1) % 254 + 1, 0)
                                          .astype(np.uint8)))
-    write_png(out["instances"], save, overwrite)
-    write_png(out["instances-overlay"], lambda tmp: tinted.save(tmp, format="PNG"), overwrite)
+    write_png(out["instances"], save, overwrite, root)
+    write_png(out["instances-overlay"], lambda tmp: tinted.save(tmp, format="PNG"), overwrite,
+              root)
 
 
 def main(argv=None):
@@ -155,12 +177,17 @@ def main(argv=None):
     p.add_argument("--overwrite", action="store_true", help="replace outputs that exist and "
                    "allow writing next to the images (never over an image itself)")
     p.add_argument("--device", default="auto", choices=["cpu", "cuda", "auto"])
+    p.add_argument("--max-memory", type=float, metavar="GIB", help="refuse an image whose "
+                   "forward is estimated to need more than this many GiB (default: what the "
+                   "machine, its container and ulimit -v leave available now; images are not "
+                   "tiled)")
     args = p.parse_args(argv)
     try:
+        device = check_device_option(args.device)
+        max_memory = check_max_memory(args.max_memory)
         outputs = plan(args.images, args.out, args.overwrite, kinds_of(args.checkpoint))
         io.check_folder(args.out, f"--out {args.out}")
-        model, config = load_model(args.checkpoint, args.device)
-        device = backend.check_device(args.device)
+        model, config = load_model(args.checkpoint, device)
     except (FileNotFoundError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
@@ -170,14 +197,18 @@ def main(argv=None):
             image = read_image(path, "predict")
             x = backend.to_device(to_input(image)[None], device)
             net = fit_padding(model, config, *image.shape[:2], device)
+            budget = max_memory or memory_budget(device)  # now: other processes come and go
+            check_forward_memory(net, *image.shape[:2], budget)
             if "instances" in out:  # a net with an instance head: classes and instances
                 label, ids = predict_instances(net, x)
-                write_instances(out, image, ids, args.overwrite)
+                write_instances(out, image, ids, args.overwrite, args.out)
             else:
                 label = predict_labels(net, x)[0].astype(np.uint8)
             tinted = Image.fromarray(viz.overlay(image, label))
-            write_png(out["label"], lambda tmp: viz.save_label_png(tmp, label), args.overwrite)
-            write_png(out["overlay"], lambda tmp: tinted.save(tmp, format="PNG"), args.overwrite)
+            write_png(out["label"], lambda tmp: viz.save_label_png(tmp, label), args.overwrite,
+                      args.out)
+            write_png(out["overlay"], lambda tmp: tinted.save(tmp, format="PNG"), args.overwrite,
+                      args.out)
         except (OSError, ValueError) as e:  # the reader's messages name the image already
             failures.append(f"error: {e}" if str(path) in str(e) else f"error: {path}: {e}")
             continue

@@ -26,8 +26,9 @@ import numpy as np
 from . import backend, io
 from .data import get_dataset
 from .training import DEFAULTS
+from .training import limits as L
 from .training.build import load_model
-from .training.runs import BEST
+from .training.runs import BEST, RUN_FILES
 
 # The recipe of the shipped classifier (see minifcn/weights/*.md for the measured run)
 PRETRAIN_DEFAULTS = {**DEFAULTS, **dict(
@@ -43,15 +44,18 @@ def parser():
     a = p.add_argument
     a("--data", help=f"a classification set (default {P['data']})")
     a("--width", type=float, help=f"channel multiplier, as train's (default {P['width']}); "
-                                  "--init-from works into FCNs of the same width")
+                                  "--init-from works into FCNs of the same width; at most "
+                                  f"{L.MAX_WIDTH:g}")
     a("--size", type=int, help=f"image side, {193}..{224} (pool5 must be 7x7 for fc6; default "
                                f"{P['size']})")
-    a("--n-train", type=int, help=f"training images (default {P['n_train']})")
-    a("--n-val", type=int, help=f"held-out images for top-1 accuracy (default {P['n_val']})")
+    a("--n-train", type=int, help=f"training images (default {P['n_train']}; at most "
+                                  f"{L.MAX_IMAGES})")
+    a("--n-val", type=int, help=f"held-out images for top-1 accuracy (default {P['n_val']}; at "
+                                f"most {L.MAX_IMAGES})")
     g = p.add_mutually_exclusive_group()
     g.add_argument("--epochs", type=int, help=f"default {P['epochs']}")
     g.add_argument("--iters", type=int, help="train this many iterations instead of --epochs")
-    a("--batch-size", type=int, help=f"default {P['batch_size']}")
+    a("--batch-size", type=int, help=f"default {P['batch_size']} (at most {L.MAX_BATCH})")
     a("--lr", type=float, help=f"base learning rate (default {P['lr']})")
     a("--lr-schedule", choices=["constant", "step", "poly"], help=f"default {P['lr_schedule']}")
     a("--warmup", type=int, help=f"iterations of linear lr warm-up (default {P['warmup']})")
@@ -61,17 +65,23 @@ def parser():
     a("--conv1-lr-mult", type=float, help="lr multiplier of conv1_1's weight (default 1/64^2, "
                                           "as train's from scratch)")
     a("--no-flip", dest="flip", action="store_const", const=False, help="no random flips")
-    a("--val-batch-size", type=int, help=f"default {P['val_batch_size']}")
+    a("--val-batch-size", type=int, help=f"default {P['val_batch_size']} (at most "
+                                         f"{L.MAX_BATCH})")
     a("--device", choices=["cpu", "cuda", "auto"], help="default auto")
-    a("--seed", type=int, help=f"default {P['seed']}")
+    a("--seed", type=int, help=f"0 .. 2**32 - 1 (default {P['seed']})")
     a("--checkpoint-every", type=int, help=f"also checkpoint every N iterations (default "
                                            f"{P['checkpoint_every']})")
     a("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR from its last checkpoint")
     a("--out", help="run folder (default runs/vgg16-DATA-TIME, made unique)")
-    a("--overwrite", action="store_true", help="start a new run in an --out that holds one")
+    a("--overwrite", action="store_true", help="start a new run in an --out that holds one, and "
+                                               "let --save-weights replace its FILE and FILE.md")
     a("--save-weights", metavar="FILE", help="at the end, write the best weights in float16 to "
-                                             "FILE (.npz; never over an existing file): what "
-                                             "minifcn/weights/ ships")
+                                             "FILE (.npz) and its record to FILE.md: what "
+                                             "minifcn/weights/ ships. Checked before training: "
+                                             "an existing file only with --overwrite, never a "
+                                             "file of the run; a missing folder is made, with "
+                                             "its parents, when FILE is written, as train makes "
+                                             "its --out")
     return p
 
 
@@ -89,18 +99,27 @@ def check(config):
                          f"on 224), got {config['size']}")
 
 
-def save_weights(checkpoint, path):
+def check_save_weights(path, inputs=(), overwrite=False, create=False):
+    """ValueError in one line unless --save-weights may write ``path`` and its record
+    ``path``.md: an .npz name, neither file one of ``inputs`` nor existing unless ``overwrite``
+    (``io.check_output``); with ``create`` the missing folder is made."""
+    path = Path(path)
+    if path.suffix.lower() != ".npz":
+        raise ValueError(f"--save-weights {path}: give an .npz file name (its record is written "
+                         f"beside it, as {path.stem}.md)")
+    for target in (path, path.with_suffix(".md")):
+        io.check_output(target, "--save-weights", overwrite, inputs, create)
+
+
+def save_weights(checkpoint, path, overwrite=False):
     """The learned weights of a training checkpoint in float16 (half the bytes; the FCN
     fine-tunes in float32), with the run's config and best record, written atomically; and
     beside it FILE.md, the record of how it was made (``record``)."""
     path = Path(path)
-    if path.exists() or path.with_suffix(".md").exists():
-        raise FileExistsError(f"--save-weights {path}: the file (or its .md) exists; give a "
-                              f"new name")
+    check_save_weights(path, [checkpoint], overwrite, create=True)  # again: the run took a while
     model, config = load_model(checkpoint)
     arrays = {f"model/{k}": p.data.astype(np.float16) for k, p in model.named_parameters()}
     best = io.load_checkpoint(checkpoint)[1].get("best")
-    path.parent.mkdir(parents=True, exist_ok=True)
     io.save_checkpoint(path, arrays, {"config": config, "best": best, "learned_only": True})
     io.atomic_write_text(path.with_suffix(".md"), record(path, config, best))
     print(f"wrote {path} (float16, {path.stat().st_size / 1e6:.2f} MB) and its record "
@@ -158,15 +177,21 @@ def record(path, config, best):
 
 def after(args, run_dir):
     if args.save_weights:
-        save_weights(Path(run_dir) / BEST, args.save_weights)
+        save_weights(Path(run_dir) / BEST, args.save_weights, args.overwrite)
 
 
 def main(argv=None):
     from . import train
 
-    given = parser().parse_args(argv).save_weights
-    if given and Path(given).exists():  # refuse before training, not after
-        raise SystemExit(f"error: --save-weights {given}: the file exists; give a new name")
+    args = parser().parse_args(argv)
+    if args.save_weights is not None:  # refuse before training, not after
+        run = args.resume or args.out  # its files are the run's, never the weights'
+        try:
+            check_save_weights(args.save_weights,
+                               [Path(run, name) for name in RUN_FILES] if run else [],
+                               args.overwrite)
+        except ValueError as e:
+            raise SystemExit(f"error: {e}") from None
     return train.main(argv, make_parser=parser, defaults=PRETRAIN_DEFAULTS, check=check,
                       after=after)
 

@@ -23,6 +23,8 @@ from pathlib import Path
 from .models.registry import MODELS
 from .training import DEFAULTS, FROM_SCRATCH, REFERENCE, fit, resolve
 from .training.config import FINE_TUNE, REAL_FINE_TUNE, resume_config
+from .training import limits as L
+from .training.limits import check_device_option
 from .training.runs import new_run_dir, run_config
 
 D, S, R = DEFAULTS, FROM_SCRATCH, REFERENCE  # the help texts quote them
@@ -40,16 +42,19 @@ def parser():
     a("--model", choices=list(MODELS), help=f"default {D['model']}; the encoder-decoders "
       "(segnet, segnet-basic, deconvnet, unet) are docs/encoder_decoders.md")
     a("--width", type=float, help=f"channel multiplier: 1.0 = VGG16, default {D['width']} "
-                             "(4-8-16-32-32, fc 256)")
+                             f"(4-8-16-32-32, fc 256); at most {L.MAX_WIDTH:g}")
     a("--data", help=f"shapes | digits | voc:ROOT | folder:ROOT (default {D['data']})")
-    a("--size", type=int, help=f"image size of the synthetic sets (default {D['size']})")
-    a("--n-train", type=int, help=f"number of synthetic training images (default {D['n_train']})")
-    a("--n-val", type=int, help="number of synthetic validation images")
+    a("--size", type=int, help=f"image size of the synthetic sets (default {D['size']}; at most "
+                               f"{L.MAX_SIZE})")
+    a("--n-train", type=int, help=f"number of synthetic training images (default {D['n_train']};"
+                                  f" at most {L.MAX_IMAGES})")
+    a("--n-val", type=int, help=f"number of synthetic validation images (at most "
+                                f"{L.MAX_IMAGES})")
     a("--pad1", type=_pad1, help="conv1_1 padding; 'auto': the smallest whose crops cover the "
                                 "input; 'full': the smallest at which the coarse scores reach "
                                 "every pixel at full strength (padding.full_cover_pad1) "
                                 f"(default {S['pad1']} on the synthetic sets, {R['pad1']} on "
-                                "real data)")
+                                f"real data; at most {L.MAX_PAD1})")
     g = p.add_mutually_exclusive_group()
     g.add_argument("--epochs", type=int, help=f"default {S['epochs']} from scratch, "
                                                f"{F['epochs']} from the classifier on the "
@@ -58,8 +63,10 @@ def parser():
     g.add_argument("--iters", type=int, help="train this many iterations instead of --epochs "
                                              f"(default {RF['iters']} on real data from the "
                                              "shipped classifier)")
-    a("--batch-size", type=int, help=f"default {D['batch_size']} (1 = the paper's, any image size)")
-    a("--crop", type=int, help="random square crop for batching images of different sizes")
+    a("--batch-size", type=int, help=f"default {D['batch_size']} (1 = the paper's, any image "
+                                     f"size; at most {L.MAX_BATCH})")
+    a("--crop", type=int, help="random square crop for batching images of different sizes (at "
+                               f"most {L.MAX_SIZE})")
     a("--lr", type=float, help=f"base learning rate for a mean loss (default {S['lr']}; on real "
                               f"data {RF['lr']} from the shipped classifier, {R['lr']} from "
                               "other weights)")
@@ -88,7 +95,8 @@ def parser():
                           "format) or a Caffe .caffemodel (docs/weights.md)")
     a("--loss-sampling", type=float, metavar="P", help="keep the loss of each cell of the net's "
                                                          "final coarse grid with probability P "
-                                                         "(the paper's patch sampling; default 1)")
+                                                         "(the paper's patch sampling; default 1;"
+                                                         f" at least {L.MIN_LOSS_SAMPLING})")
     a("--sampling-batch", choices=["scaled", "same"], help="with --loss-sampling P < 1: 'scaled' "
                                                            "(default, the paper's) takes 1/P "
                                                            "times the images per step, 'same' "
@@ -100,7 +108,8 @@ def parser():
                                                             "(default none, as the paper)")
     a("--learn-upsampling", choices=["fixed", "intermediate", "all"],
       help="which upsampling layers learn (default fixed: all bilinear, as the reference code)")
-    a("--val-batch-size", type=int, help=f"validation batch (default {D['val_batch_size']}; "
+    a("--val-batch-size", type=int, help=f"validation batch (default {D['val_batch_size']}, at "
+                                         f"most {L.MAX_BATCH}; "
                                          "images of different sizes go in separate batches)")
     a("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR from its last checkpoint, "
                                          "with the config it was made with (a config.json that "
@@ -110,7 +119,8 @@ def parser():
                                          "--checkpoint-every, --val-batch-size, --val-every "
                                          "may change")
     a("--device", choices=["cpu", "cuda", "auto"], help="default auto (the GPU if CuPy finds one)")
-    a("--seed", type=int, help=f"seed of initialisation, data order and dropout (default {D['seed']})")
+    a("--seed", type=int, help="seed of initialisation, data order and dropout, 0 .. 2**32 - 1 "
+                               f"(default {D['seed']})")
     a("--checkpoint-every", type=int, help="also checkpoint every N iterations (default 0: "
                                            "only at each epoch's end)")
     a("--val-every", type=int, help="also validate every N iterations (default 0: only at "
@@ -134,6 +144,15 @@ def make_config(args, defaults=DEFAULTS):
     return resolve(config)
 
 
+def check_device(config):
+    """SystemExit in one line if the run's --device cannot be had (cuda without a GPU): said
+    before a run folder is made, not as a traceback from inside the run."""
+    try:
+        check_device_option(config["device"])
+    except ValueError as e:
+        raise SystemExit(f"error: {e}") from None
+
+
 def main(argv=None, make_parser=parser, defaults=DEFAULTS, check=None, after=None):
     """The command: parse, build the config over ``defaults``, make or reopen the run folder,
     ``fit``. ``python -m minifcn.pretrain`` calls it with its own parser and defaults, a
@@ -152,10 +171,12 @@ def main(argv=None, make_parser=parser, defaults=DEFAULTS, check=None, after=Non
         config, changed = resume_config(config, given, run_dir)
         for key, (old, new) in changed.items():
             print(f"resume: --{key.replace('_', '-')} {old} -> {new}")
+        check_device(config)
     else:
         config = make_config(args, defaults)
         if check is not None:
             check(config)
+        check_device(config)
         if defaults is DEFAULTS and args.init is None and config["init"] == "scratch":
             print(f"note: no classifier ships at --width {config['width']:g}: training from "
                   f"scratch (--init scratch says so; --init-from FILE starts from weights)")

@@ -311,3 +311,22 @@ def test_weights_file_errors_are_one_line(fcn8s_files, voc, capsys, argv, fault)
 def test_model_needs_data(fcn8s_files, capsys):
     rc, out, err = run(capsys, fcn8s_files["caffemodel"], "--model", "fcn8s")
     assert rc == 1 and err.count("\n") == 1 and "--model needs --data" in err
+
+
+def test_evaluate_refuses_images_too_big_for_memory_before_scoring(checkpoint, voc, capsys,
+                                                                   monkeypatch):
+    from minifcn.models.memory import forward_bytes
+
+    monkeypatch.setattr(evaluate, "validate", lambda *a, **k: pytest.fail("scored"))
+    model, _ = training.load_model(checkpoint)
+    loss = 3 * 4 * 21  # the loss's maps, bytes a pixel
+    one = forward_bytes(model, (1, 3, 40, 50), per_pixel=loss)  # 2 of SIZES are 40x50
+    two = forward_bytes(model, (2, 3, 40, 50), per_pixel=loss)
+    rc, out, err = run(capsys, checkpoint, "--data", f"voc:{voc}", "--batch-size", 2,
+                       "--max-memory", repr((one + two) / 2 / 2**30))
+    assert rc == 1 and err.count("\n") == 1, err
+    assert f"voc:{voc}: its images of that size (50x40, 2 at a time) would need about" in err
+    assert "one at a time fits: lower --batch-size" in err
+    rc, out, err = run(capsys, checkpoint, "--data", f"voc:{voc}", "--max-memory",
+                       repr(one / 2 / 2**30))
+    assert rc == 1 and "(50x40) would need about" in err and "fits: shrink it" in err

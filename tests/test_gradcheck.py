@@ -135,3 +135,14 @@ def test_importing_the_command_leaves_minifcn_gradcheck_the_function():
     run = subprocess.run([sys.executable, "-W", "error", "-m", "minifcn.gradcheck", "--help"],
                          capture_output=True, text=True, timeout=120)
     assert run.returncode == 0 and "central differences" in run.stdout, run.stderr
+
+
+@pytest.mark.parametrize("seed", ["-1", str(2**32)])
+def test_gradcheck_command_refuses_a_seed_numpy_cannot_take_in_one_line(capsys, seed):
+    from minifcn.gradcheck.__main__ import main
+
+    with pytest.raises(SystemExit) as done:
+        main(["--seed", seed])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert done.value.code == 2 and err[-1].endswith(f"--seed must be an integer in "
+                                                     f"0..{2**32 - 1}, got {seed}")

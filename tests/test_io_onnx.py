@@ -8,7 +8,7 @@ import pytest
 
 from minifcn import export
 
-from _helpers import N_CLASS, NETS, random_model, scores
+from _helpers import N_CLASS, NETS, WIDTH, random_model, scores
 
 
 ONNX_OPS = {"Conv", "Relu", "MaxPool", "ConvTranspose", "Shape", "Add", "Slice", "Mul"}
@@ -58,6 +58,45 @@ def test_the_onnx_graph_is_the_nets_layers_for_inference(tmp_path, name):
     starts = {i.name: onnx.numpy_helper.to_array(i).tolist() for i in proto.graph.initializer
               if i.name.endswith(".starts")}
     assert starts == {f"{k}.starts": [v, v] for k, v in model.offsets.items()}
+
+
+@pytest.mark.parametrize("name", NETS)
+def test_onnx_export_takes_any_image_size_as_predict_does(tmp_path, name):
+    """A net trained at the small padding the synthetic sets get (pad1 'auto' on 96x96) takes a
+    37x53 image in predict, which pads conv1_1 more for it; the exported graph does the same,
+    to float32's rounding (1e-4 of the largest score)."""
+    ort = pytest.importorskip("onnxruntime")
+    from minifcn import predict
+    from minifcn.models import padding
+
+    pad1 = padding.min_pad1(name, 96)
+    model = random_model(name, seed=5, pad1=pad1)
+    config = {"model": name, "n_class": N_CLASS, "width": WIDTH, "pad1": pad1, "dropout": 0.5}
+    export.to_onnx(model, tmp_path / "net.onnx")
+    session = ort.InferenceSession(str(tmp_path / "net.onnx"),
+                                   providers=["CPUExecutionProvider"])
+    rng = np.random.default_rng(12)
+    for h, w in [(96, 96), (37, 53), (5, 9)]:  # the run's size, and smaller than it takes as is
+        x = rng.normal(0, 60, (1, 3, h, w)).astype(np.float32)
+        net = predict.fit_padding(model, config, h, w, "cpu")
+        assert (net is model) == (min(h, w) >= model.min_input_size)  # more for small ones
+        want = scores(net, x)
+        (got,) = session.run(["scores"], {"image": x})
+        assert got.shape == (1, N_CLASS, h, w) and want.std() > 0
+        assert np.abs(got - want).max() <= 1e-4 * np.abs(want).max(), (h, w)
+
+
+def test_pad1_by_side_is_predicts_padding_for_each_side():
+    from minifcn.models import geometry, padding
+
+    model = random_model("fcn16s", pad1=padding.min_pad1("fcn16s", 96))
+    table = padding.pad1_by_side(model)
+    own = model.conv1_1.padding[0]
+    assert table[-1] == own and len(table) == geometry.min_input_size(model)
+    for side in (1, 2, 9, 31, len(table) - 1, len(table), len(table) + 40):
+        want = max(own, padding.min_pad1(model, side))  # as predict.fit_padding decides
+        assert table[min(side, len(table)) - 1] == want, side
+    assert padding.pad1_by_side(random_model("fcn8s")) == [100]  # takes any size as it is
 
 
 def test_to_onnx_without_onnx_names_the_extra(tmp_path, monkeypatch):

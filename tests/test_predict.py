@@ -243,3 +243,85 @@ def test_predict_help_says_how_large_an_image_it_reads(capsys):
         predict.main(["--help"])
     text = " ".join(capsys.readouterr().out.split())
     assert "MINIFCN_MAX_IMAGE_PIXELS" in text and "16,777,216" in text and "no tiling" in text
+
+
+@pytest.mark.parametrize("overwrite", [[], ["--overwrite"]])
+def test_predict_symlink_in_out_refused(tmp_path, ckpt, capsys, monkeypatch, overwrite):
+    a, b = photo(tmp_path / "in" / "a" / "x.png"), photo(tmp_path / "in" / "b" / "y.png")
+    out, elsewhere = tmp_path / "out", tmp_path / "elsewhere"
+    out.mkdir()
+    elsewhere.mkdir()
+    (out / "a").symlink_to(elsewhere, target_is_directory=True)  # planted: out/a -> elsewhere
+    monkeypatch.setattr(predict, "load_model", lambda *a, **k: pytest.fail("model loaded"))
+    assert run(ckpt, a, b, "--out", out, *overwrite) == 1
+    err = one_line_error(capsys)
+    assert f"--out {out}: {out / 'a'} leads outside --out (to {elsewhere})" in err, err
+    assert list(elsewhere.iterdir()) == [] and files(out) == []
+
+
+def test_predict_symlink_planted_while_it_runs_is_refused_at_the_write(tmp_path, ckpt, capsys,
+                                                                      monkeypatch):
+    a, b = photo(tmp_path / "in" / "a" / "x.png"), photo(tmp_path / "in" / "b" / "y.png")
+    out, elsewhere = tmp_path / "out", tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    planned = predict.plan
+
+    def plan_then_plant(*args, **kw):
+        outputs = planned(*args, **kw)
+        out.mkdir()
+        (out / "b").symlink_to(elsewhere, target_is_directory=True)
+        return outputs
+
+    monkeypatch.setattr(predict, "plan", plan_then_plant)
+    assert run(ckpt, a, b, "--out", out) == 1
+    err = capsys.readouterr().err
+    assert "leads outside --out" in err and "1 of 2 images failed" in err
+    assert list(elsewhere.iterdir()) == [] and files(out) == ["a/x.png.label.png",
+                                                              "a/x.png.overlay.png"]
+
+
+def test_predict_out_that_is_itself_a_symlink_writes_where_it_leads(tmp_path, ckpt):
+    cat = photo(tmp_path / "in" / "cat.png")
+    real = tmp_path / "real"
+    real.mkdir()
+    (tmp_path / "link").symlink_to(real, target_is_directory=True)
+    assert run(ckpt, cat, "--out", tmp_path / "link") == 0
+    assert files(real) == ["cat.png.label.png", "cat.png.overlay.png"]
+
+
+def test_predict_refuses_an_output_that_is_a_folder_even_with_overwrite(tmp_path, ckpt, capsys,
+                                                                       monkeypatch):
+    cat = photo(tmp_path / "in" / "cat.png")
+    (tmp_path / "out" / "cat.png.label.png").mkdir(parents=True)
+    monkeypatch.setattr(predict, "load_model", lambda *a, **k: pytest.fail("model loaded"))
+    assert run(ckpt, cat, "--out", tmp_path / "out", "--overwrite") == 1
+    err = one_line_error(capsys)
+    assert "cat.png.label.png: is a folder" in err, err
+    assert files(tmp_path / "out") == []
+
+
+def test_predict_refuses_an_image_too_big_for_memory_naming_the_size_that_fits(tmp_path, ckpt,
+                                                                               capsys):
+    import re
+
+    from minifcn.models.memory import forward_bytes
+
+    big = photo(tmp_path / "in" / "big.png", size=(300, 400))
+    small = photo(tmp_path / "in" / "small.png")
+    model, _ = training.load_model(ckpt)
+    gib = forward_bytes(model, (1, 3, 120, 160)) / 2**30  # room for 120x160, not 300x400
+    out = tmp_path / "out"
+    assert run(ckpt, big, small, "--out", out, "--max-memory", repr(gib)) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 2 and err[-1] == "error: 1 of 2 images failed", err
+    assert err[0].startswith(f"error: {big}: the image (400x300) would need about "), err[0]
+    w, h = map(int, re.search(r"up to about (\d+)x(\d+) fits", err[0]).groups())
+    assert 110 <= h <= 120 and abs(w / h - 4 / 3) < 0.02
+    assert forward_bytes(model, (1, 3, h, w)) <= gib * 2**30  # what it says fits, fits
+    assert files(out) == ["small.png.label.png", "small.png.overlay.png"]
+
+
+def test_predict_refuses_a_max_memory_that_is_not_a_positive_number(tmp_path, ckpt, capsys):
+    cat = photo(tmp_path / "cat.png")
+    assert run(ckpt, cat, "--out", tmp_path / "out", "--max-memory", "nan") == 1
+    assert "--max-memory must be a positive number of GiB, got nan" in one_line_error(capsys)

@@ -57,7 +57,7 @@ def test_pretrain_refuses_bad_options_in_one_line(tmp_path, capsys):
             pretrain_cli.main(TINY + args + ["--out", str(tmp_path / "x")])
         assert not (tmp_path / "x").exists()
     (tmp_path / "taken.npz").write_bytes(b"mine")
-    with pytest.raises(SystemExit, match="--save-weights .*taken.npz: the file exists"):
+    with pytest.raises(SystemExit, match="--save-weights .*taken.npz already exists"):
         pretrain_cli.main(TINY + ["--save-weights", str(tmp_path / "taken.npz")])
     assert (tmp_path / "taken.npz").read_bytes() == b"mine"
 
@@ -73,3 +73,54 @@ def test_init_option_picks_the_recipe_and_refuses_two_starts():
     assert config("--iters", "7")["epochs"] is None  # a recipe's epochs never override --iters
     with pytest.raises(ValueError, match=r"--init classifier: no shipped classifier at --width 3"):
         training.build.shipped_classifier(3.0)
+
+
+@pytest.mark.parametrize("case", ["exists", "record exists", "a folder", "not npz",
+                                  "a run file", "under a file"])
+def test_pretrain_save_weights_is_refused_before_training(tmp_path, monkeypatch, case):
+    monkeypatch.setattr(train_cli, "fit", lambda *a, **k: pytest.fail("trained"))
+    run = tmp_path / "run"
+    target = {"exists": tmp_path / "w.npz", "record exists": tmp_path / "w.npz",
+              "a folder": tmp_path / "folder.npz", "not npz": tmp_path / "w.md",
+              "a run file": run / training.BEST,
+              "under a file": tmp_path / "notes.txt" / "w.npz"}[case]
+    if case == "exists":
+        target.write_bytes(b"mine")
+    elif case == "record exists":
+        target.with_suffix(".md").write_text("mine")
+    elif case == "a folder":
+        target.mkdir()
+    elif case == "under a file":
+        target.parent.write_text("mine")
+    before = sorted(p.name for p in tmp_path.iterdir())
+    with pytest.raises(SystemExit) as e:
+        pretrain_cli.main(TINY + ["--iters", "1", "--out", str(run), "--save-weights",
+                                  str(target)])
+    message = str(e.value)
+    assert message.startswith("error: --save-weights ") and "\n" not in message, message
+    expect = {"exists": "already exists", "record exists": "w.md already exists",
+              "a folder": "is a folder", "not npz": "give an .npz file name",
+              "a run file": "is the same file as the input",
+              "under a file": "notes.txt is a file, not a folder"}[case]
+    assert expect in message, message
+    assert sorted(p.name for p in tmp_path.iterdir()) == before  # no run folder, nothing lost
+
+
+def test_pretrain_save_weights_makes_its_folder_and_writes_the_record_beside(tmp_path, capsys):
+    config = {**pretrain_cli.PRETRAIN_DEFAULTS, "width": 1 / 32, "n_class": 16, "device": "cpu",
+              "n_train": 4, "n_val": 4}
+    model = training.build_model(config)
+    ckpt = tmp_path / "run" / training.BEST
+    ckpt.parent.mkdir()
+    best = {"iteration": 2, "top1": 0.5, "mean_acc": 0.5, "elapsed_s": 6.0}
+    io.save_checkpoint(ckpt, {f"model/{k}": v for k, v in model.state_dict().items()},
+                       {"config": config, "best": best})
+    target = tmp_path / "new" / "folder" / "cls.npz"
+    pretrain_cli.save_weights(ckpt, target)
+    assert io.load_checkpoint(target)[1]["best"] == best
+    assert "top-1 accuracy 0.500" in target.with_suffix(".md").read_text()
+    with pytest.raises(ValueError, match=r"--save-weights .*cls.npz already exists"):
+        pretrain_cli.save_weights(ckpt, target)  # appeared while the run trained: kept
+    pretrain_cli.save_weights(ckpt, target, overwrite=True)
+    with pytest.raises(ValueError, match="same file as the input"):
+        pretrain_cli.save_weights(ckpt, ckpt, overwrite=True)

@@ -20,6 +20,7 @@ from ..data import Loader
 from ..models.geometry import trace
 from ..training import DEFAULTS, resolve
 from ..training.step import predict_labels, train_step
+from . import options
 from .skip_architectures import run_jobs
 
 
@@ -38,20 +39,21 @@ def parser(prog, doc, out, nets):
     p.add_argument("--steps", type=int, default=5, help="timed steps per net (5)")
     p.add_argument("--nets", default=",".join(nets), help=f"which nets, comma-separated "
                    f"(default all: {', '.join(nets)})")
-    p.add_argument("--out", default=out)
+    p.add_argument("--out", default=out, help=f"the folder of the runs, the table and the "
+                   f"figures (default {out}; made if missing)")
     p.add_argument("--figure", help="where to write the predictions figure (default "
                    "OUT/predictions.png)")
-    p.add_argument("--overwrite", action="store_true", help="replace the runs of an earlier "
-                   "call in --out")
+    p.add_argument("--overwrite", action="store_true", help="replace the runs, table and "
+                   "figures of an earlier call (without it, an existing one is refused before "
+                   "anything trains)")
     p.add_argument("--device", default="auto", choices=["cpu", "cuda", "auto"])
     return p
 
 
 def check(p, args, nets):
-    """parser.error for a bad number or an unknown net; the nets --nets picks."""
-    for name in ("iters", "seeds", "jobs", "steps", "batch_size", "size", "n_train"):
-        if getattr(args, name) < 1:
-            p.error(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
+    """SystemExit in one line for a bad option (``options.check``), parser.error for an unknown
+    net; the nets --nets picks."""
+    options.check(args)
     chosen = args.nets.split(",")
     unknown = [n for n in chosen if n not in nets]
     if unknown:
@@ -59,10 +61,12 @@ def check(p, args, nets):
     return chosen
 
 
-def run(args, rows, labels, data="shapes"):
+def run(args, rows, labels, data="shapes", outputs=()):
     """Train every (model, start) of ``rows`` for each seed, then measure each net; returns a
     dict per row: label, start, model, params, macs, step_s, peak, best (records), ius, runs,
-    configs."""
+    configs. Refused first, in one line: runs of an earlier call in --out, or a file the
+    experiment writes at the end (OUT/table.json and ``outputs``, (path, option) pairs) that
+    exists, without --overwrite."""
     jobs = []
     for model, start in rows:
         for seed in range(args.seeds):
@@ -75,6 +79,7 @@ def run(args, rows, labels, data="shapes"):
     if taken and not args.overwrite:
         raise SystemExit(f"error: --out {args.out} already holds runs ({taken[0]} ...); pass "
                          f"--overwrite to replace them, or choose another --out")
+    options.check_outputs(args, [(Path(args.out) / "table.json", "--out"), *outputs])
     print(f"{len(jobs)} runs of {args.iters} steps, {min(args.jobs, len(jobs))} at a time")
     results = run_jobs(jobs, min(args.jobs, len(jobs)))
     if None in results:
@@ -170,12 +175,16 @@ def grid(rows, path, size=1.3):
 
 
 def save(fig, path):
-    """Lay out and write a matplotlib figure at ``path`` (its folder made), then close it."""
+    """Lay out and write a matplotlib figure at ``path`` (its folder made), atomically, then
+    close it."""
     import matplotlib.pyplot as plt
 
+    from ..viz import save_figure
+
     fig.tight_layout()
+    fig.set_dpi(80)
     Path(path).parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=80)
+    save_figure(path, fig)
     plt.close(fig)
 
 

@@ -20,7 +20,7 @@ import numpy as np
 from .. import Tensor, no_grad, training
 from ..data.transforms import to_input
 from ..models.geometry import trace
-from . import compare
+from . import compare, options
 
 ROWS = tuple((m, "classifier") for m in ("fcn8s", "deeplab-largefov", "deeplab-aspp",
                                          "fcn8s-se", "fcn8s-nonlocal"))
@@ -74,20 +74,23 @@ def main(argv=None):
     p.add_argument("--attention-figure", help="where to draw the non-local block's attention "
                    "(default OUT/attention.png)")
     args = p.parse_args(argv)
-    nets = compare.check(p, args, LABELS)
-    rows = compare.run(args, [(m, s) for m, s in ROWS if m in nets], LABELS)
     fig = args.figure or Path(args.out) / "predictions.png"
+    attention = args.attention_figure or Path(args.out) / "attention.png"
+    nets = compare.check(p, args, LABELS)
+    figures = [(fig, "--figure")] + ([(attention, "--attention-figure")]
+                                     if "fcn8s-nonlocal" in nets else [])
+    rows = compare.run(args, [(m, s) for m, s in ROWS if m in nets], LABELS, outputs=figures)
     compare.figure([(r["label"], r["runs"][0]) for r in rows], rows[0]["configs"][0], fig)
     made = [fig]
     for r in rows:
         if r["model"] == "fcn8s-nonlocal":
-            made.append(args.attention_figure or Path(args.out) / "attention.png")
+            made.append(attention)
             attention_figure(r["runs"][0], made[-1])
     print(f"\nshapes {args.size}x{args.size}, width {args.width}, {args.iters} steps of batch "
           f"{args.batch_size} from the classifier, seeds 0-{args.seeds - 1}; time and memory at "
           f"batch {args.batch_size} on this machine:\n")
     print(compare.table(rows))
-    Path(args.out, "table.json").write_text(json.dumps(rows, indent=1))
+    options.write_text(Path(args.out, "table.json"), json.dumps(rows, indent=1))
     print(f"\nfigures: {', '.join(map(str, made))}; numbers: {Path(args.out) / 'table.json'}")
     return 0
 

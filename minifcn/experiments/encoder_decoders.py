@@ -24,7 +24,7 @@ import statistics
 import sys
 from pathlib import Path
 
-from . import compare
+from . import compare, options
 from .compare import boundary_iu
 
 # (model, start) in table order; U-Net has no VGG16 trunk for a classifier's weights
@@ -40,11 +40,12 @@ def main(argv=None):
     p.add_argument("--band", type=int, default=3, help="boundary IU: pixels within this many "
                    "of a true edge (3)")
     args = p.parse_args(argv)
+    fig = args.figure or Path(args.out) / "predictions.png"
     nets = compare.check(p, args, LABELS)
-    rows = compare.run(args, [(m, s) for m, s in ROWS if m in nets], LABELS)
+    rows = compare.run(args, [(m, s) for m, s in ROWS if m in nets], LABELS,
+                       outputs=[(fig, "--figure")])
     for r in rows:
         r["boundary"] = [boundary_iu(d, args.band, c) for d, c in zip(r["runs"], r["configs"])]
-    fig = args.figure or Path(args.out) / "predictions.png"
     compare.figure([(f"{r['label']} ({r['start']})", r["runs"][0]) for r in rows],
                    rows[0]["configs"][0], fig)
     print(f"\nshapes {args.size}x{args.size}, width {args.width}, {args.iters} steps of batch "
@@ -52,7 +53,7 @@ def main(argv=None):
           f"time and memory at batch {args.batch_size} on this machine:\n")
     print(compare.table(rows, [("boundary IU",
                                 lambda r: f"{100 * statistics.fmean(r['boundary']):.1f}")]))
-    Path(args.out, "table.json").write_text(json.dumps(rows, indent=1))
+    options.write_text(Path(args.out, "table.json"), json.dumps(rows, indent=1))
     print(f"\nfigure: {fig}; numbers: {Path(args.out) / 'table.json'}")
     return 0
 

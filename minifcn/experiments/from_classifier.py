@@ -16,6 +16,7 @@ import sys
 from pathlib import Path
 
 from ..training import DEFAULTS, resolve
+from . import options
 from .skip_architectures import METRICS, VARIANTS, common_pad1, run_jobs
 
 INITS = ("scratch", "classifier")
@@ -72,6 +73,8 @@ def curves(job_list):
 def plot(path, curve_sets, title):
     from matplotlib.figure import Figure
 
+    from ..viz import save_figure
+
     fig = Figure(figsize=(9, 3.2), dpi=100)
     nets = [v for v in VARIANTS if any(k[0] == v for k in curve_sets)]
     axes = fig.subplots(1, len(nets), sharey=True, squeeze=False)[0]
@@ -88,7 +91,7 @@ def plot(path, curve_sets, title):
     axes[0].legend(fontsize="small")
     fig.suptitle(title, fontsize="small")
     fig.tight_layout()
-    fig.savefig(path, format="png")
+    save_figure(path, fig)
 
 
 def main(argv=None):
@@ -107,19 +110,22 @@ def main(argv=None):
     p.add_argument("--jobs", type=int, default=1)
     p.add_argument("--device", default="auto", choices=["cpu", "cuda", "auto"])
     p.add_argument("--nets", default=",".join(VARIANTS), help="comma-separated (default all three)")
-    p.add_argument("--out", default="runs/from-classifier")
+    p.add_argument("--out", default="runs/from-classifier", help="the folder of the runs, "
+                   "from-classifier.md and .png (default runs/from-classifier; made if missing; "
+                   "never over an earlier call's)")
     args = p.parse_args(argv)
     if not args.nets or set(args.nets.split(",")) - set(VARIANTS):
         p.error(f"--nets must be a comma-separated subset of {','.join(VARIANTS)}, got "
                 f"{args.nets!r}")
-    for name in ("iters", "val_every", "seeds", "jobs"):
-        if getattr(args, name) < 1:
-            p.error(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
+    options.check(args)
     job_list = jobs(args)
     taken = [str(d) for _, d in job_list if (d / "config.json").exists()]
     if taken:
         raise SystemExit(f"error: --out {args.out} already holds runs ({taken[0]}, ...); choose "
                          f"another --out")
+    out = Path(args.out)
+    options.check_outputs(args, [(out / "from-classifier.md", "--out"),
+                                 (out / "from-classifier.png", "--out")])
     print(f"{len(job_list)} runs, {min(args.jobs, len(job_list))} at a time")
     results_list = run_jobs(job_list, min(args.jobs, len(job_list)))
     results = {}
@@ -130,8 +136,7 @@ def main(argv=None):
              f"{args.iters} iterations, seeds {args.seed}-{args.seed + args.seeds - 1}")
     text = f"{title} (best validation, mean ± std over seeds):\n\n{table(results)}\n"
     print("\n" + text)
-    out = Path(args.out)
-    (out / "from-classifier.md").write_text(text)
+    options.write_text(out / "from-classifier.md", text)
     plot(out / "from-classifier.png", curves(job_list), title)
     print(f"wrote {out / 'from-classifier.md'} and {out / 'from-classifier.png'}")
     return 1 if None in results_list else 0

@@ -25,7 +25,7 @@ from .. import Tensor, backend, no_grad, training
 from ..data import Loader, to_input
 from ..models.instances import instances_of
 from ..training import validate_instances
-from . import compare
+from . import compare, options
 
 ROWS = (("fcn8s", "classifier"), ("fcn8s-embed", "classifier"), ("fcn8s-centres", "classifier"))
 LABELS = {"fcn8s": "FCN-8s + connected components", "fcn8s-embed": "FCN-8s + embedding",
@@ -129,18 +129,22 @@ def main(argv=None):
     p.add_argument("--embedding-figure", help="where to draw the embeddings (default "
                    "OUT/embeddings.png)")
     args = p.parse_args(argv)
+    fig = args.figure or Path(args.out) / "instances.png"
+    embeddings = args.embedding_figure or Path(args.out) / "embeddings.png"
     nets = compare.check(p, args, LABELS)
+    figures = [(fig, "--figure")] + ([(embeddings, "--embedding-figure")]
+                                     if "fcn8s-embed" in nets else [])
     rows = compare.run(args, [(m, s) for m, s in ROWS if m in nets], LABELS,
-                       data="shapes-touching")
+                       data="shapes-touching", outputs=figures)
     for r in rows:
         for split in SPLITS:
             r[split] = [panoptic(d, split, c) for d, c in zip(r["runs"], r["configs"])]
     config = rows[0]["configs"][0]
-    made = [args.figure or Path(args.out) / "instances.png"]
+    made = [fig]
     figure(rows, config, made[0])
     for r in rows:
         if r["model"] == "fcn8s-embed":
-            made.append(args.embedding_figure or Path(args.out) / "embeddings.png")
+            made.append(embeddings)
             embedding_figure(r["runs"][0], r["configs"][0], made[-1])
     names = training.dataset(config, "val").class_names
     print(f"\nshapes-touching {args.size}x{args.size} training, width {args.width}, "
@@ -152,7 +156,7 @@ def main(argv=None):
         print(f"\nper class on {split} (PQ / SQ / RQ, per cent, mean over the seeds; "
               f"background is stuff):\n")
         print(per_class_table(rows, split, names))
-    Path(args.out, "table.json").write_text(json.dumps(_plain(rows), indent=1))
+    options.write_text(Path(args.out, "table.json"), json.dumps(_plain(rows), indent=1))
     print(f"\nfigures: {', '.join(map(str, made))}; numbers: {Path(args.out) / 'table.json'}")
     return 0
 

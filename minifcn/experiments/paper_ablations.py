@@ -24,7 +24,9 @@ Every run is FCN-32s by default (the net of the paper's Figure 5 and its "fixed"
 picks another), trained from scratch (``--init scratch``, whatever train's default)
 with the from-scratch recipe and the conv1_1 padding at which the coarse scores cover the whole
 image (``padding.full_cover_pad1``); only the switch under study differs. Each run's
-folder, with its training losses (train_loss.npy: iteration, loss, images), is under --out.
+folder, with its training losses (train_loss.npy: iteration, loss, images), is under --out;
+OUT/summary.json gathers the studies' rows: a call adds its own studies' and keeps the others'
+(so --study fixed after --study sampling keeps both).
 """
 import argparse
 import json
@@ -38,7 +40,8 @@ import numpy as np
 from .. import backend, training
 from ..training import DEFAULTS, resolve
 from ..models import padding
-from . import shift_study
+from ..viz import save_figure
+from . import options, shift_study
 from .skip_architectures import run_jobs, table
 
 STUDIES = {  # study -> [(label, options that differ from the plain FCN-32s run)]
@@ -94,7 +97,24 @@ def plot_sampling(path, curves):
     by_images.set(xlabel="images processed", title="against images (relative time)")
     by_iter.legend()
     fig.tight_layout()
-    fig.savefig(path)
+    save_figure(path, fig)
+
+
+def read_summary(path):
+    """The studies' rows of an earlier call in the same --out (OUT/summary.json), which this
+    call keeps and adds its own to; {} if there is none. SystemExit in one line for a file of
+    that name that is not such a summary (never replaced)."""
+    if not path.exists():
+        return {}
+    try:
+        summary = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise SystemExit(f"error: --out {path} is not the summary this experiment writes "
+                         f"({e}); choose another --out") from None
+    if not isinstance(summary, dict):
+        raise SystemExit(f"error: --out {path} is not the summary this experiment writes (a "
+                         f"JSON object of studies); choose another --out")
+    return summary
 
 
 def main(argv=None):
@@ -114,8 +134,12 @@ def main(argv=None):
     p.add_argument("--batch-size", type=int, default=4, help="images per step at P = 1")
     p.add_argument("--seeds", type=int, default=2, help="runs per setting (default 2)")
     p.add_argument("--jobs", type=int, default=1, help="runs at a time, in worker processes")
-    p.add_argument("--out", default="runs/paper-ablations")
-    p.add_argument("--overwrite", action="store_true", help="replace the runs of an earlier call")
+    p.add_argument("--out", default="runs/paper-ablations", help="the folder of the runs, "
+                   "summary.json and the figures (default runs/paper-ablations; made if missing)")
+    p.add_argument("--overwrite", action="store_true", help="replace the runs and figures of "
+                   "an earlier call, and their rows in summary.json (without it, they are "
+                   "refused before anything trains; --rescore replaces the shift table and plot "
+                   "it rescores)")
     p.add_argument("--device", default="auto", choices=["cpu", "cuda", "auto"])
     p.add_argument("--time-rounds", type=int, default=20, help="shift study: passes per method "
                    "and seed timed, one image at a time, alternating the methods (default 20)")
@@ -125,10 +149,13 @@ def main(argv=None):
                    "the nets DIR/DATA-fcn32s|16s|8s.npz that skip_architectures --save-weights "
                    "wrote (tutorials/assets: its 600-step seed-0 nets)")
     args = p.parse_args(argv)
-    for name in ("iters", "seeds", "jobs", "batch_size", "time_rounds"):
-        if getattr(args, name) < 1:
-            p.error(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
+    options.check(args)
     studies = [*STUDIES, "shift"] if args.study == "all" else [args.study]
+    out = Path(args.out)
+    if (args.rescore or args.score_weights) and studies != ["shift"]:
+        p.error("--rescore and --score-weights apply to --study shift only")
+    summary = read_summary(out / "summary.json")  # each call adds its studies' rows
+    sets = shift_study.weight_sets(args.score_weights, args.data) if args.score_weights else None
     pad1 = padding.full_cover_pad1(args.model, args.size)  # the coarse scores cover every pixel
     seeds = list(range(args.seeds))
     base = {**DEFAULTS, "model": args.model, "data": args.data, "width": args.width,
@@ -142,22 +169,24 @@ def main(argv=None):
             jobs += shift_jobs
             labels += [(study, config["model"]) for config, _ in shift_jobs]
             continue
-        for i, (label, options) in enumerate(STUDIES[study]):
+        for i, (label, switches) in enumerate(STUDIES[study]):
             for seed in seeds:
-                config = {**base, "seed": seed, **options}
+                config = {**base, "seed": seed, **switches}
                 jobs.append((resolve(config), Path(args.out) / study / f"{i}-seed{seed}"))
                 labels.append((study, label))
-    out, summary = Path(args.out), {}
-    if (args.rescore or args.score_weights) and studies != ["shift"]:
-        p.error("--rescore and --score-weights apply to --study shift only")
-    if (out / "summary.json").exists() and (args.rescore or args.score_weights):
-        summary = json.loads((out / "summary.json").read_text())  # keep the other studies' rows
+    if not args.rescore:  # --rescore replaces the shift table and plot of the call it rescores
+        taken = [str(d) for _, d in jobs
+                 if any((d / f).exists() for f in training.runs.RUN_FILES)]
+        if taken and not args.overwrite and not args.score_weights:
+            raise SystemExit(f"error: --out {args.out} already holds runs ({taken[0]}...); pass "
+                             f"--overwrite to replace them, or choose another --out")
+        figures = ["sampling.png"] * ("sampling" in studies) \
+            + ["shift.md", "shift.png"] * ("shift" in studies)
+        options.check_outputs(args, [(out / name, "--out") for name in figures])
     if args.score_weights:
-        sets = shift_study.weight_sets(args.score_weights, args.data)
         summary["shift"] = shift_study.report(sets, out, args.time_rounds,
                                               backend.check_device(args.device))
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+        options.write_text(out / "summary.json", json.dumps(summary, indent=2) + "\n")
         return 0
     if args.rescore:
         results = [({}, 0.0) if (d / training.BEST).exists() else None for _, d in jobs]
@@ -165,11 +194,6 @@ def main(argv=None):
             raise SystemExit(f"error: --rescore: {results.count(None)} of the {len(jobs)} runs "
                              f"have no {training.BEST} in {out / 'shift'}; train them first")
     else:
-        taken = [str(d) for _, d in jobs
-                 if any((d / f).exists() for f in training.runs.RUN_FILES)]
-        if taken and not args.overwrite:
-            raise SystemExit(f"error: --out {args.out} already holds runs ({taken[0]}...); pass "
-                             f"--overwrite to replace them, or choose another --out")
         nets = sorted({config["model"] for config, _ in jobs})
         print(f"{len(jobs)} runs of {', '.join(nets)} ({args.iters} steps each), "
               f"{min(args.jobs, len(jobs))} at a time")
@@ -202,8 +226,7 @@ def main(argv=None):
                 for label, runs in curves:
                     images = statistics.fmean(r[:, 2].sum() for r in runs)
                     print(f"  {label}: {images:.0f} images in {args.iters} steps")
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    options.write_text(out / "summary.json", json.dumps(summary, indent=2) + "\n")
     failed = results.count(None)
     if failed:
         print(f"\n{failed} of {len(jobs)} runs failed (marked above); the tables average the rest")

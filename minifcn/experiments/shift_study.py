@@ -40,6 +40,8 @@ from ..autograd import Tensor, no_grad
 from ..data import Loader
 from ..metrics import RunningScore
 from ..models import fcn8s, fcn16s, fcn32s, geometry, padding, rarefy, shift, stitched_scores
+from ..viz import save_figure
+from . import options
 from .skip_architectures import METRICS, common_pad1
 
 NETS = ("fcn32s", "fcn16s", "fcn8s")
@@ -251,7 +253,7 @@ def plot(path, per_seed, med):
            title="denser FCN-32s against the skip nets")
     ax.legend(fontsize=7, loc="best")
     fig.tight_layout()
-    fig.savefig(path)
+    save_figure(path, fig)
 
 
 def trained_sets(study_jobs, results):
@@ -299,8 +301,7 @@ def report(sets, out, rounds, device="cpu"):
                 f"pixels labelled differently {100 * share:.2f} %")
         print(line)
         text += "\n\n" + line
-    Path(out).mkdir(parents=True, exist_ok=True)
-    (Path(out) / "shift.md").write_text(f"{head}\n\n{text}\n")
+    options.write_text(Path(out) / "shift.md", f"{head}\n\n{text}\n")
     plot(Path(out) / "shift.png", per_seed, med)
     print(f"\ntable: {Path(out) / 'shift.md'}, plot: {Path(out) / 'shift.png'}")
     return [{"setting": k, "seed": seed, **{m: r["scores"][k][m] for m in METRICS},

@@ -33,6 +33,7 @@ from pathlib import Path
 import numpy as np
 
 from .. import io, training
+from . import options
 from ..models import padding
 from ..training import DEFAULTS, FROM_SCRATCH, resolve
 
@@ -172,9 +173,11 @@ def main(argv=None):
                    "... (default 1)")
     p.add_argument("--jobs", type=int, default=1, help="nets trained at a time, in worker "
                    "processes (default 1: in this process)")
-    p.add_argument("--out", default="runs/skip-architectures")
-    p.add_argument("--overwrite", action="store_true", help="replace the runs of an earlier "
-                   "call in --out (without it, such runs are refused before anything trains)")
+    p.add_argument("--out", default="runs/skip-architectures", help="the folder of the runs and "
+                   "the table DATA-table.json (default runs/skip-architectures; made if missing)")
+    p.add_argument("--overwrite", action="store_true", help="replace the runs, table and saved "
+                   "weights of an earlier call (without it, they are refused before anything "
+                   "trains)")
     p.add_argument("--device", default="auto", choices=["cpu", "cuda", "auto"])
     p.add_argument("--init", default="scratch", choices=["scratch", "classifier"],
                    help="where every net starts: 'scratch' (default, the study as the tables "
@@ -182,11 +185,12 @@ def main(argv=None):
                    "train's fine-tuning recipe)")
     p.add_argument("--save-weights", metavar="DIR", help="also write each net's best learned "
                    "weights (of the first seed), in float16, to DIR/DATA-NET.npz (tutorial 06 "
-                   "ships these)")
+                   "ships these); DIR is a folder, made if missing")
     args = p.parse_args(argv)
-    for name in ("seeds", "jobs"):
-        if getattr(args, name) < 1:
-            p.error(f"--{name} must be >= 1, got {getattr(args, name)}")
+    options.check(args)  # before anything is derived from them (the padding) or trained
+    table_path = Path(args.out) / f"{args.data}-table.json"
+    weights = {v: Path(args.save_weights) / f"{args.data}-{v}.npz" for v in VARIANTS} \
+        if args.save_weights else {}
     pad1 = common_pad1(args.width, args.size)
     seeds = list(range(args.seed, args.seed + args.seeds))
     jobs = []
@@ -205,6 +209,8 @@ def main(argv=None):
         raise SystemExit(f"error: --out {args.out} already holds runs ({', '.join(taken[:3])}"
                          f"{'...' if len(taken) > 3 else ''}); pass --overwrite to replace them, "
                          f"or choose another --out")
+    options.check_outputs(args, [(table_path, "--out")]
+                          + [(w, "--save-weights") for w in weights.values()])
     n_workers = min(args.jobs, len(jobs))
     print(f"{len(jobs)} runs (pad1 {pad1}), {n_workers} at a time")
     results = run_jobs(jobs, n_workers)
@@ -214,16 +220,14 @@ def main(argv=None):
         for variant, (_, run_dir), result in zip(VARIANTS, jobs[::len(seeds)],
                                                  results[::len(seeds)]):
             if result is not None:
-                save_weights(run_dir / training.BEST,
-                             Path(args.save_weights) / f"{args.data}-{variant}.npz")
+                save_weights(run_dir / training.BEST, weights[variant])
     budget = f"{args.iters} iterations" if args.iters else f"{FROM_SCRATCH['epochs']} epochs"
     runs = (f"seeds {seeds[0]}-{seeds[-1]}, mean of {len(seeds)}" if len(seeds) > 1
             else f"seed {seeds[0]}")
     print(f"\n{args.data}, width {args.width}, {args.size}x{args.size}, conv1_1 padding {pad1}, "
           f"{budget} each, {runs}, from {args.init} (best validation):\n")
     print(table([(f"FCN-{v[3:]}", runs) for v, runs in per_variant], len(seeds)))
-    Path(args.out).mkdir(parents=True, exist_ok=True)
-    (Path(args.out) / f"{args.data}-table.json").write_text(json.dumps(
+    options.write_text(table_path, json.dumps(
         [{"net": v, **run[0], "seed": seed, "seconds": run[1]}
          for v, runs in per_variant for seed, run in zip(seeds, runs) if run is not None],
         indent=2))

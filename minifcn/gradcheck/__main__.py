@@ -13,8 +13,10 @@ from . import run_cases
 def main(argv=None):
     parser = argparse.ArgumentParser(prog="python -m minifcn.gradcheck", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--seed", type=int, default=0, help="seed of the random inputs")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the random inputs (0 .. 2**32 - 1)")
     args = parser.parse_args(argv)
+    if not 0 <= args.seed < 2**32:  # NumPy's seeds are unsigned 32-bit words
+        parser.error(f"--seed must be an integer in 0..{2**32 - 1}, got {args.seed}")
     return 1 if run_cases(seed=args.seed) else 0
 
 

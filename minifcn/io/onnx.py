@@ -27,8 +27,15 @@ FCN-32s, 16s, 8s and 8s at-once and the encoder-decoders alike, and each layer b
                      Reshape, Conv (W), Add
 
 Input "image" (N, 3, H, W) float32, RGB 0..255 minus ``MEAN_RGB``; output "scores"
-(N, n_class, H, W); N, H and W are free (any H, W the model accepts). Weights are written as
-float32 whatever the model's dtype. Opset 17, IR version 8 (onnxruntime 1.13 and later).
+(N, n_class, H, W); N, H and W are free. An FCN takes any H, W >= 1, as ``predict`` does: a
+net trained at a small conv1_1 padding (pad1 'auto', 69 for FCN-8s on 96x96) is too tight for
+a smaller image, and predict runs it at a larger padding (the weights do not depend on it). The
+graph does the same: it reads the image's shorter side, looks the padding up in a table
+(``models.padding.pad1_by_side``: ReduceMin, Min, Gather), pads with Pad before conv1_1 (whose
+Conv then pads by 0), and moves the crops to the image by as much (Add to their starts). A net
+at padding 100 takes any size as it is: its graph has none of these nodes. The nets after FCN
+take H, W from their ``min_input_size`` up (metadata "min_input_size"), as predict. Weights are
+written as float32 whatever the model's dtype. Opset 17, IR version 8 (onnxruntime 1.13 and later).
 A single .onnx file holds at most 2 GB (protobuf's limit): widths above about 1.9 are refused.
 """
 import copy
@@ -65,6 +72,7 @@ class _Graph:
     def __init__(self, helper, numpy_helper):
         self.helper, self.numpy_helper = helper, numpy_helper
         self.nodes, self.inits, self.names = [], [], {INPUT}
+        self.pad1 = None  # conv1_1's padding at run time: (pads, shift, {crop: per-pad shift})
 
     def fresh(self, name):
         out, i = name, 1
@@ -110,6 +118,8 @@ class _Stand:
         m, g, name = self.module, self.g, self.name
         x = inputs[0]
         if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d)):
+            if name == "conv1_1" and g.pad1 is not None:  # padded by the image's size
+                return _conv(g, name, m, g.node("Pad", [x, g.pad1[0]], f"{name}.pad"), pads=0)
             return _conv(g, name, m, x)
         if isinstance(m, nn.MaxPool2d):
             ph, pw = _square(m.padding)
@@ -165,18 +175,23 @@ class _Stand:
                 raise ValueError(f"to_onnx: crop {name} has no offset (the model derives it)")
             size = g.node("Shape", [inputs[1]], f"{name}.size", start=2, end=4)  # like's H, W
             starts = g.const(f"{name}.starts", np.array([m.offset, m.offset], np.int64))
+            if g.pad1 is not None and g.pad1[2].get(name):  # it moves with conv1_1's padding
+                moved = g.node("Mul", [g.pad1[1], g.const(f"{name}.per_pad", np.array(
+                    [g.pad1[2][name]], np.int64))], f"{name}.moved")
+                starts = g.node("Add", [starts, moved], f"{name}.starts_now")
             ends = g.node("Add", [starts, size], f"{name}.ends")
             axes = g.const(f"{name}.axes", np.array([2, 3], np.int64))
             return g.node("Slice", [x, starts, ends, axes], name)
         raise ValueError(f"to_onnx: layer {name} of type {type(m).__name__} has no ONNX rule")
 
 
-def _conv(g, name, m, x):
-    """Conv or ConvTranspose of layer m on x (weights as float32 initializers)."""
+def _conv(g, name, m, x, pads=None):
+    """Conv or ConvTranspose of layer m on x (weights as float32 initializers); ``pads``
+    replaces the layer's padding (0: x is padded already)."""
     args = [x, g.const(f"{name}.weight", _f32(m.weight))]
     if m.bias is not None:
         args.append(g.const(f"{name}.bias", _f32(m.bias)))
-    ph, pw = _square(m.padding)
+    ph, pw = _square(m.padding if pads is None else pads)
     attrs = dict(kernel_shape=_square(m.kernel_size), strides=_square(m.stride),
                  pads=[ph, pw, ph, pw])
     if isinstance(m, nn.Conv2d):
@@ -269,6 +284,38 @@ def _unpool(g, name, m, x, indices, like):
     return g.node("Slice", [up, i64("starts", [0, 0]), hw, i64("axes", [2, 3])], name)
 
 
+def _pad1_by_size(g, model):
+    """For an FCN that ``predict`` runs at a larger conv1_1 padding on small images: nodes that
+    compute that padding from the image's shorter side (``models.padding.pad1_by_side``, as a
+    table), sets ``g.pad1`` (the Pad node's pads, the padding's excess over the model's own,
+    and how far each crop moves per pixel of it) and returns the table; None for a net that
+    takes any image as it is. Offsets move with the padding only on the crops to the image
+    (geometry.py: a crop between two maps that both moved stays)."""
+    from ..models import FCNBase, geometry, padding
+
+    if not isinstance(model, FCNBase):
+        return None
+    table = padding.pad1_by_side(model)
+    if len(table) == 1:
+        return None
+    own = model.conv1_1.padding[0]
+    offsets = [geometry.crop_offsets(model, pad1=own + k) for k in range(3)]
+    moves = {k: offsets[1][k] - offsets[0][k] for k in offsets[0]}
+    if any(offsets[2][k] - offsets[0][k] != 2 * v for k, v in moves.items()):
+        raise ValueError(f"to_onnx: {type(model).__name__}'s crop offsets do not move in step "
+                         f"with conv1_1's padding: export it at --pad1 100, which takes any size")
+    i64 = lambda tag, v: g.const(f"pad1.{tag}", np.array(v, np.int64))  # noqa: E731
+    side = g.node("ReduceMin", [g.node("Shape", [INPUT], "pad1.hw", start=2, end=4)],
+                  "pad1.side", keepdims=1)  # (1,): the shorter side
+    at = g.node("Sub", [g.node("Min", [side, i64("sides", [len(table)])], "pad1.capped"),
+                        i64("one", [1])], "pad1.at")
+    pad = g.node("Gather", [i64("table", table), at], "pad1", axis=0)  # (1,)
+    zeros = i64("zeros", [0, 0])
+    pads = g.node("Concat", [zeros, pad, pad, zeros, pad, pad], "pad1.pads", axis=0)
+    g.pad1 = (pads, g.node("Sub", [pad, i64("own", [own])], "pad1.excess"), moves)
+    return table
+
+
 def build_onnx(model, opset=OPSET):
     """The ``onnx.ModelProto`` of ``model`` (an FCN) for inference; see the module docstring."""
     onnx = require_onnx()
@@ -282,6 +329,7 @@ def build_onnx(model, opset=OPSET):
         raise ValueError(f"{where}: the weights are {size / 2**30:.1f} GiB as float32; one .onnx "
                          "file holds at most 2 GB (protobuf's limit): export a smaller --width")
     g = _Graph(helper, numpy_helper)
+    table = _pad1_by_size(g, model)
     ghost = copy.copy(model)  # shares the layers; only its attributes get swapped
     for name, layer in model.children():
         setattr(ghost, name, _Stand(name, layer, g))
@@ -303,12 +351,24 @@ def build_onnx(model, opset=OPSET):
                               doc_string=f"{type(model).__name__}: scores (N, n_class, H, W) "
                                          f"from an RGB image minus the mean {MEAN_RGB}")
     meta = {"model": type(model).__name__, "input": f"RGB 0..255 minus mean {list(MEAN_RGB)}",
-            "offsets": json.dumps(getattr(model, "offsets", {}))}
+            "offsets": json.dumps(getattr(model, "offsets", {})),
+            "min_input_size": str(1 if table else _min_input_size(model))}
+    if table:
+        meta["pad1_by_side"] = json.dumps(table)
     if isinstance(getattr(model, "config", None), dict):
         meta["config"] = json.dumps(model.config)
     helper.set_model_props(proto, meta)
     onnx.checker.check_model(proto)
     return proto
+
+
+def _min_input_size(model):
+    size = getattr(model, "min_input_size", None)
+    if size is None:
+        from ..models import geometry
+
+        size = geometry.min_input_size(model)
+    return size
 
 
 def to_onnx(model, path, opset=OPSET):

@@ -326,11 +326,12 @@ def min_input_size(model, limit=4096):
     raise GeometryError(f"geometry: no input up to {limit}x{limit} fits {type(model).__name__}")
 
 
-def min_pad1(model, size=None, limit=1024):
+def min_pad1(model, size=None, limit=1024, start=0):
     """The smallest conv1_1 padding for which the upsampled scores cover the input (every crop
     offset >= 0) and, if ``size`` is given, a size x size input fits. ``model``: an FCN (for a
-    model's name, ``minifcn.models.padding.min_pad1``)."""
-    for p in range(limit + 1):
+    model's name, ``minifcn.models.padding.min_pad1``). ``start``: look from this padding up
+    (more padding never makes an input fit less)."""
+    for p in range(start, limit + 1):
         if _fits(model, size, pad1=p):
             return p
     raise GeometryError(f"geometry: no conv1_1 padding up to {limit} fits {type(model).__name__}")

@@ -34,6 +34,25 @@ def min_pad1(model, size=None, limit=1024):
     return geometry.min_pad1(_net(model) if isinstance(model, str) else model, size, limit)
 
 
+def pad1_by_side(model):
+    """The conv1_1 padding ``predict`` runs the FCN ``model`` at, by the shorter side of the
+    image: a list whose entry i is the padding for a shorter side of i + 1 pixels; its last
+    entry, the model's own padding, serves every longer side too (from the smallest side the
+    model takes as it is, ``geometry.min_input_size``). A smaller image needs more padding:
+    fc6's 7x7 window must fit and the crops must stay inside the map; the weights do not depend
+    on the padding, so the same net serves (``predict.fit_padding``): max(own, min_pad1(side)).
+
+    One entry for a net at padding 100 (it takes any image as it is); FCN-8s at 69 (the
+    training default on 96x96): 57 entries, from 97 for a 1-pixel side down to 69 from 57
+    pixels up. ``minifcn.io.onnx`` puts the table into the exported graph."""
+    own = model.conv1_1.padding[0]
+    largest = geometry.min_input_size(model)
+    table = [own] * (largest + 1)
+    for side in range(largest - 1, 0, -1):  # smaller sides need as much padding or more
+        table[side] = geometry.min_pad1(model, side, start=table[side + 1])
+    return table[1:] if largest > 1 else [own]
+
+
 def score_coverage(model, size, pad1=None):
     """How much of a constant coarse score reaches each pixel of a size x size input: the output
     of the net when score_fr says 1 everywhere and every other score layer 0. A (size, size)

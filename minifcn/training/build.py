@@ -9,6 +9,7 @@ from ..loss import IGNORE_INDEX
 from ..models.classifier import shipped_classifier_path as shipped_classifier
 from ..models.registry import CLASSIFIER_START
 from .config import LEARN_UPSAMPLING, SYNTHETIC, option
+from .limits import check_checkpoint_config
 
 
 # --init-from must fill at least this share of the model's learned weights (counted in numbers):
@@ -187,6 +188,7 @@ def load_model(checkpoint_path, device="cpu"):
     config = meta.get("config")
     if not config:
         raise ValueError(f"{checkpoint_path}: not a minifcn training checkpoint (no config)")
+    check_checkpoint_config(config, checkpoint_path)  # before a net of any size is built
     model = build_model(config)
     state = {k[6:]: v for k, v in arrays.items() if k.startswith("model/")}
     if meta.get("learned_only"):
@@ -197,5 +199,8 @@ def load_model(checkpoint_path, device="cpu"):
         full = model.state_dict()
         full.update({k: v.astype(full[k].dtype) for k, v in state.items()})
         state = full
-    model.load_state_dict(state)
+    try:
+        model.load_state_dict(state)
+    except (ValueError, TypeError) as e:  # weights that do not fit the config: say which file
+        raise ValueError(f"{checkpoint_path}: {e}") from None
     return model.to(backend.check_device(device)).eval(), config

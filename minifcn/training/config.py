@@ -5,10 +5,13 @@ over them and calls ``resolve``; ``minifcn.experiments`` builds its configs the 
 config is a plain dict: it is written to the run folder as config.json and read back by
 ``--resume``, ``evaluate`` and ``predict``.
 """
+import math
+
 from .. import optim
 from ..models import vgg
 from ..models.classifier import shipped_classifier_path
 from ..models.registry import CLASSIFIER_START, PLAIN_NETS
+from .limits import check_options
 
 # A small FCN-8s whose run ends within about 10 minutes on 2 CPU cores on `shapes` (7 epochs of
 # 2,000 images from the classifier, 5 from scratch; batch 8: 250 steps an epoch at ~0.3 s).
@@ -99,8 +102,8 @@ def resolve(config):
         if not config[key] >= 0:  # also refuses NaN
             raise SystemExit(f"error: --{key.replace('_', '-')} must be >= 0, got {config[key]}")
     for key in ("width", "lr"):
-        if config[key] <= 0:
-            raise SystemExit(f"error: --{key} must be positive, got {config[key]}")
+        if not 0 < config[key] < math.inf:  # also refuses NaN
+            raise SystemExit(f"error: --{key} must be a positive number, got {config[key]}")
     for key in ("batch_size", "val_batch_size", "epochs", "iters", "size", "n_train", "n_val",
                 "crop"):
         if config.get(key) is not None and config[key] < 1:
@@ -120,6 +123,7 @@ def resolve(config):
     if config["checkpoint_every"] < 0:
         raise SystemExit(f"error: --checkpoint-every must be >= 0 (0: only at each epoch's "
                          f"end), got {config['checkpoint_every']}")
+    check_options(config)  # the upper bounds of the size options (limits.py)
     return config
 
 
