@@ -242,7 +242,12 @@ def plot_history(path, records):
 
 # the run folder's figures of one validation (confusion matrix, per-class IU, worst images)
 from .viz_run import confusion_figure, per_class_iu_figure, worst_images_figure  # noqa: E402,F401
+# what a net computes inside: feature maps, the scores around the skips, the upsampling kernels
+from .viz_inside import (feature_maps, feature_maps_figure, skip_scores,  # noqa: E402,F401
+                         skip_scores_figure, upsampling_figure, upsampling_kernels)
 
 __all__ = ["colorize", "save_label_png", "overlay", "save_prediction_grid",
            "save_classification_grid", "plot_history", "save_figure", "confusion_figure",
-           "per_class_iu_figure", "worst_images_figure", "graph"]
+           "per_class_iu_figure", "worst_images_figure", "graph", "feature_maps",
+           "feature_maps_figure", "skip_scores", "skip_scores_figure", "upsampling_kernels",
+           "upsampling_figure"]
