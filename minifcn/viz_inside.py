@@ -11,7 +11,7 @@ import numpy as np
 
 from .backend import as_numpy
 from .models.init import bilinear_kernel
-from .models.record import record
+from .models.layer_outputs import record
 
 # the layers whose outputs ``skip_scores`` shows, in forward order, and what each one is
 SCORE_LAYERS = (

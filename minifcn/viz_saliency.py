@@ -16,7 +16,7 @@ import numpy as np
 
 from .autograd import Tensor, no_grad
 from .backend import as_numpy
-from .models.record import record
+from .models.layer_outputs import record
 
 
 def _one_image(x, where):

@@ -12,7 +12,7 @@ from minifcn import viz
 from minifcn.autograd import Tensor
 from minifcn.models import fcn8s, fcn32s, geometry
 from minifcn.models.__main__ import main as models_main
-from minifcn.models.record import record
+from minifcn.models import record
 
 # VGG16 then FCN-8s's head as (name, kernel, stride, padding): conv1_1's padding is P
 VGG = [("conv1_1", 3, 1, "P"), ("conv1_2", 3, 1, 1), ("pool1", 2, 2, 0),

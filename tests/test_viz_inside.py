@@ -10,7 +10,7 @@ from PIL import Image
 from minifcn import viz
 from minifcn.autograd import Tensor
 from minifcn.models import fcn8s, fcn32s, geometry
-from minifcn.models.record import record
+from minifcn.models import record
 
 
 def png_size(fig):

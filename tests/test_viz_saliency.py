@@ -11,7 +11,7 @@ from PIL import Image
 from minifcn import viz
 from minifcn.autograd import Tensor, no_grad
 from minifcn.models import fcn8s
-from minifcn.models.record import record
+from minifcn.models import record
 
 
 def random_net(dtype=np.float32, seed=0):

@@ -139,7 +139,7 @@ print(len(ops), "ops:", {op: ops.count(op) for op in sorted(set(ops))})
 # ## 3. What every layer computes: the classifier's feature maps
 #
 # `viz.feature_maps(model, x)` runs the model once and keeps each layer's output
-# (`minifcn.models.record.record` wraps the layers, as the trace does; the net is unchanged).
+# (`minifcn.models.record` wraps the layers, as the trace does; the net is unchanged).
 # `viz.feature_maps_figure` draws a grid of channels per layer. Here the shipped classifier on a
 # `shapes-cls` image, the first conv and every pool (all 21 layers make a long picture: pass
 # `kinds=("conv", "pool")` for every conv):

@@ -5,7 +5,8 @@ The nets write their forward out layer by layer (``self.conv1_1(x)``, ``self.fus
 layer attributes are wrapped: each wrapper calls the real layer and keeps what it returned. The
 net and its outputs are unchanged, and no forward needs a "return the intermediates" option:
 the score maps before and after each skip of FCN-8s (upscore2, then fuse_pool4; upscore_pool4,
-then fuse_pool3) are simply the outputs of those layers.
+then fuse_pool3) are simply the outputs of those layers. (Not named record.py, so that
+the function ``minifcn.models.record`` cannot hide the module.)
 """
 import copy
 
