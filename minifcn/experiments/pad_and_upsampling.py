@@ -157,7 +157,8 @@ def alternating_cost(cfgs, rounds, batch_size):
 
 
 def machine():
-    """The CPU, its cores and the load averages now, for the stamp."""
+    """The CPU, its cores (and the BLAS threads, when set) and the load averages now, for the
+    stamp."""
     model = platform.processor() or platform.machine()
     try:
         for line in open("/proc/cpuinfo"):
@@ -167,7 +168,9 @@ def machine():
     except OSError:
         pass
     load = " ".join(f"{v:.1f}" for v in os.getloadavg()) if hasattr(os, "getloadavg") else "?"
-    return f"{model}, {os.cpu_count()} cores, load {load}"
+    threads = os.environ.get("OPENBLAS_NUM_THREADS")
+    threads = f", OPENBLAS_NUM_THREADS={threads}" if threads else ""
+    return f"{model}, {os.cpu_count()} cores{threads}, load {load}"
 
 
 def commit():
@@ -253,7 +256,7 @@ def measure(args):
     """Train and score every run --study needs, and the pad study's costs; returns ({run name:
     numbers}, the stamp line)."""
     command = "python -m minifcn.experiments.pad_and_upsampling " + " ".join(args.argv)
-    started, load_before = datetime.datetime.now(), machine()
+    started, load_before, code = datetime.datetime.now(), machine(), commit()  # as it starts
     cfgs = configs(args)
     jobs = [(c, Path(args.out) / f"{name}-seed{c['seed']}") for name in cfgs for c in cfgs[name]]
     taken = [str(d) for _, d in jobs if any((d / f).exists() for f in training.runs.RUN_FILES)]
@@ -281,7 +284,7 @@ def measure(args):
         for r, (step_s, peak) in zip(pair, alternating_cost(
                 [r["configs"][0] for r in pair], args.rounds, args.batch_size)):
             r["step_s"], r["peak"] = step_s, peak
-    stamp = (f"Made by: `{command}` · {started:%Y-%m-%d} · commit {commit()} · {machine()} "
+    stamp = (f"Made by: `{command}` · {started:%Y-%m-%d} · commit {code} · {machine()} "
              f"(load at the start {load_before.rsplit('load ', 1)[1]}) · "
              f"{(datetime.datetime.now() - started).total_seconds() / 60:.0f} min")
     Path(args.out, "table.json").write_text(json.dumps(
