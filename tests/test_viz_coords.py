@@ -118,18 +118,18 @@ def test_receptive_field_refuses_a_pixel_outside_the_layer():
 
 
 def test_each_figure_renders_at_its_stated_size():
-    model = fcn8s(n_class=3, width=1 / 64)
-    n = len(viz.layer_grids(model, 64))
-    assert png_size(viz.layers_figure(model, 64)) == (1300, round(100 * (0.22 * n + 1)))
-    assert png_size(viz.pixel_figure(model, 64, (0, 5))) == (900, 600)
-    image = np.zeros((64, 64, 3), np.uint8)
-    assert png_size(viz.pixel_figure(model, 64, (10, 5), image, ["pool3"])) == (900, 600)
+    model = fcn8s(n_class=3, width=1 / 32)
+    n = len(viz.layer_grids(model, 32))
+    assert png_size(viz.layers_figure(model, 32)) == (1300, round(100 * (0.22 * n + 1)))
+    assert png_size(viz.pixel_figure(model, 32, (0, 5))) == (900, 600)
+    image = np.zeros((32, 32, 3), np.uint8)
+    assert png_size(viz.pixel_figure(model, 32, (10, 5), image, ["pool3"])) == (900, 600)
     # rows: image, conv1_1, pool1 ... pool5, score_fr, upscore2, score_pool4 (cropped),
     # score_pool4c, upscore_pool4, score_pool3 (cropped), score_pool3c, upscore8 (cropped), score
     rows = 16
-    assert png_size(viz.alignment_figure(model, 64)) == (1300, round(100 * (0.28 * rows + 1.2)))
+    assert png_size(viz.alignment_figure(model, 32)) == (1300, round(100 * (0.28 * rows + 1.2)))
     h = (0.22 * n + 1) + (0.28 * rows + 1.2) + 6
-    assert png_size(viz.coords_figure(model, 64)) == (1300, round(100 * h))
+    assert png_size(viz.coords_figure(model, 32)) == (1300, round(100 * h))
 
 
 def test_coords_command_writes_the_map_and_keeps_an_existing_file(tmp_path, capsys):
