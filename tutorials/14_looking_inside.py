@@ -226,8 +226,8 @@ show(viz.upsampling_figure(model, classes=[0, 1, 2]))
 # %% [markdown]
 # The score layers start at zero, so the upsampling layers get no gradient at first; in a
 # short run they barely move from bilinear. The paper (section 3.3) learned the intermediate
-# ones and the authors' FAQ says learning them made no significant difference. On `shapes`,
-# after 500 steps, the kernels do change shape, and mean IU hardly: see
+# ones and the authors report no significant difference. On `shapes`, after 500 steps, the
+# kernels do change (lower peaks, some mixing between classes) and mean IU hardly moves: see
 # [docs/fcn.md](../docs/fcn.md#fixed-or-learned-upsampling) for the table and this figure at
 # the end of those runs.
 #
