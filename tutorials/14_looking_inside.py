@@ -30,7 +30,7 @@ from IPython.display import Image, display
 from PIL import Image as PILImage
 import minifcn
 from minifcn import Tensor, nn, training, viz
-from minifcn.data import Loader, Shapes, ShapesClassification, from_input, to_input
+from minifcn.data import Loader, Shapes, ShapesClassification, to_input
 from minifcn.models import fcn8s, pretrained_classifier
 
 plt.rcParams.update({"figure.dpi": 70, "figure.figsize": (6, 3)})
