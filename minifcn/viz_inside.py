@@ -9,6 +9,7 @@ import math
 
 import numpy as np
 
+from .autograd import Tensor
 from .backend import as_numpy
 from .models.init import bilinear_kernel
 from .models.layer_outputs import record
@@ -30,13 +31,14 @@ SCORE_LAYERS = (
 
 
 def _input(x, where):
-    x = as_numpy(x.data if hasattr(x, "data") and not isinstance(x, np.ndarray) else x)
+    x = np.asarray(as_numpy(x.data if isinstance(x, Tensor) else x))
+    x = x if x.dtype.kind == "f" else x.astype(np.float32)  # a float64 net keeps float64
     if x.ndim == 3:
         x = x[None]
     if x.ndim != 4 or x.shape[0] != 1:
         raise ValueError(f"{where}: x must be one image, (3, H, W) or (1, 3, H, W) as "
                          f"data.to_input gives, got shape {x.shape}")
-    return x.astype(np.float32)
+    return x
 
 
 # ---------------------------------------------------------------- feature maps
