@@ -143,6 +143,23 @@ def boundary_mask(target, width=3):
     return lo != hi
 
 
+def border_mask(target, width=8):
+    """The pixels of ``target`` (..., H, W) less than ``width`` pixels from the image's edge: the
+    band where FCN's upsampled scores fade when conv1_1 pads too little
+    (``models.padding.score_coverage``). Scoring only these pixels measures what the padding
+    buys; scoring the rest (``~border_mask``) the inside. A bool array of target's shape."""
+    if isinstance(width, bool) or not isinstance(width, (int, np.integer)) or width < 0:
+        raise ValueError(f"border_mask: width must be an int >= 0, got {width!r}")
+    t = as_numpy(target)
+    if t.ndim < 2:
+        raise ValueError(f"border_mask: target must be (..., H, W), got shape {t.shape}")
+    h, w = t.shape[-2:]
+    rows, cols = np.arange(h), np.arange(w)
+    near = (np.minimum(rows, h - 1 - rows) < width)[:, None] | \
+        (np.minimum(cols, w - 1 - cols) < width)[None, :]
+    return np.broadcast_to(near, t.shape).copy()
+
+
 # ---------------------------------------------------------------- panoptic quality
 # Kirillov et al., "Panoptic Segmentation" (CVPR 2019), counted as cocodataset/panopticapi's
 # evaluation.py counts: per class over the whole set, divided once at the end.

@@ -8,6 +8,13 @@ opens no window and leaves the user's matplotlib backend alone.
 Writers require the folder they write into to exist (FileNotFoundError otherwise).
 ``graph`` (from ``viz_graph``, which needs no matplotlib) writes a Tensor's computation graph
 as Graphviz DOT text.
+
+The pictures of what a net does inside, each a function returning a Figure, live beside this
+file and are re-exported here: ``viz_run`` (a run folder's confusion matrix, per-class IU and
+worst images), ``viz_coords`` (the coordinate map: each layer's grid and receptive field on the
+image, one pixel's view, the padding and the crops), ``viz_inside`` (every layer's feature
+maps, the scores around the skips, the upsampling kernels) and ``viz_saliency`` (occlusion
+sensitivity and Grad-CAM).
 """
 import functools
 import math
@@ -242,7 +249,20 @@ def plot_history(path, records):
 
 # the run folder's figures of one validation (confusion matrix, per-class IU, worst images)
 from .viz_run import confusion_figure, per_class_iu_figure, worst_images_figure  # noqa: E402,F401
+# what a net computes inside: feature maps, the scores around the skips, the upsampling kernels
+from .viz_inside import (feature_maps, feature_maps_figure, skip_scores,  # noqa: E402,F401
+                         skip_scores_figure, upsampling_figure, upsampling_kernels)
+# which input regions one pixel's prediction depends on
+from .viz_saliency import (grad_cam, occlusion, occlusion_image,  # noqa: E402,F401
+                           saliency_figure)
+# the coordinate map: each layer's grid on the image, one pixel's view, the alignment
+from .viz_coords import (alignment, alignment_figure, coords_figure,  # noqa: E402,F401
+                         layer_grids, layers_figure, pixel_figure, receptive_field)
 
 __all__ = ["colorize", "save_label_png", "overlay", "save_prediction_grid",
            "save_classification_grid", "plot_history", "save_figure", "confusion_figure",
-           "per_class_iu_figure", "worst_images_figure", "graph"]
+           "per_class_iu_figure", "worst_images_figure", "graph", "feature_maps",
+           "feature_maps_figure", "skip_scores", "skip_scores_figure", "upsampling_kernels",
+           "upsampling_figure", "layer_grids", "layers_figure", "receptive_field",
+           "pixel_figure", "alignment", "alignment_figure", "coords_figure", "occlusion",
+           "occlusion_image", "grad_cam", "saliency_figure"]

@@ -142,3 +142,22 @@ def test_errors():
         scores(np.zeros((3, 2), np.int64))
     with pytest.raises(ValueError, match="empty"):  # every pixel ignored
         scores(confusion_matrix(np.full(4, 255), np.zeros(4, int), 3))
+
+
+def test_border_mask_against_a_pixel_loop():
+    from minifcn.metrics import border_mask
+
+    rng = np.random.default_rng(0)
+    for _ in range(30):
+        h, w = (int(v) for v in rng.integers(1, 14, 2))
+        width = int(rng.integers(0, 8))
+        target = rng.integers(0, 3, (2, h, w))
+        want = np.array([[min(i, h - 1 - i, j, w - 1 - j) < width for j in range(w)]
+                         for i in range(h)])
+        got = border_mask(target, width)
+        assert got.shape == target.shape and got.dtype == bool
+        assert (got == want).all(), (h, w, width)
+    with pytest.raises(ValueError, match="width must be an int >= 0"):
+        border_mask(np.zeros((4, 4)), -1)
+    with pytest.raises(ValueError, match="must be \\(..., H, W\\)"):
+        border_mask(np.zeros(4), 1)

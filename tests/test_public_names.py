@@ -20,17 +20,23 @@ PUBLIC = {
     "minifcn.models": ["FCN32s", "FCN16s", "FCN8s", "FCN8sAtOnce", "fcn32s", "fcn16s", "fcn8s",
                        "fcn8s_atonce", "rarefy", "shift_and_stitch", "convolutionalize"],
     "minifcn.optim": ["SGD"],
-    "minifcn.metrics": ["panoptic_quality", "RunningPanoptic"],
+    "minifcn.metrics": ["panoptic_quality", "RunningPanoptic", "border_mask"],
     "minifcn.instances": ["discriminative_loss", "centre_targets", "CentreTargets",
                           "centre_offset_loss", "connected_components", "cluster_embeddings",
                           "group_by_centres", "instance_classes"],
     "minifcn.io": ["save", "load", "read_torch_state_dict", "read_caffemodel", "import_weights"],
     "minifcn.export": ["to_pytorch", "to_onnx"],
+    "minifcn.viz": ["graph", "confusion_figure", "per_class_iu_figure", "worst_images_figure",
+                    "save_figure", "layer_grids", "layers_figure", "receptive_field",
+                    "pixel_figure", "alignment", "alignment_figure", "coords_figure",
+                    "feature_maps", "feature_maps_figure", "skip_scores", "skip_scores_figure",
+                    "upsampling_kernels", "upsampling_figure", "occlusion", "occlusion_image",
+                    "grad_cam", "saliency_figure"],
 }
 COMMANDS = ["minifcn.train", "minifcn.evaluate", "minifcn.predict", "minifcn.pretrain",
             "minifcn.export", "minifcn.gradcheck", "minifcn.models",
             "minifcn.experiments.skip_architectures", "minifcn.experiments.paper_ablations",
-            "minifcn.experiments.from_classifier"]
+            "minifcn.experiments.from_classifier", "minifcn.experiments.pad_and_upsampling"]
 
 
 @pytest.mark.parametrize("module", sorted(PUBLIC))

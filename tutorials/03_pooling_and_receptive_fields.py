@@ -150,7 +150,9 @@ print(table)
 # %% [markdown]
 # The table ends with about 134 million trainable parameters, the paper's figure for FCN-VGG16,
 # and a receptive field of 404 pixels, the number in the paper's Table 1. The rows come from
-# `minifcn.models.geometry.trace`, which returns them as data, so we can compare with our loop:
+# `minifcn.models.geometry.trace`, which returns them as data, so we can compare with our loop
+# (notebook 14 draws them against the image: `minifcn.viz.layers_figure` for every layer's grid
+# and receptive field, `minifcn.viz.pixel_figure` for what one pixel sees):
 
 # %%
 from minifcn.models import geometry

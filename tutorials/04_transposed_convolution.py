@@ -146,7 +146,9 @@ print("diagonal is bilinear:", all(np.array_equal(up[c, c], bilinear_kernel(64))
 # %% [markdown]
 # The reference nets keep these layers fixed at bilinear; the paper's text learns the intermediate
 # ones and reports no significant difference (section 4.3 and the authors' code). minifcn follows
-# the code by default (`learn_upsampling=False`).
+# the code by default (`learn_upsampling=False`). Notebook 14 draws each upsampling layer's
+# kernels before and after training with `learn_upsampling` (`minifcn.viz.upsampling_figure`),
+# and docs/fcn.md measures whether learning them matters.
 #
 # ## 4. Upsampling a coarse heatmap
 #

@@ -135,6 +135,9 @@ print("the models say:", nets["fcn16s"].offsets, nets["fcn8s"].offsets)
 # %% [markdown]
 # These are 19 (FCN-32s), 5 and 27 (FCN-16s), 5, 9 and 31 (FCN-8s): the numbers in the
 # authors' reference nets. Because they are derived, changing a layer changes them consistently.
+# (Notebook 14 draws them: `minifcn.viz.alignment_figure` puts every grid's pixel centres on the
+# image, and `minifcn.viz.skip_scores_figure` a trained FCN-8s's scores before and after each
+# skip is added.)
 # A smaller conv1_1 padding (cheaper on small images, used by `python -m minifcn.train` on the synthetic data)
 # shifts the final crops by the same amount and leaves the inner ones alone; too small a padding
 # and the upsampled scores no longer cover the image, which the model refuses at construction:

@@ -13,7 +13,8 @@ VGG16 classifier an FCN starts from, ``convolutionalize``, the shipped
 base.py (what the nets after FCN share), encdec.py (the encoder-decoders' encoder), segnet.py, deconvnet.py, unet.py, deeplab.py (LargeFOV,
 ASPP), fcn_context.py (FCN-8s with squeeze-and-excitation or a non-local block), instances.py (FCN-8s
 with an instance head: embeddings, or centres and offsets), registry.py
-(every net by name: ``build``, ``MODELS``), shift.py (denser scores, paper section 3.2: ``rarefy(model, 'pool5')`` and
+(every net by name: ``build``, ``MODELS``), layer_outputs.py (every layer's output on one
+input: ``record(model, x)``, what ``minifcn.viz`` draws activations and skip scores from), shift.py (denser scores, paper section 3.2: ``rarefy(model, 'pool5')`` and
 ``shift_and_stitch(model, x, f)``; not named rarefy.py, so the function cannot hide the module).
 CLI: ``python -m minifcn.models fcn8s --width 1.0 --size 500`` prints the summary.
 """
@@ -34,6 +35,7 @@ from .unet import UNet, unet
 from .init import bilinear_kernel, bilinear_weight
 from .layers import Concat, Crop, Resize, Scale, Sum
 from .shift import coarse_scores, rarefy, shift_and_stitch, stitched_scores
+from .layer_outputs import record
 from .summary import summary
 from .vgg import FCNBase
 
@@ -46,4 +48,4 @@ __all__ = ["FCN32s", "FCN16s", "FCN8s", "FCN8sAtOnce", "FCNBase", "fcn32s", "fcn
            "Concat", "Resize", "Net", "DeepLabLargeFOV", "DeepLabASPP", "deeplab_largefov",
            "deeplab_aspp", "FCN8sSE", "FCN8sNonLocal", "fcn8s_se", "fcn8s_nonlocal", "DEEPLABS",
            "PLAIN_NETS", "FCN8sEmbed", "FCN8sCentres", "fcn8s_embed", "fcn8s_centres",
-           "predict_instances", "instances_of", "INSTANCE_MODELS"]
+           "predict_instances", "instances_of", "INSTANCE_MODELS", "record"]
