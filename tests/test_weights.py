@@ -22,3 +22,18 @@ def test_the_shipped_classifier_loads_and_classifies_held_out_images_far_above_c
         pred = model(Tensor(x)).numpy().argmax(1)[:, 0, 0]
     accuracy = (pred == y[:, 0, 0]).mean()
     assert accuracy > 4 / 16, accuracy
+
+
+def test_the_shipped_classifiers_record_states_its_held_out_top1():
+    """The top-1 its .md states is what the file gives on the 500 held-out images, recomputed
+    here one batch at a time (the record can not drift from the weights it describes)."""
+    import re
+
+    path = minifcn.models.shipped_classifier_path(0.0625)
+    stated = float(re.search(r"top-1 \*\*([0-9.]+)\*\*", path.with_suffix(".md").read_text())[1])
+    model = minifcn.models.pretrained_classifier(0.0625)
+    right = 0
+    for x, y in Loader(ShapesClassification("val", n=500), 100, shuffle=False).epoch(0):
+        with no_grad():
+            right += int((model(Tensor(x)).numpy().argmax(1)[:, 0, 0] == y[:, 0, 0]).sum())
+    assert round(right / 500, 3) == stated, (right, stated)
