@@ -139,9 +139,10 @@ class StopFlag:
         return False
 
 
-def progress(total, initial, desc):
-    """A tqdm bar for one epoch (MINIFCN_NO_PROGRESS=1 turns it off, as the tests do)."""
+def progress(total, initial, desc, quiet=False):
+    """A tqdm bar for one epoch (MINIFCN_NO_PROGRESS=1 turns it off, as the tests do; so does
+    ``quiet``, for every rank of a data-parallel run but rank 0)."""
     from tqdm import tqdm
 
     return tqdm(total=total, initial=initial, desc=desc, leave=False, dynamic_ncols=True,
-                mininterval=1.0, disable=os.environ.get("MINIFCN_NO_PROGRESS") == "1")
+                mininterval=1.0, disable=quiet or os.environ.get("MINIFCN_NO_PROGRESS") == "1")
