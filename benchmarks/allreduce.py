@@ -13,7 +13,14 @@ For FCN-8s at each width (the default run's net: 5 classes, conv1_1 padding 69, 
   (the SGD step is left out: every rank does it alike, with or without the others).
 
 Rank 0 prints a Markdown table and its stamp. Each rank runs one BLAS thread (OMP_NUM_THREADS
-and OPENBLAS_NUM_THREADS are set to 1 unless given): two ranks on a 2-core machine.
+and OPENBLAS_NUM_THREADS are set to 1 unless given): two ranks on a 2-core machine. It also
+measures one all-reduce of 128 float64 numbers (a batch norm layer's, docs/distributed.md): the
+latency each message pays.
+
+    python benchmarks/allreduce.py --model
+
+prints instead the paper model of docs/distributed.md (no MPI, no timing): a step on N ranks
+of FCN-8s at width 1 as the compute of B/N images plus a ring all-reduce of its gradients.
 """
 import os
 
@@ -60,7 +67,38 @@ def measure(comm, width, repeat):
         times.append(time.perf_counter() - t0)
     compute_s = statistics.median(times[1:])
     # the slowest rank sets the pace
-    return reduce.size, max(comm.allgather_objects(reduce_s)), max(comm.allgather_objects(compute_s))
+    slowest = [max(comm.allgather_objects(t)) for t in (reduce_s, compute_s)]
+    return (reduce.size, *slowest)
+
+
+def latency(comm, repeat=50):
+    small, times = np.ones(128), []
+    for _ in range(repeat + 1):
+        comm.comm.Barrier()
+        t0 = time.perf_counter()
+        comm.allreduce(small)
+        times.append(time.perf_counter() - t0)
+    return max(comm.allgather_objects(statistics.median(times[1:])))
+
+
+# The paper model's numbers: FCN-8s at width 1 with VOC's 21 classes sends this many bytes; the
+# PyTorch port's report of about two days for the reference recipe's 100,000 steps of one image
+# on one GPU gives the compute of an image; the paper's minibatch is 20 images (section 4.1)
+MODEL_BYTES, MODEL_IMAGE_S, MODEL_BATCH, MODEL_LATENCY_S = 537.5e6, 2 * 86400 / 100_000, 20, 20e-6
+
+
+def paper_model():
+    rows = []
+    for gbit in (10, 100):
+        for n in (1, 2, 4, 5, 10, 20):
+            compute = MODEL_IMAGE_S * MODEL_BATCH / n
+            send = 0.0 if n == 1 else (2 * (n - 1) / n * MODEL_BYTES / (gbit / 8 * 1e9)
+                                       + 2 * (n - 1) * MODEL_LATENCY_S)
+            rows.append([f"{gbit} Gb/s", n, f"{compute:.2f} s", f"{send:.2f} s",
+                         f"{compute + send:.2f} s",
+                         f"{MODEL_IMAGE_S * MODEL_BATCH / (compute + send):.1f}x"])
+    print(markdown_table(["network", "ranks N", "compute (B/N images)", "all-reduce",
+                          "step", "speed-up"], rows))
 
 
 def main():
@@ -68,9 +106,13 @@ def main():
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--widths", type=float, nargs="+", default=[0.0625, 1.0])
     p.add_argument("--repeat", type=int, default=5)
+    p.add_argument("--model", action="store_true", help="print the paper model and exit")
     args = p.parse_args()
+    if args.model:
+        return paper_model()
     load = os.getloadavg()[0]
     comm = distributed.MPICommunicator()
+    small_s = latency(comm)
     rows = []
     for width in args.widths:
         n, reduce_s, compute_s = measure(comm, width, args.repeat)
@@ -82,6 +124,8 @@ def main():
         print(markdown_table(["width", "parameters sent", "all-reduced a step", "one all-reduce",
                               "rate", "compute of a rank (4 images)", "all-reduce's share"],
                              rows))
+        print(f"\none all-reduce of 128 float64 numbers (a message's latency): "
+              f"{small_s * 1e6:.0f} us")
         print()
         print(stamp(load).replace("env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE python",
                                   f"mpiexec -n {comm.size} python"))

@@ -229,10 +229,13 @@ def main(argv=None, make_parser=parser, defaults=DEFAULTS, check=None, after=Non
         # this rank's alone (its data, its disk): the others would wait for it, so end them
         print(f"error: rank {comm.rank}: {e}", file=sys.stderr)
         comm.abort(1)
-    except Exception:
+    except Exception as e:
         if comm is None or comm.size == 1:
             raise
-        traceback.print_exc()
+        if type(e).__module__.startswith("mpi4py"):  # MPI itself failed: one line says it
+            print(f"error: rank {comm.rank}: MPI: {e}", file=sys.stderr)
+        else:  # a bug: its traceback, then the others must not wait for this rank
+            traceback.print_exc()
         comm.abort(1)
     finally:
         if created and not any(run_dir.iterdir()):  # a run that could not start leaves nothing

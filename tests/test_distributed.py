@@ -5,13 +5,16 @@ images, a few steps, seconds each, each with a timeout); they skip, saying why, 
 an mpiexec is missing (``pip install -e ".[mpi]"`` brings both). The rest run in this process.
 
 Equality with one process: after K steps at the same global batch, every weight tensor's
-difference from the one-process run is at most 1e-3 of how far that tensor moved in the K
-steps. The two runs sum the same numbers in another order (each rank sums its own images'
-gradients, then the all-reduce sums the ranks'), and float32 keeps 24 bits: the measured
-differences were 4e-7 of the update for FCN-8s and 9e-5 for U-Net, whose batch norm divides by
-small variances. Tensors that do not move (a convolution's bias before a batch norm: its
-gradient is zero but for rounding) only have to agree within a millionth of the largest update
-in the net.
+difference from the one-process run is at most 1e-2 of how far that tensor moved in the K steps,
+or 1e-5 of the largest move of any tensor of the net, whichever is larger. The two runs add the
+same numbers in another order (each rank sums its own images' gradients, then the all-reduce
+sums the ranks'), and float32 keeps 24 bits: a gradient whose terms nearly cancel keeps fewer
+correct digits, and training carries the difference on and amplifies it step by step
+(docs/distributed.md measures how). At these 6 steps the measured worst was 4e-7 of a tensor's
+move for FCN-8s and 9e-5 for U-Net, whose batch norms divide by small variances: the margin
+leaves room for another BLAS's rounding. A bug is far outside it (a wrong random draw, a
+per-rank batch norm: 0.4 and 1.3 of the move). A convolution's bias just before a batch norm
+gets a gradient that is zero but for rounding: it does not move, and only the floor applies.
 
 The NCCL path needs GPUs: ``test_nccl_training_equals_one_process_on_gpus`` runs only on a
 machine with CuPy and a CUDA device, and skips elsewhere with the reason.
@@ -103,10 +106,10 @@ def assert_same_training(one, many):
     floats = [k for k, v in w0.items() if v.dtype.kind == "f"]
     assert all(np.array_equal(w1[k], wn[k]) for k in w0 if k not in floats)  # batches tracked
     update = {k: np.abs(w1[k].astype(np.float64) - w0[k]).max() for k in floats}
-    floor = 1e-6 * max(update.values())  # what does not move is rounding noise below this
+    floor = 1e-5 * max(update.values())  # what does not move is rounding noise below this
     for k in floats:
         difference = np.abs(w1[k].astype(np.float64) - wn[k]).max()
-        assert difference <= max(1e-3 * update[k], floor), \
+        assert difference <= max(1e-2 * update[k], floor), \
             f"{k}: differs by {difference:.3g} after moving {update[k]:.3g}"
     # the runs did train: the comparison means something
     assert sum(u > 1e3 * floor for u in update.values()) >= len(floats) // 3

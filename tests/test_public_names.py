@@ -26,6 +26,10 @@ PUBLIC = {
                           "group_by_centres", "instance_classes"],
     "minifcn.io": ["save", "load", "read_torch_state_dict", "read_caffemodel", "import_weights"],
     "minifcn.export": ["to_pytorch", "to_onnx"],
+    "minifcn.distributed": ["init", "SingleProcess", "MPICommunicator", "NCCLCommunicator",
+                            "sync_batch_norm", "SyncBatchNorm2d", "GradientAllReduce",
+                            "broadcast_state"],
+    "minifcn.training": ["fit", "train_step", "parallel_train_step", "summed_loss", "validate"],
 }
 COMMANDS = ["minifcn.train", "minifcn.evaluate", "minifcn.predict", "minifcn.pretrain",
             "minifcn.export", "minifcn.gradcheck", "minifcn.models",

@@ -48,7 +48,8 @@ class SyncBatchNorm(Function):
         gb, gw = g3.sum(axis=(0, 2)), (g3 * xhat).sum(axis=(0, 2))  # this rank's
         c = len(gb)
         whole = comm.allreduce(xp.concatenate([gb, gw]).astype(xp.float64)).astype(g.dtype)
-        gx = (weight * invstd)[:, None] * (g3 - whole[:c, None] / m - xhat * (whole[c:] / m)[:, None])
+        gb_all, gw_all = whole[:c, None] / m, whole[c:, None] / m  # the means of g, g * xhat
+        gx = (weight * invstd)[:, None] * (g3 - gb_all - xhat * gw_all)
         return (gx.reshape(g.shape),) + ((gw,) if has_weight else ()) + ((gb,) if has_bias else ())
 
 

@@ -85,7 +85,8 @@ def fit(config, run_dir, resume=False, overwrite=False, log=print, on_iteration=
     def start():
         """The run folder, the starting weights and where the run stands: rank 0's work."""
         nonlocal run
-        run = open_run(run_dir, resume, overwrite)  # only now: a run that cannot start leaves no files
+        run = open_run(run_dir, resume, overwrite)  # only now: a run that cannot start leaves
+        # no files
         if getattr(train_set, "notice", None):
             log(train_set.notice)
         epoch, batch, iteration, best = 0, 0, 0, None  # the position of the next batch
