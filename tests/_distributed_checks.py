@@ -8,8 +8,9 @@ import sys
 import numpy as np
 
 from minifcn import backend, data, distributed, models, nn, optim
+from minifcn import functional as F
 from minifcn.autograd import Tensor
-from minifcn.training import validate
+from minifcn.training import summed_loss, validate
 
 comm = distributed.MPICommunicator(timeout=60)
 assert comm.size == 2, "run with mpiexec -n 2"
@@ -123,6 +124,35 @@ else:
 counts = comm.gather_objects(len(sharded))
 if rank == 0:
     out["validate"]["batches_per_rank"] = counts
+
+# ---- one step's gradient from the same weights: the summed loss over each rank's pixels,
+# all-reduced and divided by the whole batch's count, against the mean over the whole batch
+train = data.get_dataset("shapes", "train", n=8, size=40)
+x, y = next(data.Loader(train, 4, flip=True, seed=1).epoch(0))
+y[3, :20] = 255  # rank 1's images count fewer pixels: a per-rank mean would weigh them wrong
+model.eval()  # no dropout: every forward of an image the same
+trained = [p for p in model.parameters() if p.requires_grad]
+mine = slice(2 * rank, 2 * rank + 2)
+total, count = summed_loss(model(Tensor(x[mine])), y[mine])
+model.zero_grad()
+total.backward()
+reduce = distributed.GradientAllReduce(trained, comm)
+_, whole_count = reduce(total.item(), count)
+reduce.scale(1 / whole_count)
+parallel = [p.grad.copy() for p in trained]
+model.zero_grad()
+F.softmax_cross_entropy(model(Tensor(x[mine])), y[mine]).backward()  # this rank's own mean
+averaged = [comm.allreduce(p.grad.copy()) / 2 for p in trained]
+if rank == 0:
+    model.zero_grad()
+    F.softmax_cross_entropy(model(Tensor(x)), y).backward()
+    one = [p.grad for p in trained]
+
+    def worst(grads):
+        return max(float(np.abs(g - o).max() / np.abs(o).max()) for g, o in zip(grads, one)
+                   if np.abs(o).max() > 0)
+
+    out["gradient"] = {"summed": worst(parallel), "averaged_means": worst(averaged)}
 
 # ---- errors: rank 0's refusal ends rank 1 quietly; rank 1's failure is named by rank 0
 def refuse():

@@ -291,6 +291,12 @@ def test_the_gradients_all_reduce_sums_every_rank_and_leaves_unreached_parameter
     assert a["c_is_none"] and a["extras"] == [30.0, 2.0]
 
 
+def test_one_steps_gradient_on_two_ranks_is_the_whole_batchs_mean_gradient(checks):
+    g = checks["gradient"]  # relative to each tensor's largest gradient
+    assert g["summed"] < 1e-5, g
+    assert g["averaged_means"] > 1e-2, g  # the shortcut the summed loss avoids is measurably wrong
+
+
 def test_rank_0s_weights_buffers_momentum_and_random_state_reach_every_rank(checks):
     assert all(checks["broadcast"].values()), checks["broadcast"]
 

@@ -281,6 +281,6 @@ else:
 # 2. In section 2, time is bandwidth plus latency: each of the 2 (N - 1) steps also waits for the
 #    network's latency, say 20 microseconds. For how many ranks does the latency of a step cost
 #    as much as the bytes at width 1/16, on 100 Gb/s?
-# 3. A VOC step at full width computes for about 1 s on a fast GPU, 8 images a step. With the
-#    ring's traffic above, how many GPUs on 10 Gb/s Ethernet can you add before a step takes
-#    longer than on one GPU? And on 100 Gb/s?
+# 3. Suppose a VOC step at full width, 8 images, computes for 1 s on one GPU. With the ring's
+#    traffic above, how many GPUs on 10 Gb/s Ethernet make a step faster than on one GPU, and
+#    from how many does adding one more save less than a tenth of a second? And on 100 Gb/s?
