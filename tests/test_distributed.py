@@ -373,6 +373,10 @@ def test_sync_batch_norm_on_one_process_is_batch_norm_and_its_gradient_checks():
     xt = Tensor(x, requires_grad=True)
     assert minifcn.gradcheck(lambda t: synced(t) * Tensor(np.arange(120.0).reshape(x.shape)),
                              [xt])
+    untracked = nn.BatchNorm2d(2, track_running_stats=False).double()
+    expected = untracked(Tensor(x)).data
+    distributed.sync_batch_norm(untracked, distributed.SingleProcess())
+    np.testing.assert_allclose(untracked(Tensor(x)).data, expected, atol=1e-12)
 
 
 class _TwoAlike(distributed.SingleProcess):

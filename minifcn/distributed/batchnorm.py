@@ -50,25 +50,29 @@ class SyncBatchNorm(Function):
         whole = comm.allreduce(xp.concatenate([gb, gw]).astype(xp.float64)).astype(g.dtype)
         gb_all, gw_all = whole[:c, None] / m, whole[c:, None] / m  # the means of g, g * xhat
         gx = (weight * invstd)[:, None] * (g3 - gb_all - xhat * gw_all)
-        return (gx.reshape(g.shape),) + ((gw,) if has_weight else ()) + ((gb,) if has_bias else ())
+        return (gx.reshape(g.shape),) + ((gw,) if has_weight else ()) + \
+            ((gb,) if has_bias else ())
 
 
 class SyncBatchNorm2d(BatchNorm2d):
-    """BatchNorm2d whose training statistics are the whole batch's over the ranks (its
-    evaluation, on the running statistics, needs no exchange). Made by ``sync_batch_norm``."""
+    """BatchNorm2d whose training statistics are the whole batch's over the ranks. Evaluation
+    exchanges nothing: it uses the running statistics, or without them each batch's own, and
+    one rank scores a whole validation batch. Made by ``sync_batch_norm``."""
 
     comm = SingleProcess()
 
     def forward(self, x):
-        if not (self.training and self.track_running_stats):
-            return super().forward(x)
-        self.num_batches_tracked.data += 1
-        momentum = self.momentum
-        if momentum is None:  # the cumulative average, as BatchNorm2d
-            momentum = 1.0 / float(self.num_batches_tracked.data)
+        if not self.training or x.ndim != 4:  # evaluation: per batch, as one process (and
+            return super().forward(x)         # BatchNorm2d's own refusal of a wrong shape)
+        momentum, running = self.momentum, (None, None)
+        if self.track_running_stats:
+            self.num_batches_tracked.data += 1
+            if momentum is None:  # the cumulative average, as BatchNorm2d
+                momentum = 1.0 / float(self.num_batches_tracked.data)
+            running = (self.running_mean.data, self.running_var.data)
         affine = (self.weight, self.bias) if self.affine else ()
-        return SyncBatchNorm.apply(x, *affine, comm=self.comm, running_mean=self.running_mean.data,
-                                   running_var=self.running_var.data, momentum=momentum,
+        return SyncBatchNorm.apply(x, *affine, comm=self.comm, running_mean=running[0],
+                                   running_var=running[1], momentum=momentum or 0.0,
                                    eps=self.eps, has_weight=self.affine, has_bias=self.affine)
 
 

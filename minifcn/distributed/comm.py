@@ -73,7 +73,7 @@ class MPICommunicator(SingleProcess):
     def __init__(self, comm=None, timeout=None, cuda_aware=False):
         try:
             from mpi4py import MPI
-        except ImportError as e:
+        except (ImportError, RuntimeError) as e:  # no mpi4py, or no MPI library for it
             raise ImportError(f"data parallelism needs mpi4py and an MPI ({e}): "
                               f"pip install -e \".[mpi]\" (docs/distributed.md)") from None
         self.MPI, self.comm = MPI, comm or MPI.COMM_WORLD
@@ -179,14 +179,13 @@ def init(backend_name="mpi", timeout=None):
 
 class Watchdog:
     """Ends this process with a one-line error when a collective waits more than ``timeout``
-    seconds. A rank that died (or hangs) never answers, and MPI would wait for it for ever;
-    MPICH's mpiexec ends the other ranks itself when one dies, but not when one hangs, nor under
-    ``-disable-auto-cleanup`` or launchers that leave them running. A thread, because the main
-    thread is inside MPI's C code (mpi4py lets go of the GIL there) and cannot be interrupted."""
+    seconds. A rank that hangs never answers, and MPI would wait for it for ever (MPICH's
+    mpiexec ends the other ranks itself when one dies, but not when one hangs, and other
+    launchers may leave them running). A thread, because the main thread is inside MPI's C code
+    (mpi4py lets go of the GIL there), where Python cannot interrupt it."""
 
     def __init__(self, rank, timeout):
         self.rank, self.timeout, self.waiting = rank, float(timeout), None
-        self.where = ""  # what the run was doing (the loop sets "iteration 12")
         threading.Thread(target=self._watch, daemon=True).start()
 
     @contextlib.contextmanager
@@ -202,10 +201,9 @@ class Watchdog:
             time.sleep(min(1.0, self.timeout / 20))
             waiting = self.waiting
             if waiting is not None and time.monotonic() > waiting[1]:
-                where = f" ({self.where})" if self.where else ""
                 message = (f"error: --distributed: rank {self.rank} waited {self.timeout:g} s "
-                           f"for the other ranks in {waiting[0]}{where}: one of them has died or "
-                           f"hangs ({TIMEOUT_ENV} sets the wait)\n")
+                           f"for the other ranks in {waiting[0]}: one of them has died or hangs "
+                           f"({TIMEOUT_ENV} sets the wait)\n")
                 with contextlib.suppress(Exception):
                     sys.stdout.flush()
                 os.write(2, message.encode())
