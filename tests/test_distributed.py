@@ -86,6 +86,17 @@ def start_mpirun(n, args, cwd, extra_env=()):
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
+def end(job, *pids):
+    """Leave nothing running when a test fails midway: the job's ranks (a stopped one too, which
+    mpiexec's own signal would not end) while they are still the job's, then mpiexec."""
+    if job.poll() is None:
+        for pid in pids:
+            if _descends_from(pid, job.pid):  # still this job's process, not a reused id
+                os.kill(pid, signal.SIGKILL)
+        job.kill()
+    job.wait(timeout=30)
+
+
 def weights(run):
     arrays, meta = io.load_checkpoint(Path(run) / training.LAST)
     return {k[6:]: v for k, v in arrays.items() if k.startswith("model/")}, meta
@@ -165,16 +176,17 @@ def test_sigterm_to_one_rank_stops_every_rank_with_one_checkpoint_and_resume_is_
     constant lr: the poly schedule's depends on the length, which the resume changes."""
     long = [*TINY, "--n-train", "400", "--lr-schedule", "constant"]
     args = ["--distributed", *long, "--iters", "1000", "--out", "run"]
-    job = start_mpirun(2, args, tmp_path)
+    job, ranks = start_mpirun(2, args, tmp_path), []
     try:
         for line in job.stdout:  # rank 0 says so once the weights are shared: training starts
             if line.startswith("data parallel:"):
                 break
-        time.sleep(1.0)
-        os.kill(_rank_pid(job.pid, 1), signal.SIGTERM)
+        time.sleep(0.5)
+        ranks = [_rank_pid(job.pid, 0), _rank_pid(job.pid, 1)]
+        os.kill(ranks[1], signal.SIGTERM)
         out, err = job.communicate(timeout=TIMEOUT)
     finally:
-        job.kill()
+        end(job, *ranks)
     assert job.returncode == 130, err[-3000:]
     assert out.count("stopped at iteration") == 1, out
     stopped = weights(tmp_path / "run")[1]["iteration"]
@@ -225,18 +237,19 @@ def test_a_rank_that_dies_or_hangs_ends_the_run_in_bounded_time(tmp_path, how):
     """Killed (SIGKILL): MPICH's mpiexec ends the other ranks at once. Hanging (SIGSTOP): the
     other ranks' watchdog gives up after MINIFCN_DISTRIBUTED_TIMEOUT seconds with one line."""
     args = ["--distributed", *TINY, "--n-train", "400", "--iters", "1000", "--out", "run"]
-    job = start_mpirun(2, args, tmp_path, {distributed.TIMEOUT_ENV: "3"})
+    job, ranks = start_mpirun(2, args, tmp_path, {distributed.TIMEOUT_ENV: "3"}), []
     try:
         for line in job.stdout:
             if line.startswith("data parallel:"):
                 break
         time.sleep(0.5)
-        os.kill(_rank_pid(job.pid, 1), signal.SIGKILL if how == "killed" else signal.SIGSTOP)
+        ranks = [_rank_pid(job.pid, 0), _rank_pid(job.pid, 1)]
+        os.kill(ranks[1], signal.SIGKILL if how == "killed" else signal.SIGSTOP)
         t0 = time.monotonic()
         out, err = job.communicate(timeout=60)
         waited = time.monotonic() - t0
     finally:
-        job.kill()
+        end(job, *ranks)
     assert job.returncode != 0
     assert waited < 30, f"the job took {waited:.0f} s to end"
     if how == "hangs":
