@@ -110,3 +110,33 @@ def manual_seed(seed):
 def rng():
     """minifcn's NumPy random Generator (seeded by ``manual_seed``)."""
     return _rng
+
+
+# This process's rows of the batch being trained on, (start, stop, rows of the whole batch), set
+# by data-parallel training (minifcn.distributed); None: the process has the whole batch.
+_batch_part = None
+
+
+def set_batch_part(part):
+    """Say which rows of each batch this process holds: ``(start, stop, total)``, or None for
+    the whole batch. Random draws over a batch (``random_rows``) then stay the ones a single
+    process would draw for the same images."""
+    global _batch_part
+    _batch_part = None if part is None else tuple(int(v) for v in part)
+
+
+def random_rows(shape, xp=np, generator=None):
+    """Uniform draws in [0, 1) of ``shape`` (B, ...), one row per image of a batch, from
+    ``generator`` (minifcn's by default; CuPy's own for ``xp`` = cupy). With a batch part set,
+    the draws for the whole batch are made and this process's B rows kept: every process of a
+    data-parallel run draws alike (they share the seed), and image i gets the numbers one
+    process would have given it (dropout's masks, loss sampling's cells)."""
+    whole = tuple(shape)
+    if _batch_part is not None:
+        start, stop, total = _batch_part
+        if stop - start != shape[0]:
+            raise ValueError(f"random_rows: {shape[0]} rows asked for, but this process holds "
+                             f"rows {start}..{stop - 1} of the batch")
+        whole = (total,) + whole[1:]
+    u = (generator or _rng).random(whole) if xp is np else xp.random.random(whole)
+    return u if _batch_part is None else u[_batch_part[0]:_batch_part[1]]

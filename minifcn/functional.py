@@ -258,7 +258,7 @@ class ReLU(Function):
 class Dropout(Function):
     def forward(self, x, p):
         xp = get_array_module(x)
-        u = backend.rng().random(x.shape) if xp is np else xp.random.random(x.shape)
+        u = backend.random_rows(x.shape, xp)  # one process's draws, when data parallel
         # inverted dropout: scale the kept units at training time so eval needs no scaling
         mask = (u >= p).astype(x.dtype) / x.dtype.type(1 - p)
         self.saved = (mask,)

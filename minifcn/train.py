@@ -12,14 +12,21 @@ confusion.png, per_class_iu.png and worst.png (the 4 validation images of highes
 Ctrl-C stops after the current step with a checkpoint; --resume continues exactly. One process
 at a time trains in a run folder (RUN/run.lock; a killed run's stale lock is taken over).
 
+    mpiexec -n 4 python -m minifcn.train --distributed     # data parallel: docs/distributed.md
+
 This module only parses options; the defaults live in minifcn/training/config.py and the loop
 in minifcn/training/ (``fit``, which calls ``train_step`` on every batch).
 """
 import argparse
+import contextlib
+import math
+import os
 import sys
 import time
+import traceback
 from pathlib import Path
 
+from . import backend, distributed
 from .models.registry import MODELS
 from .training import DEFAULTS, FROM_SCRATCH, REFERENCE, fit, resolve
 from .training.config import FINE_TUNE, REAL_FINE_TUNE, resume_config
@@ -125,6 +132,10 @@ def parser():
                                            "only at each epoch's end)")
     a("--val-every", type=int, help="also validate every N iterations (default 0: only at "
                                     "each epoch's end and at the end)")
+    a("--distributed", action="store_const", const=True,
+      help="data-parallel training over the processes of `mpiexec -n N` (MPI, or NCCL on GPUs; "
+           "pip install -e \".[mpi]\"): --batch-size is the whole batch, split evenly over "
+           "them; rank 0 prints and writes the run folder (docs/distributed.md)")
     a("--out", help="run folder (default runs/MODEL-DATA-TIME, made unique)")
     a("--overwrite", action="store_true", help="start a new run in an --out that already holds "
                                                "one, replacing its run files")
@@ -132,8 +143,8 @@ def parser():
 
 
 def given_options(args):
-    return {k: v for k, v in vars(args).items()
-            if v is not None and k not in ("resume", "out", "overwrite", "save_weights")}
+    return {k: v for k, v in vars(args).items() if v is not None and
+            k not in ("resume", "out", "overwrite", "save_weights", "distributed")}
 
 
 def make_config(args, defaults=DEFAULTS):
@@ -156,56 +167,136 @@ def check_device(config):
 def main(argv=None, make_parser=parser, defaults=DEFAULTS, check=None, after=None):
     """The command: parse, build the config over ``defaults``, make or reopen the run folder,
     ``fit``. ``python -m minifcn.pretrain`` calls it with its own parser and defaults, a
-    ``check(config)`` of a new run's options and ``after(args, run_dir)`` for a finished run."""
-    args = make_parser().parse_args(argv)
-    created = False
-    if args.resume:
-        if args.out or args.overwrite:
-            raise SystemExit("error: --resume continues a run in its own folder: drop --out and "
-                             "--overwrite")
-        run_dir, given = Path(args.resume), given_options(args)
-        try:  # the checkpoint's config, which config.json must not contradict
-            config = run_config(run_dir, given)
-        except (OSError, ValueError) as e:
-            raise SystemExit(f"error: {e}") from None
-        config, changed = resume_config(config, given, run_dir)
-        for key, (old, new) in changed.items():
-            print(f"resume: --{key.replace('_', '-')} {old} -> {new}")
-        check_device(config)
-    else:
-        config = make_config(args, defaults)
-        if check is not None:
-            check(config)
-        check_device(config)
-        if defaults is DEFAULTS and args.init is None and config["init"] == "scratch":
-            print(f"note: no classifier ships at --width {config['width']:g}: training from "
-                  f"scratch (--init scratch says so; --init-from FILE starts from weights)")
-        if args.out is not None and not args.out.strip():
-            raise SystemExit("error: --out is empty; give a folder for the run")
-        run_dir = Path(args.out) if args.out else None
-        try:
-            if run_dir is None:  # a fresh folder, never one of another run started this second
-                name = f"{config['model']}-{config['data'].split(':')[0]}"
-                run_dir, created = new_run_dir(f"runs/{name}-{time.strftime('%Y%m%d-%H%M%S')}"), True
-            elif not run_dir.exists():
-                run_dir.mkdir(parents=True)
-                created = True
-        except OSError as e:
-            raise SystemExit(f"error: cannot create the run folder: {e}") from None
-    print(f"run folder: {run_dir}")
+    ``check(config)`` of a new run's options and ``after(args, run_dir)`` for a finished run.
+    With --distributed every rank runs this; rank 0 alone reads and writes the run folder."""
+    job = distributed.launched()  # (size, rank) when an MPI launcher started this process
+    follower = job is not None and job[1] > 0
+    with _quiet(follower):  # a bad option: every rank says the same; rank 0 alone prints it
+        args = make_parser().parse_args(argv)
+    comm = _communicator(args, job)
+    if comm is not None and comm.rank > 0:
+        sys.stdout = open(os.devnull, "w")  # only rank 0 prints (errors still go to stderr)
+
+    def setup():
+        created = False
+        if args.resume:
+            if args.out or args.overwrite:
+                raise SystemExit("error: --resume continues a run in its own folder: drop --out "
+                                 "and --overwrite")
+            run_dir, given = Path(args.resume), given_options(args)
+            try:  # the checkpoint's config, which config.json must not contradict
+                config = run_config(run_dir, given)
+            except (OSError, ValueError) as e:
+                raise SystemExit(f"error: {e}") from None
+            config, changed = resume_config(config, given, run_dir)
+            for key, (old, new) in changed.items():
+                print(f"resume: --{key.replace('_', '-')} {old} -> {new}")
+            check_device(config)
+        else:
+            config = make_config(args, defaults)
+            if check is not None:
+                check(config)
+            check_device(config)
+            if defaults is DEFAULTS and args.init is None and config["init"] == "scratch":
+                print(f"note: no classifier ships at --width {config['width']:g}: training from "
+                      f"scratch (--init scratch says so; --init-from FILE starts from weights)")
+            if args.out is not None and not args.out.strip():
+                raise SystemExit("error: --out is empty; give a folder for the run")
+            run_dir = Path(args.out) if args.out else None
+        if comm is not None:
+            _check_split(config, comm.size)
+        if not args.resume:
+            try:
+                if run_dir is None:  # a fresh folder, never one of another run started this second
+                    name = f"{config['model']}-{config['data'].split(':')[0]}"
+                    run_dir = new_run_dir(f"runs/{name}-{time.strftime('%Y%m%d-%H%M%S')}")
+                    created = True
+                elif not run_dir.exists():
+                    run_dir.mkdir(parents=True)
+                    created = True
+            except OSError as e:
+                raise SystemExit(f"error: cannot create the run folder: {e}") from None
+        print(f"run folder: {run_dir}")
+        return config, run_dir, created
+
+    if comm is None:
+        config, run_dir, created = setup()
+    else:  # rank 0 reads the options and the run folder; every rank takes its config
+        config, run_dir, created = distributed.lead_does(comm, setup)
+        created = created and comm.rank == 0
+        if config["device"] != "cpu" and backend.gpu_available():  # one GPU per rank: NCCL
+            comm = distributed.NCCLCommunicator(comm.comm)
     try:
-        fit(config, run_dir, resume=bool(args.resume), overwrite=args.overwrite)
+        fit(config, run_dir, resume=bool(args.resume), overwrite=args.overwrite, comm=comm)
         if after is not None:
             after(args, run_dir)
     except KeyboardInterrupt:
         return 130
     except (FloatingPointError, OSError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
+        if comm is None or distributed.every_rank(e):
+            if comm is None or comm.rank == 0:
+                print(f"error: {e}", file=sys.stderr)
+            return 1
+        # this rank's alone (its data, its disk): the others would wait for it, so end them
+        print(f"error: rank {comm.rank}: {e}", file=sys.stderr)
+        comm.abort(1)
+    except Exception as e:
+        if comm is None or comm.size == 1:
+            raise
+        if type(e).__module__.startswith("mpi4py"):  # MPI itself failed: one line says it
+            print(f"error: rank {comm.rank}: MPI: {e}", file=sys.stderr)
+        else:  # a bug: its traceback, then the others must not wait for this rank
+            traceback.print_exc()
+        comm.abort(1)
     finally:
         if created and not any(run_dir.iterdir()):  # a run that could not start leaves nothing
             run_dir.rmdir()
     return 0
+
+
+@contextlib.contextmanager
+def _quiet(quiet):
+    if not quiet:
+        yield
+        return
+    with open(os.devnull, "w") as null, contextlib.redirect_stderr(null), \
+            contextlib.redirect_stdout(null):
+        yield
+
+
+def _communicator(args, job):
+    """The MPI communicator for --distributed (None without it); a one-line SystemExit for
+    --distributed without mpi4py, or several MPI ranks without --distributed."""
+    quiet_exit = job is not None and job[1] > 0  # the same error on every rank: rank 0 says it
+    if getattr(args, "distributed", False):
+        try:
+            return distributed.MPICommunicator()
+        except (ImportError, ValueError) as e:
+            raise SystemExit(2 if quiet_exit else f"error: --distributed: {e}") from None
+    if job is not None and job[0] > 1:
+        how = ("add --distributed to train on all of them as one run"
+               if hasattr(args, "distributed") else "it trains in one process: run it without "
+               "mpiexec")
+        raise SystemExit(2 if quiet_exit else
+                         f"error: this process is one of {job[0]} MPI processes (started by "
+                         f"mpiexec), each of which would train the whole run alone: {how}")
+    return None
+
+
+def _check_split(config, ranks):
+    """--batch-size is the whole batch: each rank takes an equal share of it."""
+    images = config["batch_size"]
+    p = config.get("loss_sampling") or 1.0
+    if p < 1 and config.get("sampling_batch", "scaled") == "scaled":
+        images = math.ceil(images / p)
+        if images % ranks:
+            raise SystemExit(f"error: --batch-size {config['batch_size']} with --loss-sampling "
+                             f"{p:g} takes {images} images a step, which do not split evenly "
+                             f"over {ranks} ranks")
+    if images % ranks:
+        raise SystemExit(f"error: --batch-size {images} does not split evenly over {ranks} ranks "
+                         f"(--distributed: the batch is the whole one, shared by the ranks); "
+                         f"give a multiple of {ranks}")
 
 
 if __name__ == "__main__":

@@ -32,6 +32,10 @@ PUBLIC = {
                     "feature_maps", "feature_maps_figure", "skip_scores", "skip_scores_figure",
                     "upsampling_kernels", "upsampling_figure", "occlusion", "occlusion_image",
                     "grad_cam", "saliency_figure"],
+    "minifcn.distributed": ["init", "SingleProcess", "MPICommunicator", "NCCLCommunicator",
+                            "sync_batch_norm", "SyncBatchNorm2d", "GradientAllReduce",
+                            "broadcast_state"],
+    "minifcn.training": ["fit", "train_step", "parallel_train_step", "summed_loss", "validate"],
 }
 COMMANDS = ["minifcn.train", "minifcn.evaluate", "minifcn.predict", "minifcn.pretrain",
             "minifcn.export", "minifcn.gradcheck", "minifcn.models",

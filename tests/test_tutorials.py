@@ -35,7 +35,8 @@ NOTEBOOKS = sorted(p.stem for p in TUTORIALS.glob("[0-9][0-9]_*.ipynb"))
 REQUIRED = ["01_autograd", "02_convolution", "03_pooling_and_receptive_fields",
             "04_transposed_convolution", "05_convolutionalization", "06_skip_architecture",
             "07_metrics", "08_cuda_kernels", "09_shift_and_stitch", "10_from_a_classifier",
-            "11_encoder_decoders", "12_context", "13_instances", "14_looking_inside"]
+            "11_encoder_decoders", "12_context", "13_instances", "14_looking_inside",
+            "15_data_parallel"]
 # the notebooks that train or build big models: the rest of this file stays well under a minute
 SLOW = {"03_pooling_and_receptive_fields", "05_convolutionalization", "06_skip_architecture",
         "09_shift_and_stitch", "10_from_a_classifier", "14_looking_inside"}

@@ -11,6 +11,13 @@ VOC split is validated at full resolution with batches of more than one image.
 
 ``instances=True`` adds each item's instance map (``dataset.item(i, instances=True)``) to the
 batch, flipped and cropped with its label, padded with 255 like it.
+
+``shard=(k, n)`` gives one of n processes of data-parallel training (``minifcn.distributed``)
+its part k of the data: every batch is planned as one process plans it (same order, flips and
+crops, drawn from the shared seed) and this process keeps its k-th slice of each batch's images
+(training: n processes together train on the one-process batch), or with
+``shard_by="batches"`` every n-th whole batch from the k-th (validation: each batch is scored
+whole, by one process). Across the n processes every image is seen once per epoch.
 """
 import operator
 
@@ -48,7 +55,7 @@ class Loader:
     """
 
     def __init__(self, dataset, batch_size=1, shuffle=True, seed=0, flip=False, crop=None,
-                 group_by_size=False, instances=False):
+                 group_by_size=False, instances=False, shard=None, shard_by="images"):
         self.dataset = dataset
         self.instances = bool(instances)
         if self.instances and not getattr(dataset, "has_instances", False):
@@ -72,6 +79,29 @@ class Loader:
         self.group_by_size = bool(group_by_size)
         # (H, W) of every item, when batches must keep sizes apart (a crop makes all one size)
         self.sizes = self._image_sizes() if self.group_by_size and crop is None else None
+        self.shard, self.shard_by = self._check_shard(shard, shard_by)
+
+    def _check_shard(self, shard, shard_by):
+        if shard is None:
+            return None, shard_by
+        if shard_by not in ("images", "batches"):
+            raise ValueError(f"Loader: shard_by must be 'images' or 'batches', got {shard_by!r}")
+        k, n = (_nonneg_int(v, "shard") for v in shard)
+        if not k < n:
+            raise ValueError(f"Loader: shard=(k, n) needs 0 <= k < n, got {shard!r}")
+        if shard_by == "images":
+            if self.sizes is not None:  # the batches' sizes would depend on the epoch's order
+                raise ValueError("Loader: shard_by='images' needs batches of one planned size: "
+                                 "not with group_by_size (give a crop)")
+            last = len(self.dataset) % self.batch_size
+            if self.batch_size < n:
+                raise ValueError(f"Loader: shard=(k, {n}) splits each batch over {n} processes, "
+                                 f"one image each at least, but batch_size is {self.batch_size}")
+            if 0 < last < n:
+                raise ValueError(f"Loader: shard=(k, {n}) splits each batch over {n} processes, "
+                                 f"one image each at least, but {len(self.dataset)} images in "
+                                 f"batches of {self.batch_size} leave a last batch of {last}")
+        return (k, n), shard_by
 
     def _image_sizes(self):
         ds = self.dataset
@@ -80,8 +110,26 @@ class Loader:
         return [ds[i][0].shape[:2] for i in range(len(ds))]  # else decode every item once
 
     def __len__(self):
-        """Batches per epoch (the last, partial batch of each size included)."""
+        """Batches per epoch (the last, partial batch of each size included); with
+        ``shard_by="batches"``, those of this process."""
+        total = self._n_batches()
+        if self.shard is not None and self.shard_by == "batches":
+            return len(range(self.shard[0], total, self.shard[1]))
+        return total
+
+    def _n_batches(self):
         return len(self.batch_positions(range(len(self.dataset))))  # the same for any order
+
+    def batch_part(self, b):
+        """(start, stop, total): the rows of batch ``b`` (of any epoch) that this process holds
+        with ``shard=(k, n)`` (images [start, stop) of the batch's ``total``; (0, total, total)
+        without a shard). ``backend.set_batch_part`` takes it."""
+        n_items, bs = len(self.dataset), self.batch_size
+        total = min(bs, n_items - b * bs)
+        if self.shard is None or self.shard_by == "batches":
+            return 0, total, total
+        k, n = self.shard
+        return k * total // n, (k + 1) * total // n, total
 
     def plan(self, epoch):
         """(order, flips, offsets) of an epoch: item indices (n,), flip flags (n,) bool and
@@ -99,8 +147,9 @@ class Loader:
         ``instances=True``."""
         e = _nonneg_int(e, "epoch")
         start = _nonneg_int(start, "start")
-        if start > len(self):
-            raise ValueError(f"Loader: start={start} but an epoch has only {len(self)} batches")
+        if start > self._n_batches():
+            raise ValueError(f"Loader: start={start} but an epoch has only {self._n_batches()} "
+                             "batches")
         return self._batches(e, start)
 
     def batch_positions(self, order):
@@ -119,6 +168,13 @@ class Loader:
     def _batches(self, e, start):
         order, flips, offsets = self.plan(e)
         for b, positions in enumerate(self.batch_positions(order)[start:], start):
+            if self.shard is not None:  # this process's part: a slice of the batch, or all of it
+                k, n = self.shard
+                if self.shard_by == "batches":
+                    if b % n != k:
+                        continue
+                else:
+                    positions = positions[k * len(positions) // n:(k + 1) * len(positions) // n]
             items = [self._item(order[p], flips[p], offsets[p]) for p in positions]
             self._check_one_size(e, b, [order[p] for p in positions],
                                  [item[0].shape[1:] for item in items])
