@@ -136,7 +136,7 @@ def fit(config, run_dir, resume=False, overwrite=False, log=print, on_iteration=
         model.train()
         asked = False  # data parallel: a stop asked for on any rank, as of the last step
         # one bar for the whole run, its steps: it stays through the validations
-        bar = progress(total, iteration, f"epoch {epoch + 1}/{n_epochs}", quiet=not lead)
+        bar = progress(total, iteration, f"epoch {epoch + 1}/{n_epochs}", disable=not lead)
         with bar, StopFlag() as stop:  # Ctrl-C or SIGTERM: stop at the next iteration boundary
             def stopping():  # data parallel: every rank stops at the same step, on the shared flag
                 return stop.requested if comm is None else asked

@@ -266,11 +266,11 @@ class StopFlag:
         return False
 
 
-def progress(total, initial, desc, disable=False, quiet=False):
+def progress(total, initial, desc, disable=False):
     """A tqdm bar: a run's steps, a validation's images (MINIFCN_NO_PROGRESS=1 turns every bar
-    off, as the tests do; so does ``quiet``, for every rank of a data-parallel run but rank 0)."""
+    off, as the tests do; ``disable`` too, e.g. on every rank of a data-parallel run but 0)."""
     from tqdm import tqdm
 
     return tqdm(total=total, initial=initial, desc=desc, leave=False, dynamic_ncols=True,
                 mininterval=1.0,
-                disable=disable or quiet or os.environ.get("MINIFCN_NO_PROGRESS") == "1")
+                disable=disable or os.environ.get("MINIFCN_NO_PROGRESS") == "1")
