@@ -17,17 +17,7 @@ import numpy as np
 from .autograd import Tensor, no_grad
 from .backend import as_numpy
 from .models.layer_outputs import record
-
-
-def _one_image(x, where):
-    x = np.asarray(as_numpy(x.data if isinstance(x, Tensor) else x))
-    x = x if x.dtype.kind == "f" else x.astype(np.float32)  # a float64 net keeps float64
-    if x.ndim == 3:
-        x = x[None]
-    if x.ndim != 4 or x.shape[0] != 1:
-        raise ValueError(f"{where}: x must be one image, (3, H, W) or (1, 3, H, W) as "
-                         f"data.to_input gives, got shape {x.shape}")
-    return x
+from .viz_inside import _input as _one_image  # one image as (1, 3, H, W) float, checked
 
 
 def _target(model, x, pixel, cls, where):
