@@ -52,7 +52,7 @@ def blob(rng, dy, dx, r):
     angle = np.arctan2(dy, dx)
     radius = np.full(angle.shape, r, np.float32)
     for k in (2, 3, 5):
-        radius += np.float32(r * rng.uniform(0, 0.25 / k * 2)) * np.cos(k * angle +
+        radius += np.float32(r * rng.uniform(0, 0.5 / k)) * np.cos(k * angle +
                                                                         rng.uniform(0, 6.3))
     return dx * dx + dy * dy <= radius * radius
 
@@ -89,7 +89,7 @@ class Textures(SyntheticDataset):
             cls = int(rng.integers(1, len(TEXTURE_CLASSES)))
             r = rng.uniform(*REGION_SCALE) * size
             cy, cx = rng.uniform(0.15 * size, 0.85 * size, 2)
-            rows, cols = window(size, cy, cx, 1.6 * r)  # every blob fits in 1.5 r
+            rows, cols = window(size, cy, cx, 1.6 * r)  # a blob reaches 1.52 r at most
             mask = blob(rng, yy[rows, cols] - np.float32(cy), xx[rows, cols] - np.float32(cx), r)
             p = pattern(rng, cls, yy[rows, cols], xx[rows, cols], size)
             second = colors[j] + _direction(rng) * np.float32(rng.uniform(*CONTRAST))

@@ -26,6 +26,7 @@ from ..data import Loader, get_dataset
 from ..io import check_output
 from ..training import DEFAULTS, resolve
 from ..training.step import validate
+from . import options
 from .compare import save
 from .skip_architectures import run_jobs
 
@@ -135,7 +136,7 @@ def main(argv=None):
              f"start, seeds 0-{args.seeds - 1}")
     text = f"{title} (best validation mean IU, mean ± std over seeds):\n\n{table(rows)}\n"
     print("\n" + text)
-    (out / "backbones.md").write_text(text)
+    options.write_text(out / "backbones.md", text)
     plot(rows, out / "backbones.png", title)
     print(f"wrote {out / 'backbones.md'} and {out / 'backbones.png'}")
     return 0

@@ -111,8 +111,7 @@ def predict_labels(model, x):
     return backend.as_numpy(xp.argmax(scores.data, axis=1)).astype(np.int64)
 
 
-def validate(model, loader, n_class, device="cpu", loss_reduction="mean", limit=None, worst=0,
-             desc=None, comm=None):
+def validate(model, loader, n_class, device="cpu", limit=None, worst=0, desc=None, comm=None):
     """Mean loss and the paper's four metrics of ``model`` over every batch of ``loader`` (at
     most ``limit`` batches), without gradients and in eval mode (no dropout).
 
